@@ -1,0 +1,182 @@
+"""The admin HTTP API: shows, mirror rooms and figures (Bearer admin key)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import Settings
+from .errors import ApiError
+from .http_util import read_json, require_admin
+from .models import HQ_ROOM, Mirror, Show, is_slug
+from .shows import ShowService
+
+routes = web.RouteTableDef()
+
+
+def _service(request: web.Request) -> ShowService:
+    require_admin(request)
+    return request.app["shows"]
+
+
+def show_links(settings: Settings, show_id: str) -> dict[str, str]:
+    base = settings.base_url
+    return {
+        "whip_url": f"{base}/whip/{show_id}",
+        "whep_url": f"{base}/whep/{show_id}",
+        "watch_url": f"{base}/watch/{show_id}",
+    }
+
+
+def mirror_view(settings: Settings, mirror: Mirror, viewers: int | None = None) -> dict:
+    base = settings.base_url
+    view = {
+        "distributor": mirror.distributor,
+        "name": mirror.name,
+        "whep_url": f"{base}/whep/{mirror.show_id}/{mirror.distributor}",
+        "watch_url": f"{base}/watch/{mirror.show_id}/{mirror.distributor}",
+        "created_at": mirror.created_at,
+    }
+    if viewers is not None:
+        view["viewers"] = viewers
+    return view
+
+
+def show_view(service: ShowService, show: Show, detail: bool = False) -> dict:
+    view = {
+        "id": show.id,
+        "title": show.title,
+        "state": show.state.value,
+        **show_links(service.settings, show.id),
+        "created_at": show.created_at,
+        "started_at": show.started_at,
+        "ended_at": show.ended_at,
+        "end_reason": show.end_reason,
+    }
+    if detail:
+        figures = service.figures(show.id)
+        live = service.live.get(show.id)
+        view.update(live.describe() if live else {"publisher": None, "reconnecting_until": None})
+        mirrors = service.store.list_mirrors(show.id)
+        view["viewers"] = {HQ_ROOM: figures.room(HQ_ROOM).viewers} | {
+            m.distributor: figures.rooms[m.distributor].viewers if m.distributor in figures.rooms else 0
+            for m in mirrors
+        }
+        view["mirrors"] = [mirror_view(service.settings, m) for m in mirrors]
+    return view
+
+
+def _text_field(body: dict, name: str, required: bool = True, limit: int = 200) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(422, "invalid_field", f"{name!r} must be a non-empty string", )
+    if len(value) > limit:
+        raise ApiError(422, "invalid_field", f"{name!r} is longer than {limit} characters")
+    return value.strip()
+
+
+def _slug_field(body: dict, name: str, required: bool) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not is_slug(value):
+        raise ApiError(422, "invalid_field",
+                       f"{name!r} must be a slug: 1-64 of a-z, 0-9, '-', '_', starting with a letter or digit")
+    return value
+
+
+@routes.post("/api/shows")
+async def create_show(request: web.Request) -> web.Response:
+    service = _service(request)
+    body = await read_json(request)
+    title = _text_field(body, "title")
+    show_id = _slug_field(body, "id", required=False)
+    show, key = service.create_show(title, show_id)
+    return web.json_response({**show_view(service, show), "stream_key": key}, status=201)
+
+
+@routes.get("/api/shows")
+async def list_shows(request: web.Request) -> web.Response:
+    service = _service(request)
+    return web.json_response({"shows": [show_view(service, s) for s in service.store.list_shows()]})
+
+
+@routes.get("/api/shows/{show}")
+async def get_show(request: web.Request) -> web.Response:
+    service = _service(request)
+    show = service.get_show(request.match_info["show"])
+    return web.json_response(show_view(service, show, detail=True))
+
+
+@routes.delete("/api/shows/{show}")
+async def delete_show(request: web.Request) -> web.Response:
+    service = _service(request)
+    await service.delete_show(request.match_info["show"])
+    return web.Response(status=204)
+
+
+@routes.post("/api/shows/{show}/end")
+async def end_show(request: web.Request) -> web.Response:
+    service = _service(request)
+    show = await service.end_show(request.match_info["show"], "ended_by_operator")
+    return web.json_response(show_view(service, show, detail=True))
+
+
+@routes.post("/api/shows/{show}/mirrors")
+async def add_mirror(request: web.Request) -> web.Response:
+    service = _service(request)
+    show_id = request.match_info["show"]
+    service.get_show(show_id)
+    body = await read_json(request)
+    distributor = _slug_field(body, "distributor", required=True)
+    if distributor == HQ_ROOM:
+        raise ApiError(422, "invalid_field", "'hq' is the headquarters room; pick another distributor id")
+    name = _text_field(body, "name")
+    mirror = service.add_mirror(show_id, distributor, name)
+    return web.json_response(mirror_view(service.settings, mirror), status=201)
+
+
+@routes.get("/api/shows/{show}/mirrors")
+async def list_mirrors(request: web.Request) -> web.Response:
+    service = _service(request)
+    show_id = request.match_info["show"]
+    service.get_show(show_id)
+    figures = service.figures(show_id)
+    mirrors = service.store.list_mirrors(show_id)
+    return web.json_response({"mirrors": [
+        mirror_view(service.settings, m, figures.rooms[m.distributor].viewers if m.distributor in figures.rooms else 0)
+        for m in mirrors
+    ]})
+
+
+@routes.get("/api/shows/{show}/mirrors/{distributor}")
+async def get_mirror(request: web.Request) -> web.Response:
+    service = _service(request)
+    show_id, distributor = request.match_info["show"], request.match_info["distributor"]
+    mirror = service.get_mirror(show_id, distributor)
+    room = service.figures(show_id).rooms.get(distributor)
+    return web.json_response(mirror_view(service.settings, mirror, room.viewers if room else 0))
+
+
+@routes.delete("/api/shows/{show}/mirrors/{distributor}")
+async def delete_mirror(request: web.Request) -> web.Response:
+    service = _service(request)
+    await service.delete_mirror(request.match_info["show"], request.match_info["distributor"])
+    return web.Response(status=204)
+
+
+@routes.get("/api/shows/{show}/stats")
+async def stats(request: web.Request) -> web.Response:
+    service = _service(request)
+    return web.json_response(service.stats(request.match_info["show"]))
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    service: ShowService = request.app["shows"]
+    return web.json_response({
+        "ok": True,
+        "live_shows": sum(1 for live in service.live.values() if live.publisher is not None),
+        "viewers": sum(len(live.viewers) for live in service.live.values()),
+    })

@@ -1,0 +1,80 @@
+"""App wiring: settings, store, service and the HTTP front-ends in one aiohttp application."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from aiohttp import web
+
+from . import aiortc_hooks
+from .api import routes as api_routes
+from .config import Settings
+from .errors import error_middleware
+from .fanout.whep import routes as whep_routes
+from .http_util import CORS_HEADERS
+from .ingest.whip import routes as whip_routes
+from .pages import routes as page_routes
+from .shows import ShowService
+from .store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+
+def resolve_admin_key(settings: Settings) -> tuple[str, bool]:
+    """The admin key from settings, else the one stored in the data dir, else a new one.
+
+    Returns (key, created_now).
+    """
+    if settings.auth.admin_key:
+        return settings.auth.admin_key, False
+    path = settings.data_path / "admin_key"
+    if path.exists():
+        return path.read_text().strip(), False
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key, True
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler):
+    response = await handler(request)
+    if request.path.startswith(("/whip/", "/whep/")):
+        response.headers.update(CORS_HEADERS)
+    return response
+
+
+def build_app(settings: Settings) -> web.Application:
+    aiortc_hooks.set_host_addresses(settings.ice.addresses)
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[cors_middleware, error_middleware],
+    )
+    admin_key, created = resolve_admin_key(settings)
+    if created:
+        print(f"relay: generated an admin key (stored in {settings.data_path / 'admin_key'}):\n"
+              f"  {admin_key}", flush=True)
+    store = SqliteStore(Path(settings.data_path) / "relay.db")
+    service = ShowService(settings, store)
+    interrupted = service.recover()
+    if interrupted:
+        log.warning("shows interrupted by the last stop, now ended: %s", ", ".join(interrupted))
+    app["settings"] = settings
+    app["admin_key"] = admin_key
+    app["shows"] = service
+    app.add_routes(api_routes)
+    app.add_routes(whip_routes)
+    app.add_routes(whep_routes)
+    app.add_routes(page_routes)
+
+    async def on_shutdown(app: web.Application) -> None:
+        await service.shutdown()
+        store.close()
+
+    app.on_shutdown.append(on_shutdown)
+    return app

@@ -1,0 +1,78 @@
+"""The `relay` command: `relay serve` runs the server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import uvloop
+from aiohttp import web
+
+from .config import ConfigError, load_settings
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="relay", description="livecast relay: live-commerce stream relay")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8080; 0 picks a free one)")
+    serve.add_argument("--data-dir", help="where shows and recordings are kept (default ./data)")
+    serve.add_argument("--config", help="a TOML settings file (see config/relay.toml)")
+    serve.add_argument("--demo", action="store_true", help="create show 'demo' fed by a synthetic host")
+    serve.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from .app import build_app
+
+    settings = load_settings(args.config)
+    if args.host is not None:
+        settings.server.host = args.host
+    if args.port is not None:
+        settings.server.port = args.port
+    if args.data_dir is not None:
+        settings.server.data_dir = args.data_dir
+    app = build_app(settings)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    await site.start()
+    if settings.server.port == 0:
+        settings.server.port = runner.addresses[0][1]
+    print(f"relay: listening on http://{settings.server.host}:{settings.server.port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    demo = None
+    if args.demo:
+        from .demo import start_demo
+
+        demo = await start_demo(app)
+    await stop.wait()
+    if demo is not None:
+        await demo.drop()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    try:
+        if args.command == "serve":
+            uvloop.run(_serve(args))
+    except ConfigError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Settings: built-in defaults, an optional TOML file, then RELAY_* environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting in the file or the environment is unknown or has the wrong type."""
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = "./data"
+    public_url: str = ""
+    max_body_bytes: int = 65536
+
+
+@dataclass
+class AuthSettings:
+    admin_key: str = ""
+
+
+@dataclass
+class IceSettings:
+    addresses: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MediaSettings:
+    grace_period_s: float = 30.0
+    keyframe_request_interval_s: float = 1.0
+    viewer_queue_frames: int = 90
+    gop_cache_max_frames: int = 600
+    video_codecs: list[str] = field(default_factory=lambda: ["H264", "VP8"])
+    publisher_timeout_s: float = 10.0
+
+
+@dataclass
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    ice: IceSettings = field(default_factory=IceSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
+
+    @property
+    def base_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    try:
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}") from exc
+
+
+def _apply(settings: Settings, data: Mapping[str, Any], source: str) -> None:
+    for section_name, values in data.items():
+        section = getattr(settings, section_name, None)
+        if section is None or not dataclasses.is_dataclass(section):
+            raise ConfigError(f"{source}: unknown section [{section_name}]")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{source}: [{section_name}] must be a table")
+        known = {f.name for f in dataclasses.fields(section)}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown setting {section_name}.{key}")
+            default = getattr(section, key)
+            setattr(section, key, _coerce(value, default, f"{source}: {section_name}.{key}"))
+
+
+def _from_env(settings: Settings, env: Mapping[str, str]) -> None:
+    overrides: dict[str, dict[str, str]] = {}
+    if env.get("RELAY_ADMIN_KEY"):
+        overrides.setdefault("auth", {})["admin_key"] = env["RELAY_ADMIN_KEY"]
+    for f in dataclasses.fields(settings):
+        section = getattr(settings, f.name)
+        for sf in dataclasses.fields(section):
+            name = f"RELAY_{f.name}_{sf.name}".upper()
+            if name in env:
+                overrides.setdefault(f.name, {})[sf.name] = env[name]
+    _apply(settings, overrides, "environment")
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the TOML file at `path` (if any), then RELAY_* variables from `env`."""
+    settings = Settings()
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        _apply(settings, data, str(path))
+    _from_env(settings, os.environ if env is None else env)
+    return settings

@@ -1,0 +1,31 @@
+"""`relay serve --demo`: a show `demo` fed by a synthetic host through the server's own WHIP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from .clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
+from .clients.whip import WhipClient
+from .shows import ShowService
+
+log = logging.getLogger(__name__)
+
+DEMO_SHOW = "demo"
+
+
+async def start_demo(app: web.Application) -> WhipClient:
+    service: ShowService = app["shows"]
+    if service.store.get_show(DEMO_SHOW):
+        await service.delete_show(DEMO_SHOW)
+    _, key = service.create_show("Demo show", DEMO_SHOW)
+    base = app["settings"].base_url
+    loop = asyncio.get_running_loop()
+    video = await loop.run_in_executor(None, lambda: encode_pattern(1280, 720, 30, 4.0, 60, 2_000_000))
+    audio = await loop.run_in_executor(None, encode_tone)
+    client = WhipClient(f"{base}/whip/{DEMO_SHOW}", key, [audio_track(audio), video_track(video)])
+    await client.start()
+    print(f"relay: demo show is live; watch it at {base}/watch/{DEMO_SHOW}", flush=True)
+    return client

@@ -1,0 +1,1 @@
+"""Viewers: the WHEP front-end, viewer sessions and the forwarding hot path."""

@@ -1,0 +1,72 @@
+"""Turn an encoded frame into RTP payloads once, and tell keyframes apart."""
+
+from __future__ import annotations
+
+from ..aiortc_hooks import packetize_h264, packetize_vp8, split_h264
+
+NAL_IDR = 5
+NAL_SPS = 7
+NAL_PPS = 8
+
+
+class Packetizer:
+    """Per-track packetizer. `packetize(data)` -> (payloads, keyframe)."""
+
+    def packetize(self, data: bytes) -> tuple[list[bytes], bool]:
+        raise NotImplementedError
+
+    @staticmethod
+    def for_codec(codec: str) -> "Packetizer":
+        if codec == "H264":
+            return H264Packetizer()
+        if codec == "VP8":
+            return Vp8Packetizer()
+        return PassthroughPacketizer()
+
+
+class H264Packetizer(Packetizer):
+    """H.264 (RFC 6184). Remembers the last SPS/PPS and puts them before an IDR that lacks
+    them, so a viewer starting at any cached keyframe can decode it."""
+
+    def __init__(self) -> None:
+        self._sps: bytes | None = None
+        self._pps: bytes | None = None
+
+    def packetize(self, data: bytes) -> tuple[list[bytes], bool]:
+        nals = split_h264(data)
+        keyframe = has_sps = has_pps = False
+        for nal in nals:
+            if not nal:
+                continue
+            nal_type = nal[0] & 0x1F
+            if nal_type == NAL_IDR:
+                keyframe = True
+            elif nal_type == NAL_SPS:
+                has_sps = True
+                self._sps = nal
+            elif nal_type == NAL_PPS:
+                has_pps = True
+                self._pps = nal
+        if keyframe and not (has_sps and has_pps) and self._sps and self._pps:
+            nals = [self._sps, self._pps] + [n for n in nals if n and n[0] & 0x1F not in (NAL_SPS, NAL_PPS)]
+        return packetize_h264(nals), keyframe
+
+
+class Vp8Packetizer(Packetizer):
+    """VP8 (RFC 7741), with its own picture id sequence."""
+
+    def __init__(self) -> None:
+        self._picture_id = 0
+
+    def packetize(self, data: bytes) -> tuple[list[bytes], bool]:
+        payloads = packetize_vp8(data, self._picture_id)
+        self._picture_id = (self._picture_id + 1) % (1 << 15)
+        # VP8 frame tag: bit 0 of the first byte is 0 on a keyframe.
+        return payloads, bool(data) and not (data[0] & 0x01)
+
+
+class PassthroughPacketizer(Packetizer):
+    """Opus and other audio: one frame, one payload; every frame decodes on its own."""
+
+    def packetize(self, data: bytes) -> tuple[list[bytes], bool]:
+        return [data], True

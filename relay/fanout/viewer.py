@@ -1,0 +1,99 @@
+"""A viewer's WHEP session: a peer connection whose senders send the show's shared frames."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Callable
+
+from aiortc import MediaStreamTrack, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from .. import aiortc_hooks
+from ..errors import ApiError
+from ..webrtc import Offer, codec_preferences, new_peer_connection
+from .viewer_queue import ViewerQueue
+
+log = logging.getLogger(__name__)
+
+
+class _SharedTrack(MediaStreamTrack):
+    """Placeholder track for a sender that is fed encoded frames directly."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def recv(self):  # never called: the sender reads its ViewerQueue
+        raise MediaStreamError
+
+
+class ViewerSession:
+    """One WHEP session in one room of a show."""
+
+    def __init__(self, show_id: str, room: str, queue_frames: int, on_gone: Callable[["ViewerSession"], None]) -> None:
+        self.id = secrets.token_urlsafe(16)
+        self.show_id = show_id
+        self.room = room
+        self.pc = new_peer_connection()
+        self.queues: dict[str, ViewerQueue] = {}
+        self.codecs: dict[str, str] = {}
+        self.started_at = time.time()
+        self.closed = False
+        self._queue_frames = queue_frames
+        self._on_gone = on_gone
+
+    async def answer(self, offer: Offer, codecs: dict[str, list[str]], on_keyframe_request: Callable[[], None]) -> str:
+        kinds = offer.kinds()
+        for kind in ("audio", "video"):
+            if kinds.count(kind) > 1:
+                raise ApiError(400, "bad_sdp", f"a viewer may receive one {kind} track, the offer has {kinds.count(kind)}")
+        for media in offer.media:
+            transceiver = self.pc.addTransceiver(_SharedTrack(media.kind), direction="sendonly")
+            transceiver.setCodecPreferences(codec_preferences(media.kind, codecs[media.kind]))
+            queue = ViewerQueue(self._queue_frames, video=media.kind == "video")
+            queue.on_drop = on_keyframe_request
+            aiortc_hooks.feed_sender(transceiver.sender, queue.get, on_keyframe_request)
+            self.queues[media.kind] = queue
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+        except Exception as exc:
+            await self.close()
+            wanted = ", ".join(f"{k} {'/'.join(v)}" for k, v in codecs.items() if k in kinds)
+            raise ApiError(
+                400, "unsupported_codec" if "parameters" in str(exc) else "bad_sdp",
+                f"SDP offer rejected: {exc or type(exc).__name__} (this show sends {wanted})",
+            ) from exc
+        for transceiver in self.pc.getTransceivers():
+            codec = aiortc_hooks.negotiated_codec(transceiver)
+            if codec:
+                self.codecs[transceiver.kind] = codec
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+
+        @self.pc.on("connectionstatechange")
+        async def _state() -> None:
+            if self.pc.connectionState in ("failed", "closed") and not self.closed:
+                self._on_gone(self)
+
+        return self.pc.localDescription.sdp
+
+    @property
+    def dropped(self) -> int:
+        return sum(q.dropped for q in self.queues.values())
+
+    def describe(self) -> dict:
+        return {
+            "session": self.id,
+            "room": self.room,
+            "since": self.started_at,
+            "codecs": self.codecs,
+            "connection": self.pc.connectionState,
+            "dropped_frames": self.dropped,
+        }
+
+    async def close(self) -> None:
+        self.closed = True
+        for queue in self.queues.values():
+            queue.close()
+        await self.pc.close()

@@ -1,0 +1,45 @@
+"""WHEP: the HTTP front-end through which viewers play the HQ room or a mirror room."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..http_util import not_patchable, options_response, read_sdp, sdp_answer
+from ..models import HQ_ROOM
+from ..shows import ShowService
+from ..webrtc import parse_offer
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/whep/{show}")
+@routes.post("/whep/{show}/{room}")
+async def play(request: web.Request) -> web.Response:
+    service: ShowService = request.app["shows"]
+    show_id = request.match_info["show"]
+    room = request.match_info.get("room", HQ_ROOM)
+    service.get_show(show_id)
+    service.check_room(show_id, room)
+    offer = parse_offer(await read_sdp(request), sending=False)
+    viewer, answer = await service.watch(show_id, room, offer)
+    return sdp_answer(answer, f"/whep/{show_id}/{room}/{viewer.id}")
+
+
+@routes.delete("/whep/{show}/{room}/{session}")
+async def stop(request: web.Request) -> web.Response:
+    service: ShowService = request.app["shows"]
+    m = request.match_info
+    await service.stop_watching(m["show"], m["room"], m["session"])
+    return web.Response(status=200)
+
+
+@routes.patch("/whep/{show}/{room}/{session}")
+async def patch(request: web.Request) -> web.Response:
+    return not_patchable()
+
+
+@routes.route("OPTIONS", "/whep/{show}")
+@routes.route("OPTIONS", "/whep/{show}/{room}")
+@routes.route("OPTIONS", "/whep/{show}/{room}/{session}")
+async def options(request: web.Request) -> web.Response:
+    return options_response()

@@ -1,0 +1,80 @@
+"""Small request helpers shared by the HTTP front-ends."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .errors import ApiError
+
+SDP_TYPE = "application/sdp"
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require_admin(request: web.Request) -> None:
+    token = bearer_token(request)
+    expected: str = request.app["admin_key"]
+    if token is None:
+        raise ApiError(401, "unauthorized", "missing admin key: send Authorization: Bearer <admin key>",
+                       {"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "wrong admin key", {"WWW-Authenticate": "Bearer"})
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    raw = await request.read()
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_json", "body must be a JSON object")
+    return body
+
+
+async def read_sdp(request: web.Request) -> str:
+    if request.content_type != SDP_TYPE:
+        raise ApiError(415, "unsupported_media_type", f"send the offer as {SDP_TYPE}, not {request.content_type or 'nothing'}")
+    raw = await request.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "bad_sdp", "SDP offer is not UTF-8 text") from exc
+
+
+def sdp_answer(answer: str, location: str) -> web.Response:
+    return web.Response(
+        status=201, text=answer, content_type=SDP_TYPE,
+        headers={"Location": location, "Access-Control-Expose-Headers": "Location"},
+    )
+
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, DELETE, PATCH, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, Link",
+}
+
+
+def options_response() -> web.Response:
+    return web.Response(status=204, headers={**CORS_HEADERS, "Accept-Post": SDP_TYPE})
+
+
+def not_patchable() -> web.Response:
+    """RFC 9725 lets a server without trickle ICE or ICE restart answer PATCH with 405."""
+    raise ApiError(405, "method_not_allowed",
+                   "trickle ICE and ICE restart are not supported: the answer carries all candidates",
+                   {"Allow": "DELETE, OPTIONS"})

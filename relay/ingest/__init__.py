@@ -1,0 +1,1 @@
+"""Host publishing: the WHIP front-end and the publisher session."""

@@ -1,0 +1,40 @@
+"""WHIP (RFC 9725): the HTTP front-end through which hosts publish."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..http_util import bearer_token, not_patchable, options_response, read_sdp, sdp_answer
+from ..shows import ShowService
+from ..webrtc import parse_offer
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/whip/{show}")
+async def publish(request: web.Request) -> web.Response:
+    service: ShowService = request.app["shows"]
+    show_id = request.match_info["show"]
+    show = service.get_show(show_id)
+    service.check_stream_key(show, bearer_token(request))
+    offer = parse_offer(await read_sdp(request), sending=True)
+    session, answer = await service.publish(show_id, bearer_token(request), offer)
+    return sdp_answer(answer, f"/whip/{show_id}/{session.id}")
+
+
+@routes.delete("/whip/{show}/{session}")
+async def unpublish(request: web.Request) -> web.Response:
+    service: ShowService = request.app["shows"]
+    await service.unpublish(request.match_info["show"], request.match_info["session"], bearer_token(request))
+    return web.Response(status=200)
+
+
+@routes.patch("/whip/{show}/{session}")
+async def patch(request: web.Request) -> web.Response:
+    return not_patchable()
+
+
+@routes.route("OPTIONS", "/whip/{show}")
+@routes.route("OPTIONS", "/whip/{show}/{session}")
+async def options(request: web.Request) -> web.Response:
+    return options_response()

@@ -1,0 +1,162 @@
+"""The runtime of one show: its publisher, its tracks and its viewers in every room."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable
+
+from .config import MediaSettings
+from .fanout.forwarder import Forwarder
+from .fanout.keyframes import KeyframeRequester
+from .fanout.viewer import ViewerSession
+from .ingest.publisher import PublisherSession
+from .models import ShowFigures
+
+log = logging.getLogger(__name__)
+
+
+class LiveShow:
+    """Holds one show's stream and its readers.
+
+    The publisher feeds one `Forwarder` per track; every viewer, HQ or mirror room, reads
+    from the same forwarders. When the host drops, viewers stay connected for the grace
+    period and `on_host_gone_for_good` is called when it runs out.
+    """
+
+    def __init__(
+        self,
+        show_id: str,
+        media: MediaSettings,
+        figures: ShowFigures,
+        on_host_gone_for_good: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.show_id = show_id
+        self.media = media
+        self.figures = figures
+        self.publisher: PublisherSession | None = None
+        self.viewers: dict[str, ViewerSession] = {}
+        self.reconnecting_until: float | None = None
+        self.keyframes = KeyframeRequester(media.keyframe_request_interval_s, self._send_keyframe_request)
+        self.forwarders = {
+            kind: Forwarder(kind, media.gop_cache_max_frames, self.keyframes.request)
+            for kind in ("audio", "video")
+        }
+        self._on_host_gone_for_good = on_host_gone_for_good
+        self._grace: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.Task | None = None
+
+    # -- publisher -------------------------------------------------------------------------
+    def on_frame(self, session: PublisherSession, kind: str, data: bytes, timestamp: int) -> None:
+        if session is self.publisher:
+            self.forwarders[kind].push(data, timestamp)
+
+    async def attach_publisher(self, session: PublisherSession) -> None:
+        """Make `session` the show's publisher, taking over from any previous one."""
+        previous, self.publisher = self.publisher, session
+        self._cancel_grace()
+        for kind, codec in session.codecs.items():
+            self.forwarders[kind].start_source(codec)
+        if self._watchdog is None:
+            self._watchdog = asyncio.ensure_future(self._watch_publisher())
+        if previous is not None:
+            log.info("show %s: publisher %s takes over from %s", self.show_id, session.id, previous.id)
+            await previous.close()
+
+    def publisher_gone(self, session: PublisherSession) -> None:
+        """The host's connection ended or failed: keep the show for the grace period."""
+        if session is not self.publisher:
+            return
+        self.publisher = None
+        asyncio.ensure_future(session.close())
+        grace = self.media.grace_period_s
+        self.reconnecting_until = time.time() + grace
+        log.info("show %s: host gone, waiting %.0fs for a reconnect", self.show_id, grace)
+        self._grace = asyncio.get_running_loop().call_later(grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        self.reconnecting_until = None
+        asyncio.ensure_future(self._on_host_gone_for_good(self.show_id))
+
+    def _cancel_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self.reconnecting_until = None
+
+    async def _watch_publisher(self) -> None:
+        """A host that stops sending media without closing is treated as dropped."""
+        timeout = self.media.publisher_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            session = self.publisher
+            if session is not None and time.monotonic() - session.last_frame_at > timeout:
+                log.info("show %s: no media from publisher %s for %.0fs", self.show_id, session.id, timeout)
+                self.publisher_gone(session)
+
+    def _send_keyframe_request(self) -> bool:
+        return self.publisher is not None and self.publisher.request_keyframe()
+
+    # -- viewers ---------------------------------------------------------------------------
+    def codec_choices(self, video_codecs: list[str]) -> dict[str, list[str]]:
+        """Codecs a new viewer may negotiate: the host's if it is sending, else the defaults."""
+        video = self.forwarders["video"].codec
+        return {"audio": ["opus"], "video": [video] if video else list(video_codecs)}
+
+    def add_viewer(self, viewer: ViewerSession) -> None:
+        self.viewers[viewer.id] = viewer
+        for kind, queue in viewer.queues.items():
+            self.forwarders[kind].add_viewer(queue)
+        room = self.figures.room(viewer.room)
+        room.viewers += 1
+        room.total_sessions += 1
+        room.peak_viewers = max(room.peak_viewers, room.viewers)
+
+    def remove_viewer(self, viewer: ViewerSession) -> bool:
+        if self.viewers.pop(viewer.id, None) is None:
+            return False
+        for kind, queue in viewer.queues.items():
+            self.forwarders[kind].remove_viewer(queue)
+        self.figures.room(viewer.room).viewers -= 1
+        asyncio.ensure_future(viewer.close())
+        return True
+
+    def room_viewers(self, room: str) -> list[ViewerSession]:
+        return [v for v in self.viewers.values() if v.room == room]
+
+    # -- end -------------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Close the publisher and every viewer (the show ended or was deleted)."""
+        self._cancel_grace()
+        self.keyframes.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        sessions: list = list(self.viewers.values())
+        self.viewers.clear()
+        if self.publisher is not None:
+            sessions.append(self.publisher)
+            self.publisher = None
+        for room in self.figures.rooms.values():
+            room.viewers = 0
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+    def describe(self) -> dict:
+        return {
+            "publisher": self.publisher.describe() if self.publisher else None,
+            "reconnecting_until": self.reconnecting_until,
+            "tracks": {
+                kind: {
+                    "codec": f.codec,
+                    "frames": f.frames_in,
+                    "keyframes": f.keyframes_in,
+                    "gop_cache_frames": f.gop_frames,
+                    "viewers": f.viewer_count,
+                }
+                for kind, f in self.forwarders.items()
+                if f.codec
+            },
+            "keyframe_requests": {"received": self.keyframes.received, "sent": self.keyframes.sent},
+        }

@@ -1,0 +1,66 @@
+"""Shared types of the show model: shows, mirror rooms, room figures, and id rules."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+HQ_ROOM = "hq"
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def is_slug(value: object) -> bool:
+    return isinstance(value, str) and bool(_SLUG.match(value))
+
+
+class ShowState(str, Enum):
+    SCHEDULED = "scheduled"
+    LIVE = "live"
+    ENDED = "ended"
+
+
+@dataclass
+class Show:
+    id: str
+    title: str
+    state: ShowState
+    stream_key_hash: str
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str | None = None
+
+
+@dataclass
+class Mirror:
+    """A distributor's room attached to a show: same media, own identity and figures."""
+
+    show_id: str
+    distributor: str
+    name: str
+    created_at: float
+
+
+@dataclass
+class RoomFigures:
+    """Viewer figures of one room (HQ or one distributor); never mixed across rooms."""
+
+    viewers: int = 0
+    peak_viewers: int = 0
+    total_sessions: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "viewers": self.viewers,
+            "peak_viewers": self.peak_viewers,
+            "total_sessions": self.total_sessions,
+        }
+
+
+@dataclass
+class ShowFigures:
+    rooms: dict[str, RoomFigures] = field(default_factory=dict)
+
+    def room(self, room: str) -> RoomFigures:
+        return self.rooms.setdefault(room, RoomFigures())

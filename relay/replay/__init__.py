@@ -1,0 +1,1 @@
+"""Recording and replay (built by the replay issue)."""

@@ -1,0 +1,218 @@
+"""The service layer: shows and mirror rooms, their state changes, and who publishes and watches.
+
+Every change of a show's state goes through `ShowService` (persisted in the store first),
+and it knows which shows are running here (`LiveShow`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+
+from .config import Settings
+from .errors import ApiError
+from .fanout.viewer import ViewerSession
+from .ingest.publisher import PublisherSession
+from .live import LiveShow
+from .models import HQ_ROOM, Mirror, RoomFigures, Show, ShowFigures, ShowState, is_slug
+from .store import ShowStore
+from .webrtc import Offer
+
+log = logging.getLogger(__name__)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_stream_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class ShowService:
+    def __init__(self, settings: Settings, store: ShowStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.live: dict[str, LiveShow] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def recover(self) -> list[str]:
+        """After a restart: shows that were live when the server stopped are ended (interrupted)."""
+        interrupted = []
+        for show in self.store.list_shows():
+            if show.state is ShowState.LIVE:
+                show.state = ShowState.ENDED
+                show.ended_at = time.time()
+                show.end_reason = "interrupted"
+                self.store.update_show(show)
+                interrupted.append(show.id)
+        return interrupted
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(live.close() for live in self.live.values()), return_exceptions=True)
+        self.live.clear()
+
+    # -- shows -----------------------------------------------------------------------------
+    def create_show(self, title: str, show_id: str | None) -> tuple[Show, str]:
+        if show_id is None:
+            show_id = secrets.token_hex(4)
+            while self.store.get_show(show_id):
+                show_id = secrets.token_hex(4)
+        elif self.store.get_show(show_id):
+            raise ApiError(409, "show_exists", f"a show with id {show_id!r} already exists")
+        key = new_stream_key()
+        show = Show(show_id, title, ShowState.SCHEDULED, hash_key(key), time.time())
+        self.store.create_show(show)
+        return show, key
+
+    def get_show(self, show_id: str) -> Show:
+        show = self.store.get_show(show_id) if is_slug(show_id) else None
+        if show is None:
+            raise ApiError(404, "show_not_found", f"no show {show_id!r}")
+        return show
+
+    def check_stream_key(self, show: Show, key: str | None) -> None:
+        if not key:
+            raise ApiError(401, "unauthorized", "missing stream key: send Authorization: Bearer <stream_key>",
+                           {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(hash_key(key), show.stream_key_hash):
+            raise ApiError(401, "unauthorized", "wrong stream key", {"WWW-Authenticate": "Bearer"})
+
+    async def end_show(self, show_id: str, reason: str) -> Show:
+        show = self.get_show(show_id)
+        if show.state is not ShowState.ENDED:
+            show.state = ShowState.ENDED
+            show.ended_at = time.time()
+            show.end_reason = reason
+            self.store.update_show(show)
+            log.info("show %s ended (%s)", show_id, reason)
+        live = self.live.pop(show_id, None)
+        if live is not None:
+            await live.close()
+        return show
+
+    async def delete_show(self, show_id: str) -> None:
+        self.get_show(show_id)
+        live = self.live.pop(show_id, None)
+        if live is not None:
+            await live.close()
+        self.store.delete_show(show_id)
+
+    def _mark_live(self, show: Show) -> None:
+        if show.state is ShowState.SCHEDULED:
+            show.state = ShowState.LIVE
+            show.started_at = time.time()
+            self.store.update_show(show)
+
+    def _live_show(self, show: Show) -> LiveShow:
+        live = self.live.get(show.id)
+        if live is None:
+            figures = ShowFigures(self.store.load_room_figures(show.id))
+            live = LiveShow(show.id, self.settings.media, figures, self._host_gone_for_good)
+            self.live[show.id] = live
+        return live
+
+    async def _host_gone_for_good(self, show_id: str) -> None:
+        live = self.live.get(show_id)
+        if live is not None and live.publisher is None:
+            await self.end_show(show_id, "host_left")
+
+    # -- mirror rooms ----------------------------------------------------------------------
+    def add_mirror(self, show_id: str, distributor: str, name: str) -> Mirror:
+        self.get_show(show_id)
+        if self.store.get_mirror(show_id, distributor):
+            raise ApiError(409, "mirror_exists", f"distributor {distributor!r} already has a room in this show")
+        mirror = Mirror(show_id, distributor, name, time.time())
+        self.store.add_mirror(mirror)
+        return mirror
+
+    def get_mirror(self, show_id: str, distributor: str) -> Mirror:
+        self.get_show(show_id)
+        mirror = self.store.get_mirror(show_id, distributor) if is_slug(distributor) else None
+        if mirror is None:
+            raise ApiError(404, "mirror_not_found", f"show {show_id!r} has no mirror room {distributor!r}")
+        return mirror
+
+    async def delete_mirror(self, show_id: str, distributor: str) -> None:
+        self.get_mirror(show_id, distributor)
+        live = self.live.get(show_id)
+        if live is not None:
+            for viewer in live.room_viewers(distributor):
+                live.remove_viewer(viewer)
+            live.figures.rooms.pop(distributor, None)
+        self.store.delete_mirror(show_id, distributor)
+
+    def check_room(self, show_id: str, room: str) -> None:
+        if room != HQ_ROOM:
+            self.get_mirror(show_id, room)
+
+    # -- media sessions --------------------------------------------------------------------
+    async def publish(self, show_id: str, key: str | None, offer: Offer) -> tuple[PublisherSession, str]:
+        show = self.get_show(show_id)
+        self.check_stream_key(show, key)
+        if show.state is ShowState.ENDED:
+            raise ApiError(409, "show_ended", f"show {show_id!r} has ended; create a new show")
+        live = self._live_show(show)
+        session = PublisherSession(show_id, live.on_frame, live.publisher_gone)
+        answer = await session.answer(offer, self.settings.media.video_codecs)
+        # The show may have ended while the answer was being made.
+        if self.store.get_show(show_id) is None or self.get_show(show_id).state is ShowState.ENDED:
+            await session.close()
+            raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
+        await live.attach_publisher(session)
+        self._mark_live(show)
+        log.info("show %s: publisher %s connected (%s)", show_id, session.id, session.codecs)
+        return session, answer
+
+    async def unpublish(self, show_id: str, session_id: str, key: str | None) -> None:
+        show = self.get_show(show_id)
+        self.check_stream_key(show, key)
+        live = self.live.get(show_id)
+        if live is None or live.publisher is None or live.publisher.id != session_id:
+            raise ApiError(404, "session_not_found", "no such publishing session")
+        # An explicit DELETE ends the show: the host said it is done.
+        await self.end_show(show_id, "host_ended")
+
+    async def watch(self, show_id: str, room: str, offer: Offer) -> tuple[ViewerSession, str]:
+        show = self.get_show(show_id)
+        self.check_room(show_id, room)
+        if show.state is ShowState.ENDED:
+            raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
+        live = self._live_show(show)
+        viewer = ViewerSession(show_id, room, self.settings.media.viewer_queue_frames, live.remove_viewer)
+        answer = await viewer.answer(offer, live.codec_choices(self.settings.media.video_codecs),
+                                     live.keyframes.request)
+        if self.live.get(show_id) is not live:  # ended meanwhile
+            await viewer.close()
+            raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
+        live.add_viewer(viewer)
+        self.store.save_room_figures(show_id, room, live.figures.room(room))
+        return viewer, answer
+
+    async def stop_watching(self, show_id: str, room: str, session_id: str) -> None:
+        live = self.live.get(show_id)
+        viewer = live.viewers.get(session_id) if live else None
+        if viewer is None or viewer.room != room:
+            raise ApiError(404, "session_not_found", "no such viewing session")
+        live.remove_viewer(viewer)
+
+    # -- figures ---------------------------------------------------------------------------
+    def figures(self, show_id: str) -> ShowFigures:
+        live = self.live.get(show_id)
+        if live is not None:
+            return live.figures
+        return ShowFigures(self.store.load_room_figures(show_id))
+
+    def stats(self, show_id: str) -> dict:
+        show = self.get_show(show_id)
+        figures = self.figures(show_id)
+        rooms = {HQ_ROOM: figures.room(HQ_ROOM).as_dict()}
+        for mirror in self.store.list_mirrors(show_id):
+            rooms[mirror.distributor] = figures.rooms.get(mirror.distributor, RoomFigures()).as_dict()
+        live = self.live.get(show_id)
+        dropped = sum(v.dropped for v in live.viewers.values()) if live else 0
+        return {"show": show.id, "state": show.state.value, "rooms": rooms, "dropped_frames": dropped}

@@ -1,0 +1,88 @@
+"""Peer connections, offer validation and codec choices shared by WHIP and WHEP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
+from aiortc import sdp as aiortc_sdp
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+
+from .errors import ApiError
+from .media import AUDIO_CODECS, VIDEO_CODECS
+
+MAX_MEDIA_SECTIONS = 8
+
+
+def new_peer_connection() -> RTCPeerConnection:
+    # No ICE servers: aiortc would otherwise add a public STUN server.
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+@dataclass
+class OfferMedia:
+    kind: str
+    direction: str
+    codecs: list[str]
+
+
+@dataclass
+class Offer:
+    sdp: str
+    media: list[OfferMedia] = field(default_factory=list)
+
+    def kinds(self) -> list[str]:
+        return [m.kind for m in self.media]
+
+
+def parse_offer(text: str, *, sending: bool) -> Offer:
+    """Validate an SDP offer. `sending`: the remote must send media (WHIP), else receive (WHEP)."""
+    if not text.lstrip().startswith("v=0"):
+        raise ApiError(400, "bad_sdp", "malformed SDP offer: it must start with v=0")
+    try:
+        description = aiortc_sdp.SessionDescription.parse(text)
+    except Exception as exc:  # aiortc raises assorted errors on malformed lines
+        raise ApiError(400, "bad_sdp", f"malformed SDP offer: {exc}") from exc
+    if len(description.media) > MAX_MEDIA_SECTIONS:
+        raise ApiError(400, "bad_sdp", f"SDP offer has more than {MAX_MEDIA_SECTIONS} media sections")
+    offer = Offer(sdp=text)
+    unsupported: list[str] = []
+    wanted = ("sendonly", "sendrecv") if sending else ("recvonly", "sendrecv")
+    for media in description.media:
+        if media.kind not in ("audio", "video"):
+            continue
+        if not (media.ice and media.ice.usernameFragment and media.ice.password):
+            raise ApiError(400, "bad_sdp", f"malformed SDP offer: {media.kind} section has no ICE credentials")
+        if not media.dtls or not media.dtls.fingerprints:
+            raise ApiError(400, "bad_sdp", f"malformed SDP offer: {media.kind} section has no DTLS fingerprint")
+        if media.direction not in wanted:
+            raise ApiError(
+                400, "bad_sdp",
+                f"{media.kind} section is {media.direction}; "
+                f"{'a publisher must send' if sending else 'a viewer must receive'} media",
+            )
+        names = [c.name for c in media.rtp.codecs if c.name.lower() != "rtx"]
+        allowed = VIDEO_CODECS if media.kind == "video" else AUDIO_CODECS
+        if not any(n.lower() in (a.lower() for a in allowed) for n in names):
+            unsupported.append(f"{media.kind} offers {', '.join(names) or 'no codec'}")
+        offer.media.append(OfferMedia(media.kind, media.direction, names))
+    if not offer.media:
+        raise ApiError(400, "bad_sdp", "SDP offer has no audio or video section")
+    if unsupported:
+        raise ApiError(
+            400, "unsupported_codec",
+            "no supported codec: " + "; ".join(unsupported)
+            + f" (this relay accepts video {', '.join(VIDEO_CODECS)} and audio {', '.join(AUDIO_CODECS)})",
+        )
+    return offer
+
+
+def codec_preferences(kind: str, names: list[str]) -> list[RTCRtpCodecCapability]:
+    """aiortc's capabilities for `names` in that order, each followed by its RTX."""
+    capabilities = RTCRtpSender.getCapabilities(kind).codecs
+    chosen = []
+    for name in names:
+        chosen += [c for c in capabilities if c.name.lower() == name.lower()]
+    if kind == "video":
+        chosen += [c for c in capabilities if c.name.lower() == "rtx"]
+    return chosen
