@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
@@ -12,6 +13,7 @@ from .errors import ApiError
 from .media import AUDIO_CODECS, VIDEO_CODECS
 
 MAX_MEDIA_SECTIONS = 8
+_SDP_LINE = re.compile(r"^[a-z]=")
 
 
 def new_peer_connection() -> RTCPeerConnection:
@@ -39,6 +41,9 @@ def parse_offer(text: str, *, sending: bool) -> Offer:
     """Validate an SDP offer. `sending`: the remote must send media (WHIP), else receive (WHEP)."""
     if not text.lstrip().startswith("v=0"):
         raise ApiError(400, "bad_sdp", "malformed SDP offer: it must start with v=0")
+    for number, line in enumerate(text.splitlines(), 1):
+        if line and not _SDP_LINE.match(line):
+            raise ApiError(400, "bad_sdp", f"malformed SDP offer: line {number} is not <type>=<value>")
     try:
         description = aiortc_sdp.SessionDescription.parse(text)
     except Exception as exc:  # aiortc raises assorted errors on malformed lines
@@ -67,7 +72,7 @@ def parse_offer(text: str, *, sending: bool) -> Offer:
             unsupported.append(f"{media.kind} offers {', '.join(names) or 'no codec'}")
         offer.media.append(OfferMedia(media.kind, media.direction, names))
     if not offer.media:
-        raise ApiError(400, "bad_sdp", "SDP offer has no audio or video section")
+        raise ApiError(400, "bad_sdp", "malformed SDP offer: no audio or video section")
     if unsupported:
         raise ApiError(
             400, "unsupported_codec",

@@ -1,0 +1,216 @@
+"""Fixtures: encoded test media, an in-process relay, and a relay in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from relay import aiortc_hooks
+from relay.app import build_app
+from relay.clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
+from relay.clients.whep import WhepClient
+from relay.clients.whip import WhipClient
+from relay.config import Settings
+
+# Every aiortc peer in the test process gathers on loopback only.
+aiortc_hooks.set_host_addresses(["127.0.0.1"])
+
+ADMIN_KEY = "test-admin-key"
+REPO = Path(__file__).resolve().parent.parent
+
+WIDTH, HEIGHT = 640, 360
+
+
+@pytest.fixture(scope="session")
+def h264_clip() -> list[bytes]:
+    """2 s of 640x360 at 30 fps, a keyframe every second."""
+    return encode_pattern(WIDTH, HEIGHT, 30, seconds=2.0, gop=30, bitrate=800_000)
+
+
+@pytest.fixture(scope="session")
+def h264_clip_long_gop() -> list[bytes]:
+    """8 s of 320x240 at 30 fps with a 4 s GOP."""
+    return encode_pattern(320, 240, 30, seconds=8.0, gop=120, bitrate=300_000)
+
+
+@pytest.fixture(scope="session")
+def opus_clip() -> list[bytes]:
+    return encode_tone(seconds=1.0)
+
+
+def relay_settings(data_dir: Path, **media) -> Settings:
+    settings = Settings()
+    settings.server.data_dir = str(data_dir)
+    settings.auth.admin_key = ADMIN_KEY
+    settings.ice.addresses = ["127.0.0.1"]
+    settings.media.grace_period_s = 30.0
+    settings.media.publisher_timeout_s = 3.0
+    for key, value in media.items():
+        setattr(settings.media, key, value)
+    return settings
+
+
+@dataclass
+class Relay:
+    """A running relay and helpers to drive it like an operator, a host and viewers do."""
+
+    base: str
+    settings: Settings
+    app: object = None
+    clients: list = field(default_factory=list)
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    async def request(self, method: str, path: str, **kwargs) -> tuple[int, object]:
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, self.base + path, **kwargs) as res:
+                if res.content_type == "application/json":
+                    return res.status, await res.json()
+                return res.status, await res.text()
+
+    async def api(self, method: str, path: str, json=None) -> tuple[int, object]:
+        return await self.request(method, path, json=json, headers=self.admin)
+
+    async def create_show(self, show_id: str, mirrors: tuple[str, ...] = ()) -> dict:
+        status, show = await self.api("POST", "/api/shows", {"title": f"Show {show_id}", "id": show_id})
+        assert status == 201, show
+        for distributor in mirrors:
+            status, body = await self.api("POST", f"/api/shows/{show_id}/mirrors",
+                                          {"distributor": distributor, "name": distributor.upper()})
+            assert status == 201, body
+        return show
+
+    async def show(self, show_id: str) -> dict:
+        status, body = await self.api("GET", f"/api/shows/{show_id}")
+        assert status == 200, body
+        return body
+
+    async def publish(self, show: dict, tracks: list) -> WhipClient:
+        client = WhipClient(f"{self.base}/whip/{show['id']}", show["stream_key"], tracks)
+        await client.start()
+        self.clients.append(client)
+        return client
+
+    async def viewer(self, show_id: str, room: str | None = None, decode: bool = True,
+                     kinds: tuple[str, ...] = ("audio", "video")) -> WhepClient:
+        path = f"/whep/{show_id}" + (f"/{room}" if room else "")
+        client = WhepClient(self.base + path, kinds=kinds, decode=decode)
+        await client.start()
+        self.clients.append(client)
+        return client
+
+    async def wait_for(self, predicate, timeout: float = 10.0, what: str = "condition") -> None:
+        """Poll an async predicate until it holds (state visible only through the API)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if await predicate():
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    async def close_clients(self) -> None:
+        for client in reversed(self.clients):
+            try:
+                await (client.drop() if isinstance(client, WhipClient) else client.stop())
+            except Exception:
+                pass
+
+
+@pytest.fixture
+async def make_relay(aiohttp_server, tmp_path):
+    """Start an in-process relay on 127.0.0.1; media settings may be overridden."""
+    relays: list[Relay] = []
+
+    async def start(**media) -> Relay:
+        settings = relay_settings(tmp_path / f"data{len(relays)}", **media)
+        app = build_app(settings)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        settings.server.port = server.port
+        relay = Relay(f"http://127.0.0.1:{server.port}", settings, app)
+        relays.append(relay)
+        return relay
+
+    yield start
+    for relay in relays:
+        await relay.close_clients()
+
+
+@pytest.fixture
+async def relay(make_relay) -> Relay:
+    return await make_relay()
+
+
+def tracks(video: list[bytes] | None, audio: list[bytes] | None) -> list:
+    out = []
+    if audio is not None:
+        out.append(audio_track(audio))
+    if video is not None:
+        out.append(video_track(video))
+    return out
+
+
+class ServerProcess:
+    """`relay serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, data_dir: Path, *, wrapper: str | None = None, env: dict | None = None) -> None:
+        self.data_dir = data_dir
+        self.wrapper = wrapper
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.base = ""
+        self.log = data_dir.parent / f"{data_dir.name}-server.log"
+
+    def start(self) -> "ServerProcess":
+        cmd = [sys.executable]
+        cmd += [self.wrapper] if self.wrapper else ["-m", "relay"]
+        cmd += ["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(self.data_dir)]
+        env = {**os.environ, "RELAY_ADMIN_KEY": ADMIN_KEY, "RELAY_ICE_ADDRESSES": "127.0.0.1",
+               "PYTHONPATH": str(REPO), **self.env}
+        self._logfh = open(self.log, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._logfh, env=env, cwd=REPO)
+        deadline = time.monotonic() + 30
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                break
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                self.base = m.group(1)
+                return self
+        raise AssertionError(f"server did not start; log: {self.log.read_text()[-2000:]}")
+
+    def stop(self, sig: int = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=20)
+        self._logfh.close()
+        return code
+
+
+@pytest.fixture
+def server_process(tmp_path):
+    procs: list[ServerProcess] = []
+
+    def start(data_dir: Path | None = None, **kwargs) -> ServerProcess:
+        proc = ServerProcess(data_dir or tmp_path / "data", **kwargs).start()
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.proc and proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()

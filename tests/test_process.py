@@ -1,0 +1,94 @@
+"""The relay as a process: restart keeps shows, SIGKILL mid-show, and no decoding or encoding."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ADMIN_KEY, REPO, Relay, relay_settings, tracks
+
+GUARD = str(Path(__file__).with_name("codec_guard.py"))
+
+
+def client_for(server) -> Relay:
+    return Relay(server.base, relay_settings(server.data_dir))
+
+
+def test_codec_guard_notices_a_decoder(tmp_path):
+    log = tmp_path / "codecs.log"
+    subprocess.run([sys.executable, GUARD, "selftest"], check=True, cwd=REPO,
+                   env={"CODEC_LOG": str(log), "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert "get_decoder" in log.read_text() and "CodecContext.create('h264', 'r')" in log.read_text()
+
+
+async def test_no_decoder_or_encoder_is_created_while_relaying(server_process, tmp_path, h264_clip, opus_clip):
+    log = tmp_path / "codecs.log"
+    log.write_text("")
+    server = server_process(wrapper=GUARD, env={"CODEC_LOG": str(log)})
+    relay = client_for(server)
+    try:
+        show = await relay.create_show("guarded", mirrors=("d1",))
+        await relay.publish(show, tracks(h264_clip, opus_clip))
+        viewers = [await relay.viewer("guarded"), await relay.viewer("guarded", "d1")]
+        for viewer in viewers:
+            await viewer.first_frame("video")
+            await viewer.first_frame("audio")
+
+        async def flowing() -> bool:
+            return all(v.tracks["video"].frames >= 60 and v.tracks["audio"].frames >= 100 for v in viewers)
+
+        await relay.wait_for(flowing, timeout=15, what="two seconds of media at both viewers")
+        detail = await relay.show("guarded")
+        assert detail["tracks"]["video"]["codec"] == "H264" and detail["tracks"]["audio"]["codec"] == "opus"
+    finally:
+        await relay.close_clients()
+        server.stop()
+    assert log.read_text() == "", log.read_text()[:3000]
+
+
+async def test_restart_keeps_shows_and_mirrors(server_process, tmp_path):
+    data = tmp_path / "data"
+    server = server_process(data)
+    relay = client_for(server)
+    show = await relay.create_show("keep", mirrors=("d1", "d2"))
+    await relay.create_show("other")
+    assert server.stop() == 0
+
+    server = server_process(data)
+    relay = client_for(server)
+    listing = (await relay.api("GET", "/api/shows"))[1]["shows"]
+    assert [(s["id"], s["title"], s["state"]) for s in listing] == [
+        ("keep", "Show keep", "scheduled"), ("other", "Show other", "scheduled")]
+    mirrors = (await relay.api("GET", "/api/shows/keep/mirrors"))[1]["mirrors"]
+    assert [(m["distributor"], m["name"]) for m in mirrors] == [("d1", "D1"), ("d2", "D2")]
+    # the stream key issued before the restart still publishes
+    status, body = await relay.request("POST", "/whip/keep", data="v=0\r\n", headers={
+        "Content-Type": "application/sdp", "Authorization": f"Bearer {show['stream_key']}"})
+    assert status == 400  # key accepted, offer rejected
+    status, body = await relay.request("POST", "/whip/keep", data="v=0\r\n", headers={
+        "Content-Type": "application/sdp", "Authorization": "Bearer wrong"})
+    assert status == 401
+    server.stop()
+
+
+async def test_sigkill_mid_show_leaves_it_ended_as_interrupted(server_process, tmp_path, h264_clip):
+    data = tmp_path / "data"
+    server = server_process(data)
+    relay = client_for(server)
+    show = await relay.create_show("crash", mirrors=("d1",))
+    await relay.publish(show, tracks(h264_clip, None))
+    viewer = await relay.viewer("crash", "d1", kinds=("video",), decode=False)
+    await viewer.first_frame("video")
+    assert (await relay.show("crash"))["state"] == "live"
+    server.stop(signal.SIGKILL)
+    await relay.close_clients()
+
+    server = server_process(data)
+    relay = client_for(server)
+    detail = await relay.show("crash")
+    assert detail["state"] == "ended" and detail["end_reason"] == "interrupted"
+    stats = (await relay.api("GET", "/api/shows/crash/stats"))[1]
+    assert stats["rooms"]["d1"] == {"viewers": 0, "peak_viewers": 1, "total_sessions": 1}
+    server.stop()
