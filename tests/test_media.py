@@ -186,3 +186,34 @@ async def test_delete_ends_the_show_and_operator_end_too(relay, h264_clip):
     status, body = await relay.request("POST", "/whep/cut", data=viewer.pc.localDescription.sdp,
                                        headers={"Content-Type": "application/sdp"})
     assert status == 409
+
+
+async def test_viewer_keyframe_requests_reach_the_host_at_most_once_a_second(relay, h264_clip):
+    show = await relay.create_show("pli")
+    host = await relay.publish(show, tracks(h264_clip, None))
+    sender = next(t.sender for t in host.pc.getTransceivers() if t.kind == "video")
+    received: list[float] = []
+    first = asyncio.get_running_loop().create_future()
+
+    def on_pli() -> None:  # the host's encoder would make a keyframe here
+        received.append(time.monotonic())
+        if not first.done():
+            first.set_result(None)
+
+    sender._send_keyframe = on_pli
+    viewers = [await relay.viewer("pli", kinds=("video",), decode=False) for _ in range(4)]
+    for viewer in viewers:
+        await viewer.first_frame("video")
+    received.clear()
+    start = time.monotonic()
+    while time.monotonic() - start < 2.5:
+        for viewer in viewers:
+            receiver = viewer.pc.getTransceivers()[0].receiver
+            assert aiortc_hooks.request_keyframe(receiver)
+        await asyncio.sleep(0.05)  # viewers asking ~20 times a second each
+    await asyncio.wait_for(first, 2)
+    gaps = [b - a for a, b in zip(received, received[1:])]
+    assert 2 <= len(received) <= 4, received
+    assert all(gap >= 0.9 for gap in gaps), gaps
+    requests = (await relay.show("pli"))["keyframe_requests"]
+    assert requests["received"] >= 4 * 40
