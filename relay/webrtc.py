@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
+from typing import Callable
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
+from . import aiortc_hooks
 from .errors import ApiError
 from .media import AUDIO_CODECS, VIDEO_CODECS
 
@@ -73,6 +76,11 @@ def parse_offer(text: str, *, sending: bool) -> Offer:
         offer.media.append(OfferMedia(media.kind, media.direction, names))
     if not offer.media:
         raise ApiError(400, "bad_sdp", "malformed SDP offer: no audio or video section")
+    kinds = offer.kinds()
+    for kind in ("audio", "video"):
+        if kinds.count(kind) > 1:
+            role = "publisher" if sending else "viewer"
+            raise ApiError(400, "bad_sdp", f"a {role} has one {kind} track, the offer has {kinds.count(kind)}")
     if unsupported:
         raise ApiError(
             400, "unsupported_codec",
@@ -91,3 +99,29 @@ def codec_preferences(kind: str, names: list[str]) -> list[RTCRtpCodecCapability
     if kind == "video":
         chosen += [c for c in capabilities if c.name.lower() == "rtx"]
     return chosen
+
+
+async def answer_offer(pc: RTCPeerConnection, offer: Offer, hint: str = "") -> tuple[str, dict[str, str]]:
+    """Apply `offer` to `pc` (its transceivers already set up); return the SDP answer and the
+    codec negotiated per kind. A rejected offer closes `pc` and raises a 400."""
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+    except Exception as exc:  # aiortc raises ValueError, OperationError, InternalError...
+        await pc.close()
+        raise ApiError(400, "bad_sdp", f"SDP offer rejected: {exc or type(exc).__name__}{hint}") from exc
+    codecs = {}
+    for transceiver in pc.getTransceivers():
+        codec = aiortc_hooks.negotiated_codec(transceiver)
+        if codec:
+            codecs[transceiver.kind] = codec
+    await pc.setLocalDescription(await pc.createAnswer())
+    return pc.localDescription.sdp, codecs
+
+
+def on_connection_end(pc: RTCPeerConnection, callback: Callable[[], None]) -> None:
+    """Call `callback` once the connection has failed or closed."""
+
+    @pc.on("connectionstatechange")
+    async def _changed() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            callback()

@@ -15,13 +15,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from .. import aiortc_hooks
-
-
-class WhepError(RuntimeError):
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"WHEP POST answered {status}: {body}")
-        self.status = status
-        self.body = body
+from .whip import SignalingError
 
 
 class TrackCounter:
@@ -81,7 +75,7 @@ class WhepClient:
                 body = await res.text()
                 if res.status != 201:
                     await self.pc.close()
-                    raise WhepError(res.status, body)
+                    raise SignalingError(res.status, body)
                 self.location = urljoin(self.url, res.headers["Location"])
         await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
 

@@ -7,9 +7,11 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtp
 from urllib.parse import urljoin
 
 
-class WhipError(RuntimeError):
+class SignalingError(RuntimeError):
+    """The server answered a WHIP/WHEP POST with something other than 201."""
+
     def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"WHIP POST answered {status}: {body}")
+        super().__init__(f"POST answered {status}: {body}")
         self.status = status
         self.body = body
 
@@ -39,7 +41,7 @@ class WhipClient:
                 body = await res.text()
                 if res.status != 201:
                     await self.pc.close()
-                    raise WhipError(res.status, body)
+                    raise SignalingError(res.status, body)
                 self.location = urljoin(self.url, res.headers["Location"])
         await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
 

@@ -7,12 +7,11 @@ import secrets
 import time
 from typing import Callable
 
-from aiortc import MediaStreamTrack, RTCSessionDescription
+from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from .. import aiortc_hooks
-from ..errors import ApiError
-from ..webrtc import Offer, codec_preferences, new_peer_connection
+from ..webrtc import Offer, answer_offer, codec_preferences, new_peer_connection, on_connection_end
 from .viewer_queue import ViewerQueue
 
 log = logging.getLogger(__name__)
@@ -45,10 +44,6 @@ class ViewerSession:
         self._on_gone = on_gone
 
     async def answer(self, offer: Offer, codecs: dict[str, list[str]], on_keyframe_request: Callable[[], None]) -> str:
-        kinds = offer.kinds()
-        for kind in ("audio", "video"):
-            if kinds.count(kind) > 1:
-                raise ApiError(400, "bad_sdp", f"a viewer may receive one {kind} track, the offer has {kinds.count(kind)}")
         for media in offer.media:
             transceiver = self.pc.addTransceiver(_SharedTrack(media.kind), direction="sendonly")
             transceiver.setCodecPreferences(codec_preferences(media.kind, codecs[media.kind]))
@@ -56,27 +51,10 @@ class ViewerSession:
             queue.on_drop = on_keyframe_request
             aiortc_hooks.feed_sender(transceiver.sender, queue.get, on_keyframe_request)
             self.queues[media.kind] = queue
-        try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
-        except Exception as exc:
-            await self.close()
-            wanted = ", ".join(f"{k} {'/'.join(v)}" for k, v in codecs.items() if k in kinds)
-            raise ApiError(
-                400, "unsupported_codec" if "parameters" in str(exc) else "bad_sdp",
-                f"SDP offer rejected: {exc or type(exc).__name__} (this show sends {wanted})",
-            ) from exc
-        for transceiver in self.pc.getTransceivers():
-            codec = aiortc_hooks.negotiated_codec(transceiver)
-            if codec:
-                self.codecs[transceiver.kind] = codec
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-
-        @self.pc.on("connectionstatechange")
-        async def _state() -> None:
-            if self.pc.connectionState in ("failed", "closed") and not self.closed:
-                self._on_gone(self)
-
-        return self.pc.localDescription.sdp
+        sends = "; ".join(f"{k} {'/'.join(v)}" for k, v in codecs.items() if k in offer.kinds())
+        answer, self.codecs = await answer_offer(self.pc, offer, f" (this show sends {sends})")
+        on_connection_end(self.pc, lambda: self.closed or self._on_gone(self))
+        return answer
 
     @property
     def dropped(self) -> int:

@@ -7,11 +7,10 @@ import secrets
 import time
 from typing import Callable
 
-from aiortc import RTCRtpReceiver, RTCSessionDescription
+from aiortc import RTCRtpReceiver
 
 from .. import aiortc_hooks
-from ..errors import ApiError
-from ..webrtc import Offer, codec_preferences, new_peer_connection
+from ..webrtc import Offer, answer_offer, codec_preferences, new_peer_connection, on_connection_end
 
 log = logging.getLogger(__name__)
 
@@ -36,34 +35,20 @@ class PublisherSession:
 
     async def answer(self, offer: Offer, video_codecs: list[str]) -> str:
         """Apply the host's offer and return the SDP answer."""
-        kinds = offer.kinds()
-        for kind in ("audio", "video"):
-            if kinds.count(kind) > 1:
-                raise ApiError(400, "bad_sdp", f"a publisher may send one {kind} track, the offer has {kinds.count(kind)}")
         for media in offer.media:
             transceiver = self.pc.addTransceiver(media.kind, direction="recvonly")
             names = video_codecs if media.kind == "video" else ["opus"]
             transceiver.setCodecPreferences(codec_preferences(media.kind, names))
             aiortc_hooks.tap_receiver(transceiver.receiver, self._sink(media.kind))
             self.receivers[media.kind] = transceiver.receiver
-        try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
-        except Exception as exc:
-            await self.close()
-            raise ApiError(400, "bad_sdp", f"SDP offer rejected: {exc or type(exc).__name__}") from exc
-        for transceiver in self.pc.getTransceivers():
-            codec = aiortc_hooks.negotiated_codec(transceiver)
-            if codec:
-                self.codecs[transceiver.kind] = codec
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        answer, self.codecs = await answer_offer(self.pc, offer)
+        on_connection_end(self.pc, self._ended)
+        return answer
 
-        @self.pc.on("connectionstatechange")
-        async def _state() -> None:
-            if self.pc.connectionState in ("failed", "closed") and not self.closed:
-                log.info("publisher %s of show %s: connection %s", self.id, self.show_id, self.pc.connectionState)
-                self._on_gone(self)
-
-        return self.pc.localDescription.sdp
+    def _ended(self) -> None:
+        if not self.closed:
+            log.info("publisher %s of show %s: connection %s", self.id, self.show_id, self.pc.connectionState)
+            self._on_gone(self)
 
     def _sink(self, kind: str) -> aiortc_hooks.FrameSink:
         on_frame = self._on_frame
