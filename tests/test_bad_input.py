@@ -7,7 +7,7 @@ import re
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from conftest import tracks
+
 
 
 async def make_offer(direction: str, kinds=("audio", "video")) -> str:

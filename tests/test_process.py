@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ADMIN_KEY, REPO, Relay, relay_settings, tracks
+from conftest import REPO, Relay, relay_settings, tracks
 
 GUARD = str(Path(__file__).with_name("codec_guard.py"))
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import urljoin
-
-import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from .. import aiortc_hooks
-from .whip import SignalingError
+from .signaling import SignalingError, delete_session, negotiate
+
+__all__ = ["SignalingError", "WhepClient"]
 
 
 class TrackCounter:
@@ -38,6 +37,11 @@ class TrackCounter:
         self.frames += 1
         self.bytes += size
 
+    def on_encoded_frame(self, codec, frame) -> None:
+        self.count(len(frame.data))
+        if self.data is not None:
+            self.data.append(frame.data)
+
     def fps_since(self, start_frames: int, start_time: float) -> float:
         return (self.frames - start_frames) / max(1e-6, time.monotonic() - start_time)
 
@@ -59,25 +63,14 @@ class WhepClient:
         for kind in self.kinds:
             transceiver = self.pc.addTransceiver(kind, direction="recvonly")
             if not self.decode:
-                counter = self.tracks[kind]
-                aiortc_hooks.tap_receiver(transceiver.receiver, lambda codec, frame, c=counter: c.count(len(frame.data)) or (
-                    c.data.append(frame.data) if c.data is not None else None))
+                aiortc_hooks.tap_receiver(transceiver.receiver, self.tracks[kind].on_encoded_frame)
 
         @self.pc.on("track")
         def on_track(track) -> None:
             if self.decode:
                 self._tasks.append(asyncio.ensure_future(self._consume(track)))
 
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with aiohttp.ClientSession() as http:
-            async with http.post(self.url, data=self.pc.localDescription.sdp,
-                                 headers={"Content-Type": "application/sdp"}) as res:
-                body = await res.text()
-                if res.status != 201:
-                    await self.pc.close()
-                    raise SignalingError(res.status, body)
-                self.location = urljoin(self.url, res.headers["Location"])
-        await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+        self.location = await negotiate(self.pc, self.url)
 
     async def _consume(self, track) -> None:
         counter = self.tracks[track.kind]
@@ -98,12 +91,7 @@ class WhepClient:
 
     async def stop(self) -> None:
         if self.location:
-            try:
-                async with aiohttp.ClientSession() as http:
-                    async with http.delete(self.location):
-                        pass
-            except aiohttp.ClientError:
-                pass
+            await delete_session(self.location)
         for task in self._tasks:
             task.cancel()
         if self.pc is not None:

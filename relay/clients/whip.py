@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import aiohttp
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from urllib.parse import urljoin
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpSender
 
+from .signaling import SignalingError, delete_session, negotiate
 
-class SignalingError(RuntimeError):
-    """The server answered a WHIP/WHEP POST with something other than 201."""
-
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"POST answered {status}: {body}")
-        self.status = status
-        self.body = body
+__all__ = ["SignalingError", "WhipClient"]
 
 
 class WhipClient:
@@ -33,17 +26,11 @@ class WhipClient:
                 caps = RTCRtpSender.getCapabilities("video").codecs
                 transceiver.setCodecPreferences(
                     [c for c in caps if c.name == self.video_codec] + [c for c in caps if c.name == "rtx"])
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with aiohttp.ClientSession() as http:
-            async with http.post(self.url, data=self.pc.localDescription.sdp, headers={
-                "Content-Type": "application/sdp", "Authorization": f"Bearer {self.stream_key}",
-            }) as res:
-                body = await res.text()
-                if res.status != 201:
-                    await self.pc.close()
-                    raise SignalingError(res.status, body)
-                self.location = urljoin(self.url, res.headers["Location"])
-        await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+        self.location = await negotiate(self.pc, self.url, self._auth)
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.stream_key}"}
 
     async def drop(self) -> None:
         """Vanish without telling the server (a host losing its network)."""
@@ -53,7 +40,5 @@ class WhipClient:
     async def stop(self) -> None:
         """End the session with DELETE, as a host pressing stop does."""
         if self.location:
-            async with aiohttp.ClientSession() as http:
-                async with http.delete(self.location, headers={"Authorization": f"Bearer {self.stream_key}"}):
-                    pass
+            await delete_session(self.location, self._auth)
         await self.drop()
