@@ -714,27 +714,26 @@ class Bench:
             print(f"      ! {target.name} still counts {target.viewers()} viewer(s) after teardown", flush=True)
         self.deadline.sleep(self.args.settle)
 
-    def run_ladder(self, target_name: str, ladder: list[int]) -> dict[str, Any]:
+    def run_ladder(self, target_name: str, ladder: list[int], outcome: dict[str, Any]) -> None:
+        """Start the server and the host, measure idle, then each step; fills `outcome` as it goes
+        (so a run stopped early still has the steps done)."""
         target = self.start_server(target_name)
-        stream_key = target.setup() if isinstance(target, RelayTarget) else "none"
-        self.start_publisher(target, stream_key)
-        idle = self.measure_idle(target)
-        print(HEADER, flush=True)
-        steps: list[StepResult] = []
-        outcome: dict[str, Any] = {"idle": asdict(idle), "steps": steps}
+        outcome.update({"idle": None, "steps": []})
         try:
+            stream_key = target.setup() if isinstance(target, RelayTarget) else "none"
+            self.start_publisher(target, stream_key)
+            outcome["idle"] = asdict(self.measure_idle(target))
+            print(HEADER, flush=True)
             for n in ladder:
-                steps.append(self.run_step(target, n))
+                outcome["steps"].append(asdict(self.run_step(target, n)))
         finally:
             self.stop_publisher()
             target.server.stop()
-            outcome["steps"] = [asdict(s) for s in steps]
             outcome["log_problems"] = target.server.problems()
             if outcome["log_problems"]:
                 print(f"{target.name} log, warnings and errors:", flush=True)
                 for line in outcome["log_problems"]:
                     print(f"    {line}", flush=True)
-        return outcome
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -757,7 +756,7 @@ def format_row(s: StepResult) -> str:
 def summarize(relay: dict[str, Any] | None, baseline: dict[str, Any] | None) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     lines: list[str] = []
-    if relay and relay["steps"]:
+    if relay and relay.get("steps") and relay.get("idle"):
         steps = relay["steps"]
         ok = [s for s in steps if s["real_time"]]
         largest = max(steps, key=lambda s: s["viewers"])
@@ -785,7 +784,7 @@ def summarize(relay: dict[str, Any] | None, baseline: dict[str, Any] | None) -> 
                      f" -> ~{marginal_core:.0f} viewers per core after the ingest cost")
         lines.append(f"relay: target >= {TARGET_VIEWERS_PER_CORE} viewers in real time on one core: "
                      + ("MET" if r["meets_target"] else "NOT MET"))
-    if baseline and baseline["steps"]:
+    if baseline and baseline.get("steps"):
         steps = baseline["steps"]
         largest = max(steps, key=lambda s: s["viewers"])
         summary["mediarelay"] = {
@@ -898,10 +897,10 @@ def main(argv: list[str] | None = None) -> int:
         bench.spawn_viewer_workers(math.ceil(max(ladders) / args.viewers_per_process))
         print(f"\n== relay (python -m relay serve), {len(bench.workers)} viewer process(es), "
               f"{args.warmup:.0f}s warm-up + {args.step_seconds - args.warmup:.0f}s window per step", flush=True)
-        results["relay"] = bench.run_ladder("relay", args.ladder)
+        bench.run_ladder("relay", args.ladder, results.setdefault("relay", {}))
         if args.baseline == "mediarelay":
             print("\n== baseline: aiortc MediaRelay (bench/mediarelay_server.py)", flush=True)
-            results["mediarelay"] = bench.run_ladder("mediarelay", args.baseline_ladder)
+            bench.run_ladder("mediarelay", args.baseline_ladder, results.setdefault("mediarelay", {}))
     except (BenchError, KeyboardInterrupt) as exc:
         print(f"\nbench stopped early: {type(exc).__name__}: {exc}", flush=True)
         results["stopped_early"] = f"{type(exc).__name__}: {exc}"

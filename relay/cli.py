@@ -7,11 +7,14 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
 from .config import ConfigError, load_settings
+
+DEFAULT_CONFIG = "config/relay.toml"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -21,7 +24,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8080; 0 picks a free one)")
     serve.add_argument("--data-dir", help="where shows and recordings are kept (default ./data)")
-    serve.add_argument("--config", help="a TOML settings file (see config/relay.toml)")
+    serve.add_argument("--config", help="a TOML settings file (default: ./config/relay.toml if present)")
     serve.add_argument("--demo", action="store_true", help="create show 'demo' fed by a synthetic host")
     serve.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -30,7 +33,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 async def _serve(args: argparse.Namespace) -> None:
     from .app import build_app
 
-    settings = load_settings(args.config)
+    config = args.config
+    if config is None and Path(DEFAULT_CONFIG).is_file():
+        config = DEFAULT_CONFIG
+    settings = load_settings(config)
     if args.host is not None:
         settings.server.host = args.host
     if args.port is not None:

@@ -58,6 +58,13 @@ class LiveShow:
         self._cancel_grace()
         for kind, codec in session.codecs.items():
             self.forwarders[kind].start_source(codec)
+        # Viewers who negotiated another codec while waiting cannot play this host: close
+        # them so their players reconnect and negotiate the host's codec.
+        for viewer in list(self.viewers.values()):
+            if any(viewer.codecs.get(k, c) != c for k, c in session.codecs.items()):
+                log.info("show %s: viewer %s has %s, host sends %s; closing it", self.show_id,
+                         viewer.id, viewer.codecs, session.codecs)
+                self.remove_viewer(viewer)
         if self._watchdog is None:
             self._watchdog = asyncio.ensure_future(self._watch_publisher())
         if previous is not None:

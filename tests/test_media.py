@@ -9,6 +9,8 @@ import time
 from conftest import HEIGHT, WIDTH, tracks
 
 from relay import aiortc_hooks
+from relay.clients.synthetic import encode_pattern, video_track
+from relay.clients.whip import WhipClient
 
 
 async def measure_fps(client, seconds: float = 3.0) -> float:
@@ -217,3 +219,23 @@ async def test_viewer_keyframe_requests_reach_the_host_at_most_once_a_second(rel
     assert all(gap >= 0.9 for gap in gaps), gaps
     requests = (await relay.show("pli"))["keyframe_requests"]
     assert requests["received"] >= 4 * 40
+
+
+async def test_vp8_host_and_viewers_who_waited_with_another_codec(relay):
+    vp8 = encode_pattern(320, 240, 30, seconds=1.0, gop=30, bitrate=300_000, codec_name="libvpx")
+    show = await relay.create_show("vp8")
+    waiting = await relay.viewer("vp8", kinds=("video",))  # negotiates H.264, the default
+    host = WhipClient(f"{relay.base}/whip/vp8", show["stream_key"], [video_track(vp8)], video_codec="VP8")
+    await host.start()
+    relay.clients.append(host)
+
+    async def waiting_closed() -> bool:
+        return (await relay.show("vp8"))["viewers"]["hq"] == 0
+
+    await relay.wait_for(waiting_closed, what="the H.264 viewer to be closed for the VP8 host")
+    assert (await relay.show("vp8"))["tracks"]["video"]["codec"] == "VP8"
+    assert (await relay.request("DELETE", waiting.location[len(relay.base):]))[0] == 404
+    viewer = await relay.viewer("vp8", kinds=("video",))
+    await viewer.first_frame("video")
+    await relay.wait_for(lambda: _at_least(viewer.tracks["video"], 30), what="30 VP8 frames decoded")
+    assert (viewer.tracks["video"].width, viewer.tracks["video"].height) == (320, 240)

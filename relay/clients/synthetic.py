@@ -21,18 +21,23 @@ AUDIO_SAMPLES = 960  # 20 ms
 
 
 def encode_pattern(width: int = 1280, height: int = 720, fps: int = 30, seconds: float = 4.0,
-                   gop: int = 60, bitrate: int = 2_000_000) -> list[bytes]:
-    """Access units (Annex-B) of a moving colour pattern with a sweeping bar; IDR every `gop` frames."""
-    codec = av.CodecContext.create("libx264", "w")
+                   gop: int = 60, bitrate: int = 2_000_000, codec_name: str = "libx264") -> list[bytes]:
+    """Frames of a moving colour pattern with a sweeping bar, a keyframe every `gop` frames:
+    H.264 access units (Annex-B) with libx264, VP8 frames with libvpx."""
+    codec = av.CodecContext.create(codec_name, "w")
     codec.width, codec.height = width, height
     codec.pix_fmt = "yuv420p"
     codec.time_base = fractions.Fraction(1, fps)
     codec.framerate = fractions.Fraction(fps, 1)
     codec.bit_rate = bitrate
     codec.gop_size = gop
-    codec.options = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline",
-                     "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:nal-hrd=cbr",
-                     "maxrate": str(bitrate), "bufsize": str(bitrate // 2)}
+    if codec_name == "libx264":
+        codec.options = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline",
+                         "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:nal-hrd=cbr",
+                         "maxrate": str(bitrate), "bufsize": str(bitrate // 2)}
+    else:
+        codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0",
+                         "keyint_min": str(gop)}
     ys, xs = np.mgrid[0:height, 0:width]
     units: list[bytes] = []
     count = int(seconds * fps)
