@@ -746,7 +746,7 @@ def format_row(s: StepResult) -> str:
     drops = "-" if s.dropped_frames is None else str(s.dropped_frames)
     verdict = "real time" if s.real_time else "NOT real time"
     if s.viewer_bound:
-        verdict += " (viewer side saturated)"
+        verdict += " (viewer side >90% busy)"
     return (f"{s.viewers:5d} {s.connected:5d} {s.server_cpu_pct:8.1f} {s.cpu_ms_per_viewer_s:12.2f} "
             f"{s.fps_min:6.1f}/{s.fps_median:<5.1f} {s.audio_fps_median:7.1f} {s.kbps_median:6.0f} "
             f"{s.ttff_p50:7.2f}/{s.ttff_p95:<6.2f} {drops:>6} {s.ingest_fps:6.1f} "
@@ -784,6 +784,13 @@ def summarize(relay: dict[str, Any] | None, baseline: dict[str, Any] | None) -> 
                      f" -> ~{marginal_core:.0f} viewers per core after the ingest cost")
         lines.append(f"relay: target >= {TARGET_VIEWERS_PER_CORE} viewers in real time on one core: "
                      + ("MET" if r["meets_target"] else "NOT MET"))
+        bound = [s for s in steps if s["viewer_bound"]]
+        r["viewer_bound_steps"] = [s["viewers"] for s in bound]
+        if bound:
+            first = bound[0]
+            lines.append(f"load generator: at N={first['viewers']} the viewer processes and host used "
+                         f"{first['viewer_cpu_pct'] + first['host_cpu_pct']:.0f}% of their {first['viewer_cores']} "
+                         f"core(s); larger steps are limited by the viewer side, not by the relay")
     if baseline and baseline.get("steps"):
         steps = baseline["steps"]
         largest = max(steps, key=lambda s: s["viewers"])
@@ -910,6 +917,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
         results["seconds"] = round(time.monotonic() - started, 1)
         summary = summarize(results.get("relay"), results.get("mediarelay"))
+        if status:
+            summary["lines"].insert(0, "the run stopped early: these figures cover only the steps done")
         results["summary"] = summary
         if summary["lines"]:
             print("\n== summary", flush=True)
