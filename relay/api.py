@@ -9,13 +9,14 @@ from .errors import ApiError
 from .http_util import read_json, require_admin
 from .models import HQ_ROOM, Mirror, Show, is_slug
 from .shows import ShowService
+from .appkeys import SHOWS
 
 routes = web.RouteTableDef()
 
 
 def _service(request: web.Request) -> ShowService:
     require_admin(request)
-    return request.app["shows"]
+    return request.app[SHOWS]
 
 
 def show_links(settings: Settings, show_id: str) -> dict[str, str]:
@@ -174,7 +175,7 @@ async def stats(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    service: ShowService = request.app["shows"]
+    service: ShowService = request.app[SHOWS]
     return web.json_response({
         "ok": True,
         "live_shows": sum(1 for live in service.live.values() if live.publisher is not None),

@@ -19,6 +19,7 @@ from .ingest.whip import routes as whip_routes
 from .pages import routes as page_routes
 from .shows import ShowService
 from .store import SqliteStore
+from .appkeys import ADMIN_KEY, SETTINGS, SHOWS
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ def build_app(settings: Settings) -> web.Application:
     interrupted = service.recover()
     if interrupted:
         log.warning("shows interrupted by the last stop, now ended: %s", ", ".join(interrupted))
-    app["settings"] = settings
-    app["admin_key"] = admin_key
-    app["shows"] = service
+    app[SETTINGS] = settings
+    app[ADMIN_KEY] = admin_key
+    app[SHOWS] = service
     app.add_routes(api_routes)
     app.add_routes(whip_routes)
     app.add_routes(whep_routes)

@@ -10,6 +10,7 @@ from aiohttp import web
 from .clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
 from .clients.whip import WhipClient
 from .shows import ShowService
+from .appkeys import SETTINGS, SHOWS
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +18,11 @@ DEMO_SHOW = "demo"
 
 
 async def start_demo(app: web.Application) -> WhipClient:
-    service: ShowService = app["shows"]
+    service: ShowService = app[SHOWS]
     if service.store.get_show(DEMO_SHOW):
         await service.delete_show(DEMO_SHOW)
     _, key = service.create_show("Demo show", DEMO_SHOW)
-    base = app["settings"].base_url
+    base = app[SETTINGS].base_url
     loop = asyncio.get_running_loop()
     video = await loop.run_in_executor(None, lambda: encode_pattern(1280, 720, 30, 4.0, 60, 2_000_000))
     audio = await loop.run_in_executor(None, encode_tone)

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from .errors import ApiError
+from .appkeys import ADMIN_KEY
 
 SDP_TYPE = "application/sdp"
 
@@ -23,7 +24,7 @@ def bearer_token(request: web.Request) -> str | None:
 
 def require_admin(request: web.Request) -> None:
     token = bearer_token(request)
-    expected: str = request.app["admin_key"]
+    expected: str = request.app[ADMIN_KEY]
     if token is None:
         raise ApiError(401, "unauthorized", "missing admin key: send Authorization: Bearer <admin key>",
                        {"WWW-Authenticate": "Bearer"})

@@ -7,6 +7,7 @@ from importlib import resources
 from aiohttp import web
 
 from .models import HQ_ROOM
+from .appkeys import SHOWS
 
 routes = web.RouteTableDef()
 
@@ -18,7 +19,7 @@ def _static(name: str) -> str:
 @routes.get("/watch/{show}")
 @routes.get("/watch/{show}/{room}")
 async def watch(request: web.Request) -> web.Response:
-    service = request.app["shows"]
+    service = request.app[SHOWS]
     show_id = request.match_info["show"]
     room = request.match_info.get("room", HQ_ROOM)
     service.get_show(show_id)

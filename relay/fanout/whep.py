@@ -8,6 +8,7 @@ from ..http_util import not_patchable, options_response, read_sdp, sdp_answer
 from ..models import HQ_ROOM
 from ..shows import ShowService
 from ..webrtc import parse_offer
+from ..appkeys import SHOWS
 
 routes = web.RouteTableDef()
 
@@ -15,7 +16,7 @@ routes = web.RouteTableDef()
 @routes.post("/whep/{show}")
 @routes.post("/whep/{show}/{room}")
 async def play(request: web.Request) -> web.Response:
-    service: ShowService = request.app["shows"]
+    service: ShowService = request.app[SHOWS]
     show_id = request.match_info["show"]
     room = request.match_info.get("room", HQ_ROOM)
     service.get_show(show_id)
@@ -27,7 +28,7 @@ async def play(request: web.Request) -> web.Response:
 
 @routes.delete("/whep/{show}/{room}/{session}")
 async def stop(request: web.Request) -> web.Response:
-    service: ShowService = request.app["shows"]
+    service: ShowService = request.app[SHOWS]
     m = request.match_info
     await service.stop_watching(m["show"], m["room"], m["session"])
     return web.Response(status=200)

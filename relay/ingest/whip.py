@@ -7,13 +7,14 @@ from aiohttp import web
 from ..http_util import bearer_token, not_patchable, options_response, read_sdp, sdp_answer
 from ..shows import ShowService
 from ..webrtc import parse_offer
+from ..appkeys import SHOWS
 
 routes = web.RouteTableDef()
 
 
 @routes.post("/whip/{show}")
 async def publish(request: web.Request) -> web.Response:
-    service: ShowService = request.app["shows"]
+    service: ShowService = request.app[SHOWS]
     show_id = request.match_info["show"]
     show = service.get_show(show_id)
     service.check_stream_key(show, bearer_token(request))
@@ -24,7 +25,7 @@ async def publish(request: web.Request) -> web.Response:
 
 @routes.delete("/whip/{show}/{session}")
 async def unpublish(request: web.Request) -> web.Response:
-    service: ShowService = request.app["shows"]
+    service: ShowService = request.app[SHOWS]
     await service.unpublish(request.match_info["show"], request.match_info["session"], bearer_token(request))
     return web.Response(status=200)
 

@@ -1,0 +1,15 @@
+"""Typed keys of what the application holds, shared by the HTTP front-ends."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .shows import ShowService
+
+SETTINGS: "web.AppKey[Settings]" = web.AppKey("settings")
+ADMIN_KEY: web.AppKey[str] = web.AppKey("admin_key", str)
+SHOWS: "web.AppKey[ShowService]" = web.AppKey("shows")
