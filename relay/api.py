@@ -52,6 +52,7 @@ def show_view(service: ShowService, show: Show, detail: bool = False) -> dict:
         "started_at": show.started_at,
         "ended_at": show.ended_at,
         "end_reason": show.end_reason,
+        "replay_public": show.replay_public,
     }
     if detail:
         figures = service.figures(show.id)
@@ -93,7 +94,10 @@ async def create_show(request: web.Request) -> web.Response:
     body = await read_json(request)
     title = _text_field(body, "title")
     show_id = _slug_field(body, "id", required=False)
-    show, key = service.create_show(title, show_id)
+    public = body.get("replay_public", True)
+    if not isinstance(public, bool):
+        raise ApiError(422, "invalid_field", "'replay_public' must be true or false")
+    show, key = service.create_show(title, show_id, public)
     return web.json_response({**show_view(service, show), "stream_key": key}, status=201)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -17,11 +18,15 @@ from .fanout.whep import routes as whep_routes
 from .http_util import CORS_HEADERS
 from .ingest.whip import routes as whip_routes
 from .pages import routes as page_routes
+from .replay.serving import routes as replay_routes
+from .replay.service import ReplayService
 from .shows import ShowService
 from .store import SqliteStore
-from .appkeys import ADMIN_KEY, SETTINGS, SHOWS
+from .appkeys import ADMIN_KEY, REPLAYS, SETTINGS, SHOWS
 
 log = logging.getLogger(__name__)
+
+RETENTION: web.AppKey[asyncio.Task] = web.AppKey("retention", asyncio.Task)
 
 
 def resolve_admin_key(settings: Settings) -> tuple[str, bool]:
@@ -61,21 +66,31 @@ def build_app(settings: Settings) -> web.Application:
         print(f"relay: generated an admin key (stored in {settings.data_path / 'admin_key'}):\n"
               f"  {admin_key}", flush=True)
     store = SqliteStore(Path(settings.data_path) / "relay.db")
-    service = ShowService(settings, store)
+    replays = ReplayService(settings.replay, store, settings.data_path / "replays")
+    service = ShowService(settings, store, replays)
     interrupted = service.recover()
     if interrupted:
         log.warning("shows interrupted by the last stop, now ended: %s", ", ".join(interrupted))
     app[SETTINGS] = settings
     app[ADMIN_KEY] = admin_key
     app[SHOWS] = service
+    app[REPLAYS] = replays
     app.add_routes(api_routes)
     app.add_routes(whip_routes)
     app.add_routes(whep_routes)
     app.add_routes(page_routes)
+    app.add_routes(replay_routes)
+
+    async def on_startup(app: web.Application) -> None:
+        replays.recover()
+        app[RETENTION] = asyncio.ensure_future(replays.run_retention())
 
     async def on_shutdown(app: web.Application) -> None:
+        app[RETENTION].cancel()
         await service.shutdown()
+        await replays.shutdown()
         store.close()
 
+    app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     return app

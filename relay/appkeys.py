@@ -8,8 +8,10 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .replay.service import ReplayService
     from .shows import ShowService
 
 SETTINGS: "web.AppKey[Settings]" = web.AppKey("settings")
 ADMIN_KEY: web.AppKey[str] = web.AppKey("admin_key", str)
 SHOWS: "web.AppKey[ShowService]" = web.AppKey("shows")
+REPLAYS: "web.AppKey[ReplayService]" = web.AppKey("replays")

@@ -44,11 +44,20 @@ class MediaSettings:
 
 
 @dataclass
+class ReplaySettings:
+    segment_target_s: float = 4.0
+    retention_days: float = 30.0
+    retention_check_interval_s: float = 3600.0
+    max_queued_frames: int = 900
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     ice: IceSettings = field(default_factory=IceSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
 
     @property
     def base_url(self) -> str:

@@ -30,6 +30,7 @@ class Show:
     started_at: float | None = None
     ended_at: float | None = None
     end_reason: str | None = None
+    replay_public: bool = True
 
 
 @dataclass
@@ -64,3 +65,24 @@ class ShowFigures:
 
     def room(self, room: str) -> RoomFigures:
         return self.rooms.setdefault(room, RoomFigures())
+
+
+class ReplayState(str, Enum):
+    RECORDING = "recording"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class Replay:
+    """The recording of a show: HLS while live, then a VOD playlist and an MP4 download."""
+
+    show_id: str
+    state: ReplayState
+    started_at: float
+    ended_at: float | None = None
+    duration_s: float = 0.0
+    discontinuities: int = 0
+    mp4_ready: bool = False
+    error: str | None = None

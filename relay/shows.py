@@ -19,6 +19,7 @@ from .fanout.viewer import ViewerSession
 from .ingest.publisher import PublisherSession
 from .live import LiveShow
 from .models import HQ_ROOM, Mirror, RoomFigures, Show, ShowFigures, ShowState, is_slug
+from .replay.service import ReplayService
 from .store import ShowStore
 from .webrtc import Offer
 
@@ -34,9 +35,10 @@ def new_stream_key() -> str:
 
 
 class ShowService:
-    def __init__(self, settings: Settings, store: ShowStore) -> None:
+    def __init__(self, settings: Settings, store: ShowStore, replays: ReplayService) -> None:
         self.settings = settings
         self.store = store
+        self.replays = replays
         self.live: dict[str, LiveShow] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -57,7 +59,7 @@ class ShowService:
         self.live.clear()
 
     # -- shows -----------------------------------------------------------------------------
-    def create_show(self, title: str, show_id: str | None) -> tuple[Show, str]:
+    def create_show(self, title: str, show_id: str | None, replay_public: bool = True) -> tuple[Show, str]:
         if show_id is None:
             show_id = secrets.token_hex(4)
             while self.store.get_show(show_id):
@@ -65,7 +67,7 @@ class ShowService:
         elif self.store.get_show(show_id):
             raise ApiError(409, "show_exists", f"a show with id {show_id!r} already exists")
         key = new_stream_key()
-        show = Show(show_id, title, ShowState.SCHEDULED, hash_key(key), time.time())
+        show = Show(show_id, title, ShowState.SCHEDULED, hash_key(key), time.time(), replay_public=replay_public)
         self.store.create_show(show)
         return show, key
 
@@ -93,6 +95,7 @@ class ShowService:
         live = self.live.pop(show_id, None)
         if live is not None:
             await live.close()
+        self.replays.on_show_end(show_id)
         return show
 
     async def delete_show(self, show_id: str) -> None:
@@ -100,6 +103,7 @@ class ShowService:
         live = self.live.pop(show_id, None)
         if live is not None:
             await live.close()
+        self.replays.delete(show_id)
         self.store.delete_show(show_id)
 
     def _mark_live(self, show: Show) -> None:
@@ -164,6 +168,7 @@ class ShowService:
             await session.close()
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
         await live.attach_publisher(session)
+        self.replays.on_publish(show_id, live.forwarders, session.codecs)
         self._mark_live(show)
         log.info("show %s: publisher %s connected (%s)", show_id, session.id, session.codecs)
         return session, answer

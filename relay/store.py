@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from .models import Mirror, RoomFigures, Show, ShowState
+from .models import Mirror, Replay, ReplayState, RoomFigures, Show, ShowState
 
 
 class ShowStore(Protocol):
@@ -25,6 +25,10 @@ class ShowStore(Protocol):
     def list_mirrors(self, show_id: str) -> list[Mirror]: ...
     def delete_mirror(self, show_id: str, distributor: str) -> None: ...
     def save_room_figures(self, show_id: str, room: str, figures: RoomFigures) -> None: ...
+    def save_replay(self, replay: Replay) -> None: ...
+    def get_replay(self, show_id: str) -> Replay | None: ...
+    def list_replays(self) -> list[Replay]: ...
+    def delete_replay(self, show_id: str) -> None: ...
     def load_room_figures(self, show_id: str) -> dict[str, RoomFigures]: ...
     def close(self) -> None: ...
 
@@ -38,7 +42,8 @@ CREATE TABLE IF NOT EXISTS shows (
     created_at REAL NOT NULL,
     started_at REAL,
     ended_at REAL,
-    end_reason TEXT
+    end_reason TEXT,
+    replay_public INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS mirrors (
     show_id TEXT NOT NULL REFERENCES shows(id) ON DELETE CASCADE,
@@ -46,6 +51,16 @@ CREATE TABLE IF NOT EXISTS mirrors (
     name TEXT NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (show_id, distributor)
+);
+CREATE TABLE IF NOT EXISTS replays (
+    show_id TEXT PRIMARY KEY REFERENCES shows(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    duration_s REAL NOT NULL DEFAULT 0,
+    discontinuities INTEGER NOT NULL DEFAULT 0,
+    mp4_ready INTEGER NOT NULL DEFAULT 0,
+    error TEXT
 );
 CREATE TABLE IF NOT EXISTS room_figures (
     show_id TEXT NOT NULL REFERENCES shows(id) ON DELETE CASCADE,
@@ -67,6 +82,15 @@ def _show(row: sqlite3.Row) -> Show:
         started_at=row["started_at"],
         ended_at=row["ended_at"],
         end_reason=row["end_reason"],
+        replay_public=bool(row["replay_public"]),
+    )
+
+
+def _replay(row: sqlite3.Row) -> Replay:
+    return Replay(
+        show_id=row["show_id"], state=ReplayState(row["state"]), started_at=row["started_at"],
+        ended_at=row["ended_at"], duration_s=row["duration_s"], discontinuities=row["discontinuities"],
+        mp4_ready=bool(row["mp4_ready"]), error=row["error"],
     )
 
 
@@ -84,9 +108,9 @@ class SqliteStore:
 
     def create_show(self, show: Show) -> None:
         self._db.execute(
-            "INSERT INTO shows VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT INTO shows VALUES (?,?,?,?,?,?,?,?,?)",
             (show.id, show.title, show.state.value, show.stream_key_hash, show.created_at,
-             show.started_at, show.ended_at, show.end_reason),
+             show.started_at, show.ended_at, show.end_reason, int(show.replay_public)),
         )
 
     def get_show(self, show_id: str) -> Show | None:
@@ -100,9 +124,9 @@ class SqliteStore:
     def update_show(self, show: Show) -> None:
         self._db.execute(
             "UPDATE shows SET title=?, state=?, stream_key_hash=?, started_at=?, ended_at=?,"
-            " end_reason=? WHERE id=?",
+            " end_reason=?, replay_public=? WHERE id=?",
             (show.title, show.state.value, show.stream_key_hash, show.started_at, show.ended_at,
-             show.end_reason, show.id),
+             show.end_reason, int(show.replay_public), show.id),
         )
 
     def delete_show(self, show_id: str) -> None:
@@ -150,6 +174,23 @@ class SqliteStore:
             r["room"]: RoomFigures(peak_viewers=r["peak_viewers"], total_sessions=r["total_sessions"])
             for r in rows
         }
+
+    def save_replay(self, replay: Replay) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO replays VALUES (?,?,?,?,?,?,?,?)",
+            (replay.show_id, replay.state.value, replay.started_at, replay.ended_at, replay.duration_s,
+             replay.discontinuities, int(replay.mp4_ready), replay.error),
+        )
+
+    def get_replay(self, show_id: str) -> Replay | None:
+        row = self._db.execute("SELECT * FROM replays WHERE show_id=?", (show_id,)).fetchone()
+        return _replay(row) if row else None
+
+    def list_replays(self) -> list[Replay]:
+        return [_replay(r) for r in self._db.execute("SELECT * FROM replays").fetchall()]
+
+    def delete_replay(self, show_id: str) -> None:
+        self._db.execute("DELETE FROM replays WHERE show_id=?", (show_id,))
 
     def close(self) -> None:
         self._db.close()

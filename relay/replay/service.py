@@ -1,0 +1,179 @@
+"""Replays: start recording when a host publishes, finish when the show ends, recover after a
+crash, delete old ones. Every replay state change goes through `ReplayService`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from ..config import ReplaySettings
+from ..fanout.forwarder import Forwarder
+from ..models import Replay, ReplayState
+from ..store import ShowStore
+from .mp4 import remux_to_mp4
+from .playlist import Playlist
+from .recorder import PLAYLIST, Recorder
+
+log = logging.getLogger(__name__)
+
+MP4_NAME = "show.mp4"
+
+
+class ReplayService:
+    def __init__(self, settings: ReplaySettings, store: ShowStore, root: Path) -> None:
+        self.settings = settings
+        self.store = store
+        self.root = root
+        self.recorders: dict[str, Recorder] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def folder(self, show_id: str) -> Path:
+        return self.root / show_id
+
+    # -- live ------------------------------------------------------------------------------
+    def on_publish(self, show_id: str, forwarders: dict[str, Forwarder], codecs: dict[str, str]) -> None:
+        """A host session started: the first one creates the replay, later ones continue it."""
+        recorder = self.recorders.get(show_id)
+        if recorder is None:
+            recorder = Recorder(show_id, self.folder(show_id), self.settings.segment_target_s,
+                                self.settings.max_queued_frames)
+            self.recorders[show_id] = recorder
+            for forwarder in forwarders.values():
+                forwarder.listeners.append(recorder.offer)
+            if self.store.get_replay(show_id) is None:
+                self.store.save_replay(Replay(show_id, ReplayState.RECORDING, time.time()))
+        recorder.new_run(codecs)
+
+    def stream_time(self, show_id: str, wall: float) -> float | None:
+        """Replay stream time of a wall-clock instant, for placing events on the replay timeline."""
+        recorder = self.recorders.get(show_id)
+        return recorder.stream_time(wall) if recorder else None
+
+    def on_show_end(self, show_id: str) -> asyncio.Task | None:
+        """The show ended: finish the playlist now and make the MP4 in the background."""
+        recorder = self.recorders.pop(show_id, None)
+        if recorder is None:
+            return None
+        task = asyncio.ensure_future(self._finish(show_id, recorder))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _finish(self, show_id: str, recorder: Recorder) -> None:
+        try:
+            playlist = await asyncio.wrap_future(recorder.finish())
+        except Exception as exc:
+            self._update(show_id, state=ReplayState.FAILED, error=f"recording failed: {exc}")
+            return
+        await self._process(show_id, playlist, recorder.error)
+
+    async def _process(self, show_id: str, playlist: Playlist, error: str | None = None) -> None:
+        if not playlist.segments:
+            self._update(show_id, state=ReplayState.FAILED, ended_at=time.time(),
+                         error=error or "no media was recorded")
+            return
+        self._update(show_id, state=ReplayState.PROCESSING, ended_at=time.time(),
+                     duration_s=round(playlist.duration, 3), discontinuities=playlist.discontinuities)
+        folder = self.folder(show_id)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, remux_to_mp4, folder, playlist, folder / MP4_NAME)
+        except Exception as exc:
+            log.exception("show %s: making the MP4 failed", show_id)
+            self._update(show_id, state=ReplayState.FAILED, error=f"making the MP4 failed: {exc}")
+            return
+        self._update(show_id, state=ReplayState.READY, mp4_ready=True)
+        log.info("show %s: replay ready (%.1fs, %d discontinuities)", show_id, playlist.duration,
+                 playlist.discontinuities)
+
+    def _update(self, show_id: str, **changes) -> None:
+        replay = self.store.get_replay(show_id)
+        if replay is None:  # the show was deleted meanwhile
+            return
+        for key, value in changes.items():
+            setattr(replay, key, value)
+        self.store.save_replay(replay)
+
+    # -- after a restart -------------------------------------------------------------------
+    def recover(self) -> None:
+        """Replays left recording or processing by a crash: finish them from what is on disk."""
+        for replay in self.store.list_replays():
+            if replay.state not in (ReplayState.RECORDING, ReplayState.PROCESSING):
+                continue
+            path = self.folder(replay.show_id) / PLAYLIST
+            playlist = Playlist.read(path) if path.exists() else Playlist()
+            playlist.ended = True
+            if playlist.segments:
+                playlist.write(path)
+            log.warning("show %s: finishing the replay interrupted by the last stop (%d segments)",
+                        replay.show_id, len(playlist.segments))
+            task = asyncio.ensure_future(self._process(replay.show_id, playlist, "interrupted"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    # -- retention -------------------------------------------------------------------------
+    def delete(self, show_id: str) -> None:
+        recorder = self.recorders.pop(show_id, None)
+        if recorder is not None:
+            recorder.finish()
+        self.store.delete_replay(show_id)
+        shutil.rmtree(self.folder(show_id), ignore_errors=True)
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Forget replays that ended longer ago than the retention period (never a live one)
+        and delete their files; returns their show ids."""
+        cutoff = (now or time.time()) - self.settings.retention_days * 86400
+        expired = []
+        for replay in self.store.list_replays():
+            if replay.show_id in self.recorders or replay.state is ReplayState.RECORDING:
+                continue
+            if replay.ended_at is not None and replay.ended_at < cutoff:
+                self.store.delete_replay(replay.show_id)
+                expired.append(replay.show_id)
+        for show_id in expired:
+            shutil.rmtree(self.folder(show_id), ignore_errors=True)
+        if expired:
+            log.info("deleted replays older than %g days: %s", self.settings.retention_days, ", ".join(expired))
+        return expired
+
+    async def run_retention(self) -> None:
+        while True:
+            try:
+                self.expire()
+            except Exception:
+                log.exception("replay retention failed")
+            await asyncio.sleep(self.settings.retention_check_interval_s)
+
+    async def shutdown(self) -> None:
+        for show_id in list(self.recorders):
+            recorder = self.recorders.pop(show_id)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(recorder.finish()), 10)
+            except Exception:
+                log.exception("show %s: closing the recording failed", show_id)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
+
+    def describe(self, show_id: str, base_url: str) -> dict | None:
+        replay = self.store.get_replay(show_id)
+        if replay is None:
+            return None
+        duration = replay.duration_s
+        discontinuities = replay.discontinuities
+        recorder = self.recorders.get(show_id)
+        if recorder is not None:
+            duration = round(recorder.playlist.duration, 3)
+            discontinuities = recorder.playlist.discontinuities
+        return {
+            "state": replay.state.value,
+            "duration_s": duration,
+            "hls_url": f"{base_url}/replay/{show_id}/{PLAYLIST}",
+            "mp4_url": f"{base_url}/replay/{show_id}/{MP4_NAME}" if replay.mp4_ready else None,
+            "started_at": replay.started_at,
+            "ended_at": replay.ended_at,
+            "discontinuities": discontinuities,
+            "error": replay.error,
+        }
