@@ -45,6 +45,7 @@ class MediaSettings:
 
 @dataclass
 class ReplaySettings:
+    enabled: bool = True
     segment_target_s: float = 4.0
     retention_days: float = 30.0
     retention_check_interval_s: float = 3600.0

@@ -36,6 +36,8 @@ class ReplayService:
     # -- live ------------------------------------------------------------------------------
     def on_publish(self, show_id: str, forwarders: dict[str, Forwarder], codecs: dict[str, str]) -> None:
         """A host session started: the first one creates the replay, later ones continue it."""
+        if not self.settings.enabled:
+            return
         recorder = self.recorders.get(show_id)
         if recorder is None:
             recorder = Recorder(show_id, self.folder(show_id), self.settings.segment_target_s,
