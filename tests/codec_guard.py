@@ -1,5 +1,6 @@
 """Runs `relay serve` with every codec context, decoder and encoder creation in the process
-written to $CODEC_LOG. Used by test_process.py to prove the relay never decodes or encodes."""
+(and every container opened for reading, whose probing would open decoders) written to
+$CODEC_LOG. Used by test_process.py to prove the relay never decodes or encodes."""
 
 from __future__ import annotations
 
@@ -39,6 +40,17 @@ def guarded(name, real):
     return wrapper
 
 
+real_open = av.open
+
+
+def guarded_open(file, mode="r", *args, **kwargs):
+    # Opening a container for reading probes its streams, which opens decoders.
+    if mode == "r":
+        record(f"av.open({file!r}, 'r')")
+    return real_open(file, mode, *args, **kwargs)
+
+
+av.open = guarded_open
 av.CodecContext = GuardedCodecContext
 for module in (aiortc.codecs.opus, aiortc.codecs.vpx, aiortc.codecs.g711, aiortc.codecs.g722):
     module.CodecContext = GuardedCodecContext
@@ -50,6 +62,12 @@ if __name__ == "__main__":
         from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
         aiortc.rtcrtpreceiver.get_decoder(RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=96))
+        import io
+
+        try:
+            av.open(io.BytesIO(b"not media"), "r")
+        except av.FFmpegError:
+            pass
         sys.exit(0)
     from relay.cli import main
 

@@ -20,10 +20,12 @@ def test_codec_guard_notices_a_decoder(tmp_path):
     log = tmp_path / "codecs.log"
     subprocess.run([sys.executable, GUARD, "selftest"], check=True, cwd=REPO,
                    env={"CODEC_LOG": str(log), "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-    assert "get_decoder" in log.read_text() and "CodecContext.create('h264', 'r')" in log.read_text()
+    text = log.read_text()
+    assert "get_decoder" in text and "CodecContext.create('h264', 'r')" in text and "av.open(" in text
 
 
-async def test_no_decoder_or_encoder_is_created_while_relaying(server_process, tmp_path, h264_clip, opus_clip):
+async def test_no_decoder_or_encoder_is_created_while_relaying_or_recording(server_process, tmp_path, h264_clip,
+                                                                           opus_clip):
     log = tmp_path / "codecs.log"
     log.write_text("")
     server = server_process(wrapper=GUARD, env={"CODEC_LOG": str(log)})
@@ -42,6 +44,12 @@ async def test_no_decoder_or_encoder_is_created_while_relaying(server_process, t
         await relay.wait_for(flowing, timeout=15, what="two seconds of media at both viewers")
         detail = await relay.show("guarded")
         assert detail["tracks"]["video"]["codec"] == "H264" and detail["tracks"]["audio"]["codec"] == "opus"
+        await relay.clients[0].stop()  # the host ends the show: the replay is finished and remuxed
+
+        async def replay_ready() -> bool:
+            return (await relay.api("GET", "/api/shows/guarded/replay"))[1]["state"] == "ready"
+
+        await relay.wait_for(replay_ready, timeout=20, what="the replay and its MP4")
     finally:
         await relay.close_clients()
         server.stop()
