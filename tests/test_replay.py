@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -267,3 +268,47 @@ async def test_retention_deletes_old_replays_but_never_a_live_one(make_relay, h2
     assert (await relay.api("GET", "/api/shows/old/replay"))[0] == 404
     assert replay_dir(relay, "live-now").exists()
     assert (await replay_info(relay, "live-now"))["state"] == "recording"
+
+
+@pytest.fixture
+def small_replay_disk(tmp_path):
+    """The replay folder on a 400 KiB tmpfs, so recording runs out of space within seconds."""
+    folder = tmp_path / "data0" / "replays"
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+async def test_a_full_disk_is_a_logged_error_and_viewers_keep_watching(small_replay_disk, make_relay, h264_clip,
+                                                                       caplog):
+    relay = await make_relay()
+    assert Path(relay.settings.server.data_dir) / "replays" == small_replay_disk
+    show = await relay.create_show("full")
+    media = tracks(h264_clip, None)
+    host = await relay.publish(show, media)
+    viewer = await relay.viewer("full", kinds=("video",), decode=False)
+    await viewer.first_frame("video")
+    info: dict = {}
+
+    async def disk_full() -> bool:
+        nonlocal info
+        info = await replay_info(relay, "full")
+        return bool(info["error"])
+
+    await relay.wait_for(disk_full, timeout=30, what="the recorder to run out of space")
+    assert "space" in info["error"].lower()
+    assert any("recording error" in r.getMessage() for r in caplog.records)
+    frames = viewer.tracks["video"].frames
+
+    async def still_playing() -> bool:
+        return viewer.tracks["video"].frames >= frames + 60
+
+    await relay.wait_for(still_playing, what="the viewer to keep receiving after the disk filled")
+    assert (await relay.request("GET", "/healthz"))[0] == 200
+    await host.stop()
+    final = await wait_state(relay, "full", ("ready", "failed"))
+    assert final["error"]

@@ -17,6 +17,7 @@ from .timeline import Timeline
 log = logging.getLogger(__name__)
 
 PLAYLIST = "index.m3u8"
+RETRY_S = 10
 
 
 class Recorder:
@@ -45,6 +46,8 @@ class Recorder:
         self._writer: SegmentWriter | None = None
         self._runs = 0
         self._segments = 0
+        self._codecs: dict[str, str] | None = None  # of the current host session
+        self._retry_at = 0.0
         folder.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name=f"recorder-{show_id}", daemon=True)
         self._thread.start()
@@ -100,6 +103,7 @@ class Recorder:
                     self._write(payload, wall)
                 elif kind == "run":
                     self._close_run()
+                    self._retry_at = 0.0
                     self._start_run(payload)
                 else:
                     self._close_run()
@@ -113,6 +117,7 @@ class Recorder:
                 self._finished.set_exception(exc)
 
     def _start_run(self, codecs: dict[str, str]) -> None:
+        self._codecs = codecs
         if codecs.get("video") not in (None, "H264"):
             log.warning("show %s: %s video is not recorded (fMP4 HLS carries H.264)", self.show_id, codecs["video"])
         init = f"init-{self._runs}.mp4"
@@ -129,7 +134,11 @@ class Recorder:
     def _write(self, frame: RelayFrame, wall: float) -> None:
         writer = self._writer
         if writer is None:
-            return
+            # After a write error, try again (as a new run) at most every RETRY_S seconds.
+            if self._codecs is None or time.monotonic() < self._retry_at:
+                return
+            self._start_run(self._codecs)
+            writer = self._writer
         started = writer.started
         try:
             writer.write(frame, wall)
@@ -168,8 +177,9 @@ class Recorder:
 
     def _fail(self, reason: str) -> None:
         """A disk or mux error: log it, drop this run's current segment, keep the show going."""
-        log.error("show %s: recording error: %s", self.show_id, reason)
+        log.error("show %s: recording error: %s (retrying in %ds)", self.show_id, reason, RETRY_S)
         self.error = reason
+        self._retry_at = time.monotonic() + RETRY_S
         if self._writer is not None:
             self._writer.abandon()
             self._writer = None

@@ -77,7 +77,7 @@ class ReplayService:
             self._update(show_id, state=ReplayState.FAILED, ended_at=time.time(),
                          error=error or "no media was recorded")
             return
-        self._update(show_id, state=ReplayState.PROCESSING, ended_at=time.time(),
+        self._update(show_id, state=ReplayState.PROCESSING, ended_at=time.time(), error=error,
                      duration_s=round(playlist.duration, 3), discontinuities=playlist.discontinuities)
         folder = self.folder(show_id)
         try:
@@ -165,10 +165,12 @@ class ReplayService:
             return None
         duration = replay.duration_s
         discontinuities = replay.discontinuities
+        error = replay.error
         recorder = self.recorders.get(show_id)
         if recorder is not None:
             duration = round(recorder.playlist.duration, 3)
             discontinuities = recorder.playlist.discontinuities
+            error = recorder.error
         return {
             "state": replay.state.value,
             "duration_s": duration,
@@ -177,5 +179,5 @@ class ReplayService:
             "started_at": replay.started_at,
             "ended_at": replay.ended_at,
             "discontinuities": discontinuities,
-            "error": replay.error,
+            "error": error,
         }
