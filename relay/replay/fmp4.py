@@ -38,27 +38,6 @@ def split_complete(buffer: bytearray) -> list[tuple[str, bytes]]:
     return out
 
 
-def track_timescales(moov: bytes) -> dict[int, int]:
-    """track_ID -> media timescale, from a moov box (with its header)."""
-    scales = {}
-    for kind, start, end in boxes(moov, 8):
-        if kind != "trak":
-            continue
-        track_id = timescale = None
-        for k, s, e in boxes(moov, start, end):
-            if k == "tkhd":
-                version = moov[s]
-                track_id = struct.unpack_from(">I", moov, s + (20 if version == 1 else 12))[0]
-            elif k == "mdia":
-                for k2, s2, _ in boxes(moov, s, e):
-                    if k2 == "mdhd":
-                        version = moov[s2]
-                        timescale = struct.unpack_from(">I", moov, s2 + (20 if version == 1 else 12))[0]
-        if track_id is not None and timescale:
-            scales[track_id] = timescale
-    return scales
-
-
 def fragment_start_times(moof: bytes) -> dict[int, int]:
     """track_ID -> baseMediaDecodeTime of each track fragment in a moof box (with its header)."""
     times = {}

@@ -169,7 +169,7 @@ class SegmentWriter:
         if self._file is None and kind in ("ftyp", "moov"):
             self._init_parts.append(box)
             if kind == "moov":
-                self._timescales = fmp4.track_timescales(box)
+                self._timescales = {t.track_id: t.timescale for t in fmp4.read_init(box).values()}
                 self._write_file(self.folder / self.init_name, b"".join(self._init_parts))
             return
         if kind == "moof":
