@@ -17,12 +17,17 @@ from .errors import error_middleware
 from .fanout.whep import routes as whep_routes
 from .http_util import CORS_HEADERS
 from .ingest.whip import routes as whip_routes
+from .commerce.api import routes as commerce_routes
+from .commerce.events import EventHub
+from .commerce.products import ProductShelf
+from .commerce.store import SqliteCommerceStore
+from .commerce.tokens import ViewerTokens, load_secret
 from .pages import routes as page_routes
 from .replay.serving import routes as replay_routes
 from .replay.service import ReplayService
 from .shows import ShowService
 from .store import SqliteStore
-from .appkeys import ADMIN_KEY, REPLAYS, SETTINGS, SHOWS
+from .appkeys import ADMIN_KEY, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +80,18 @@ def build_app(settings: Settings) -> web.Application:
     app[ADMIN_KEY] = admin_key
     app[SHOWS] = service
     app[REPLAYS] = replays
+    commerce_store = SqliteCommerceStore(Path(settings.data_path) / "relay.db")
+    events = EventHub(commerce_store, replays.stream_time)
+    app[SHELF] = ProductShelf(commerce_store, events,
+                              lambda show_id: {m.distributor for m in store.list_mirrors(show_id)},
+                              replays.stream_time)
+    app[TOKENS] = ViewerTokens(load_secret(settings.auth.token_secret, settings.data_path))
     app.add_routes(api_routes)
     app.add_routes(whip_routes)
     app.add_routes(whep_routes)
     app.add_routes(page_routes)
     app.add_routes(replay_routes)
+    app.add_routes(commerce_routes)
 
     async def on_startup(app: web.Application) -> None:
         replays.recover()
@@ -89,6 +101,7 @@ def build_app(settings: Settings) -> web.Application:
         app[RETENTION].cancel()
         await service.shutdown()
         await replays.shutdown()
+        commerce_store.close()
         store.close()
 
     app.on_startup.append(on_startup)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .commerce.products import ProductShelf
+    from .commerce.tokens import ViewerTokens
     from .config import Settings
     from .replay.service import ReplayService
     from .shows import ShowService
@@ -15,3 +17,5 @@ SETTINGS: "web.AppKey[Settings]" = web.AppKey("settings")
 ADMIN_KEY: web.AppKey[str] = web.AppKey("admin_key", str)
 SHOWS: "web.AppKey[ShowService]" = web.AppKey("shows")
 REPLAYS: "web.AppKey[ReplayService]" = web.AppKey("replays")
+SHELF: "web.AppKey[ProductShelf]" = web.AppKey("shelf")
+TOKENS: "web.AppKey[ViewerTokens]" = web.AppKey("tokens")

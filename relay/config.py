@@ -26,6 +26,7 @@ class ServerSettings:
 @dataclass
 class AuthSettings:
     admin_key: str = ""
+    token_secret: str = ""
 
 
 @dataclass

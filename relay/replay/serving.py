@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from aiohttp import web
 
-from ..appkeys import REPLAYS, SHOWS
+from ..appkeys import REPLAYS, SHELF, SHOWS
 from ..errors import ApiError
 from ..http_util import require_admin
 from ..models import is_slug
@@ -23,6 +24,29 @@ _FILES = {
 
 def _not_found() -> ApiError:
     return ApiError(404, "not_found", "no such replay file")
+
+
+def _vtt_time(seconds: float) -> str:
+    ms = int(round(seconds * 1000))
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+@routes.get("/replay/{show}/chapters.vtt")
+async def chapters_vtt(request: web.Request) -> web.Response:
+    """WebVTT chapters: one cue per product card, over the time it was pinned."""
+    show_id = request.match_info["show"]
+    show = request.app[SHOWS].store.get_show(show_id) if is_slug(show_id) else None
+    info = request.app[REPLAYS].describe(show_id, "") if show else None
+    if info is None:
+        raise _not_found()
+    if not show.replay_public:
+        require_admin(request)
+    lines = ["WEBVTT", ""]
+    for i, chapter in enumerate(request.app[SHELF].chapters(show_id, info["duration_s"]), 1):
+        lines += [str(i), f"{_vtt_time(chapter['start_s'])} --> {_vtt_time(chapter['end_s'])}",
+                  json.dumps({"product": chapter["product"], "title": chapter["title"]}), ""]
+    return web.Response(text="\n".join(lines), content_type="text/vtt",
+                        headers={"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"})
 
 
 @routes.get("/replay/{show}/{name}")
@@ -56,4 +80,7 @@ async def replay_info(request: web.Request) -> web.Response:
     info = request.app[REPLAYS].describe(show.id, request.app[SHOWS].settings.base_url)
     if info is None:
         raise ApiError(404, "replay_not_found", f"show {show.id!r} has not been recorded (it never went live)")
+    info["chapters"] = request.app[SHELF].chapters(show.id, info["duration_s"])
+    info["chapters_url"] = f"{request.app[SHOWS].settings.base_url}/replay/{show.id}/chapters.vtt"
     return web.json_response(info)
+

@@ -1,0 +1,1 @@
+"""Live commerce: viewer identity and credit, the product shelf and cards, and the event stream."""

@@ -1,0 +1,177 @@
+"""HTTP API of live commerce: viewers, the shelf, the card, and the SSE event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+
+from aiohttp import web
+
+from ..appkeys import SHELF, SHOWS, TOKENS
+from ..errors import ApiError
+from ..http_util import bearer_token, read_json, require_admin
+from ..models import HQ_ROOM, ShowState, is_slug
+from .products import product_view
+from .store import Event
+from .tokens import ViewerIdentity
+
+routes = web.RouteTableDef()
+
+KEEPALIVE_S = 15.0
+
+
+def _show(request: web.Request):
+    return request.app[SHOWS].get_show(request.match_info["show"])
+
+
+@routes.post("/api/shows/{show}/viewers")
+async def register_viewer(request: web.Request) -> web.Response:
+    """A viewer's identity: the room it entered through is kept for good; a new ?ref only
+    records the latest sharer."""
+    shows = request.app[SHOWS]
+    tokens = request.app[TOKENS]
+    show = _show(request)
+    body = await read_json(request)
+    room = body.get("room", HQ_ROOM)
+    ref = body.get("ref")
+    if not isinstance(room, str):
+        raise ApiError(422, "invalid_field", "'room' must be 'hq' or a distributor id")
+    shows.check_room(show.id, room)
+    if ref is not None and not is_slug(ref):
+        raise ApiError(422, "invalid_field", "'ref' must be a slug")
+    store = request.app[SHELF].store
+    existing = bearer_token(request)
+    if existing:
+        identity = tokens.verify(existing, show.id)
+        if ref:
+            identity = ViewerIdentity(show.id, identity.room, identity.viewer_id, ref)
+            store.record_sharer(show.id, identity.viewer_id, ref)
+        return web.json_response({"viewer_id": identity.viewer_id, "room": identity.room,
+                                  "token": tokens.issue(identity)}, status=200)
+    identity = ViewerIdentity(show.id, room, "v" + secrets.token_hex(8), ref)
+    store.register_viewer(show.id, identity.viewer_id, room, ref, time.time())
+    return web.json_response({"viewer_id": identity.viewer_id, "room": room, "token": tokens.issue(identity)},
+                             status=201)
+
+
+@routes.get("/api/shows/{show}/products")
+async def list_products(request: web.Request) -> web.Response:
+    show = _show(request)
+    shelf = request.app[SHELF]
+    return web.json_response({"products": [product_view(p) for p in shelf.list(show.id)],
+                              "pinned": shelf.pinned(show.id)})
+
+
+@routes.post("/api/shows/{show}/products")
+async def add_product(request: web.Request) -> web.Response:
+    require_admin(request)
+    show = _show(request)
+    product = request.app[SHELF].add(show.id, await read_json(request))
+    return web.json_response(product_view(product), status=201)
+
+
+@routes.patch("/api/shows/{show}/products/{product}")
+async def update_product(request: web.Request) -> web.Response:
+    require_admin(request)
+    show = _show(request)
+    product = request.app[SHELF].update(show.id, request.match_info["product"], await read_json(request))
+    return web.json_response(product_view(product))
+
+
+@routes.delete("/api/shows/{show}/products/{product}")
+async def delete_product(request: web.Request) -> web.Response:
+    require_admin(request)
+    show = _show(request)
+    request.app[SHELF].remove(show.id, request.match_info["product"])
+    return web.Response(status=204)
+
+
+@routes.post("/api/shows/{show}/products/{product}/pin")
+async def pin(request: web.Request) -> web.Response:
+    require_admin(request)
+    show = _show(request)
+    if show.state is ShowState.ENDED:
+        raise ApiError(409, "show_ended", "the show has ended")
+    request.app[SHELF].pin(show.id, request.match_info["product"])
+    return web.json_response({"pinned": request.match_info["product"]})
+
+
+@routes.post("/api/shows/{show}/unpin")
+async def unpin(request: web.Request) -> web.Response:
+    require_admin(request)
+    show = _show(request)
+    request.app[SHELF].unpin(show.id)
+    return web.json_response({"pinned": None})
+
+
+def render(event: Event, room: str) -> dict | None:
+    """The event as `room` sees it: its own prices; nothing for a product hidden there."""
+    data = dict(event.data)
+    product = data.get("product")
+    if isinstance(product, dict) and "rooms" in product:
+        product = dict(product)
+        override = product.pop("rooms").get(room)
+        if override:
+            if override.get("hidden"):
+                if event.type == "product.pinned":
+                    return None
+                product["hidden"] = True
+            if override.get("price") is not None:
+                product["price"] = override["price"]
+        data["product"] = product
+    return {"seq": event.seq, "type": event.type, "wall_time": event.wall, "stream_time": event.stream_time, **data}
+
+
+def _sse(event: Event, body: dict) -> bytes:
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(body)}\n\n".encode()
+
+
+@routes.get("/events/{show}")
+@routes.get("/events/{show}/{room}")
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events of a room; Last-Event-ID resumes with no gap and no duplicate."""
+    shows = request.app[SHOWS]
+    show = _show(request)
+    room = request.match_info.get("room", HQ_ROOM)
+    shows.check_room(show.id, room)
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
+    try:
+        last = int(raw)
+    except ValueError as exc:
+        raise ApiError(400, "bad_last_event_id", "Last-Event-ID must be an event sequence number") from exc
+    hub = request.app[SHELF].events
+    sub = hub.subscribe(show.id)  # before reading the backlog, so nothing falls in between
+    try:
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+            "Access-Control-Allow-Origin": "*"})
+        await response.prepare(request)
+        await response.write(b"retry: 2000\n\n")
+        while True:
+            backlog = hub.store.events_after(show.id, last)
+            for event in backlog:
+                body = render(event, room)
+                if body is not None:
+                    await response.write(_sse(event, body))
+                last = event.seq
+            if len(backlog) < 1000:
+                break
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
+            except asyncio.TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if event is None:  # fell behind: the client reconnects with Last-Event-ID
+                break
+            if event.seq <= last:
+                continue
+            last = event.seq
+            body = render(event, room)
+            if body is not None:
+                await response.write(_sse(event, body))
+        return response
+    finally:
+        hub.unsubscribe(show.id, sub)

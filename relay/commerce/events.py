@@ -1,0 +1,62 @@
+"""The show's event stream: one sequence per show, persisted before it is delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from .store import CommerceStore, Event
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBER_QUEUE = 1000
+
+
+class Subscription:
+    """One live reader of a show's events. A reader that falls this far behind is cut off
+    (its client reconnects with Last-Event-ID and loses nothing)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+
+    def deliver(self, event: Event) -> bool:
+        try:
+            self.queue.put_nowait(event)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+
+class EventHub:
+    def __init__(self, store: CommerceStore, stream_time: Callable[[str, float], float | None]) -> None:
+        self.store = store
+        self._stream_time = stream_time
+        self._subscribers: dict[str, set[Subscription]] = {}
+
+    def publish(self, show_id: str, type: str, data: dict) -> Event:
+        wall = time.time()
+        event = self.store.append_event(show_id, type, wall, self._stream_time(show_id, wall), data)
+        for sub in list(self._subscribers.get(show_id, ())):
+            if not sub.deliver(event):
+                log.warning("show %s: an event reader fell behind; disconnecting it", show_id)
+                self.unsubscribe(show_id, sub)
+                sub.queue._queue.clear()  # type: ignore[attr-defined]
+                sub.queue.put_nowait(None)
+        return event
+
+    def subscribe(self, show_id: str) -> Subscription:
+        sub = Subscription()
+        self._subscribers.setdefault(show_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, show_id: str, sub: Subscription) -> None:
+        subs = self._subscribers.get(show_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[show_id]
+
+    def subscriber_count(self, show_id: str) -> int:
+        return len(self._subscribers.get(show_id, ()))

@@ -1,0 +1,69 @@
+"""Signed viewer tokens: who a viewer is, which room brought them, who shared the link."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+from ..errors import ApiError
+
+ALGORITHM = "HS256"
+TOKEN_TTL_S = 7 * 86400
+
+
+@dataclass(frozen=True)
+class ViewerIdentity:
+    show_id: str
+    room: str  # "hq" or the distributor whose room the viewer entered through
+    viewer_id: str
+    sharer: str | None  # the latest sharer
+
+
+def load_secret(configured: str, data_dir: Path) -> str:
+    """The signing secret from config, else the one kept in the data dir, else a new one."""
+    if configured:
+        return configured
+    path = data_dir / "token_secret"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
+
+
+class ViewerTokens:
+    def __init__(self, secret: str, ttl_s: float = TOKEN_TTL_S) -> None:
+        self._secret = secret
+        self._ttl = ttl_s
+
+    def issue(self, identity: ViewerIdentity) -> str:
+        now = int(time.time())
+        claims = {"sub": identity.viewer_id, "show": identity.show_id, "room": identity.room,
+                  "iat": now, "exp": now + int(self._ttl)}
+        if identity.sharer:
+            claims["ref"] = identity.sharer
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str | None, show_id: str) -> ViewerIdentity:
+        """The identity in a valid, unexpired token for `show_id`; 401 otherwise."""
+        if not token:
+            raise ApiError(401, "unauthorized", "missing viewer token: send Authorization: Bearer <token>",
+                           {"WWW-Authenticate": "Bearer"})
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM],
+                                options={"require": ["sub", "show", "room", "exp"]})
+        except jwt.ExpiredSignatureError as exc:
+            raise ApiError(401, "token_expired", "viewer token has expired; get a new one") from exc
+        except jwt.InvalidTokenError as exc:
+            raise ApiError(401, "unauthorized", "invalid viewer token") from exc
+        if claims["show"] != show_id:
+            raise ApiError(401, "unauthorized", "viewer token is for another show")
+        return ViewerIdentity(claims["show"], claims["room"], claims["sub"], claims.get("ref"))
