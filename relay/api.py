@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .appkeys import LEDGER, SHELF
+from .commerce.coupons import claim_figures
 from .config import Settings
 from .errors import ApiError
 from .http_util import read_json, require_admin
@@ -174,7 +176,14 @@ async def delete_mirror(request: web.Request) -> web.Response:
 @routes.get("/api/shows/{show}/stats")
 async def stats(request: web.Request) -> web.Response:
     service = _service(request)
-    return web.json_response(service.stats(request.match_info["show"]))
+    figures = service.stats(request.match_info["show"])
+    show_id = figures["show"]
+    unique = request.app[SHELF].store.viewer_rooms(show_id)
+    claims = await request.app[LEDGER].call(claim_figures, show_id)
+    for room, view in figures["rooms"].items():
+        view["unique_viewers"] = unique.get(room, 0)
+        view.update(claims.get(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}}))
+    return web.json_response(figures)
 
 
 @routes.get("/healthz")

@@ -18,6 +18,8 @@ from .fanout.whep import routes as whep_routes
 from .http_util import CORS_HEADERS
 from .ingest.whip import routes as whip_routes
 from .commerce.api import routes as commerce_routes
+from .commerce.coupon_api import setup as setup_coupons
+from .commerce.coupons import CouponLedger
 from .commerce.events import EventHub
 from .commerce.products import ProductShelf
 from .commerce.store import SqliteCommerceStore
@@ -86,6 +88,8 @@ def build_app(settings: Settings) -> web.Application:
                               lambda show_id: {m.distributor for m in store.list_mirrors(show_id)},
                               replays.stream_time)
     app[TOKENS] = ViewerTokens(load_secret(settings.auth.token_secret, settings.data_path))
+    ledger = CouponLedger(Path(settings.data_path) / "relay.db")
+    setup_coupons(app, ledger, events)
     app.add_routes(api_routes)
     app.add_routes(whip_routes)
     app.add_routes(whep_routes)
@@ -101,6 +105,7 @@ def build_app(settings: Settings) -> web.Application:
         app[RETENTION].cancel()
         await service.shutdown()
         await replays.shutdown()
+        ledger.close()
         commerce_store.close()
         store.close()
 

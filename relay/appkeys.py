@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .commerce.coupons import CouponLedger
     from .commerce.products import ProductShelf
     from .commerce.tokens import ViewerTokens
     from .config import Settings
@@ -19,3 +20,4 @@ SHOWS: "web.AppKey[ShowService]" = web.AppKey("shows")
 REPLAYS: "web.AppKey[ReplayService]" = web.AppKey("replays")
 SHELF: "web.AppKey[ProductShelf]" = web.AppKey("shelf")
 TOKENS: "web.AppKey[ViewerTokens]" = web.AppKey("tokens")
+LEDGER: "web.AppKey[CouponLedger]" = web.AppKey("ledger")

@@ -60,7 +60,8 @@ async def test_room_figures_are_kept_apart(relay, h264_clip):
 
     await relay.wait_for(counted, what="alice's room to count the viewer who left")
     stats = (await relay.api("GET", "/api/shows/figures/stats"))[1]
-    assert stats["rooms"] == {
+    keys = ("viewers", "peak_viewers", "total_sessions")
+    assert {room: {k: v[k] for k in keys} for room, v in stats["rooms"].items()} == {
         "hq": {"viewers": 2, "peak_viewers": 2, "total_sessions": 2},
         "alice": {"viewers": 2, "peak_viewers": 3, "total_sessions": 3},
         "bob": {"viewers": 0, "peak_viewers": 0, "total_sessions": 0},

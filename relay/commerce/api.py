@@ -107,8 +107,16 @@ async def unpin(request: web.Request) -> web.Response:
 
 
 def render(event: Event, room: str) -> dict | None:
-    """The event as `room` sees it: its own prices; nothing for a product hidden there."""
+    """The event as `room` sees it: its own prices and caps; nothing for a product hidden there."""
     data = dict(event.data)
+    coupon = data.get("coupon")
+    if isinstance(coupon, dict) and "rooms" in coupon:
+        coupon = dict(coupon)
+        caps, claimed = coupon.pop("room_caps"), coupon.pop("rooms")
+        if room in caps:
+            coupon["room_cap"] = caps[room]
+            coupon["remaining"] = max(0, min(coupon["remaining"], caps[room] - claimed.get(room, 0)))
+        data["coupon"] = coupon
     product = data.get("product")
     if isinstance(product, dict) and "rooms" in product:
         product = dict(product)

@@ -1,0 +1,169 @@
+"""HTTP API of flash coupons: create, launch, stop, read, and claim."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from ..appkeys import LEDGER, SHELF, SHOWS, TOKENS
+from ..errors import ApiError
+from ..http_util import bearer_token, read_json, require_admin
+from ..models import HQ_ROOM, is_slug
+from . import coupons
+from .coupons import ClaimRequest, Coupon
+from .events import EventHub
+
+routes = web.RouteTableDef()
+
+UPDATE_INTERVAL_S = 0.5
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_field", f"{field!r} {message}")
+
+
+def _int(body: dict, field: str, low: int, high: int, default: int | None = None) -> int:
+    value = body.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _invalid(field, f"must be an integer from {low} to {high}")
+    return value
+
+
+def _time(body: dict, field: str) -> float | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise _invalid(field, "must be a Unix time in seconds")
+    return float(value)
+
+
+def parse_coupon(show_id: str, body: dict, rooms: set[str]) -> Coupon:
+    coupon_id = body.get("id")
+    if coupon_id is not None and not is_slug(coupon_id):
+        raise _invalid("id", "must be a slug")
+    title = body.get("title")
+    if not isinstance(title, str) or not title.strip() or len(title) > 200:
+        raise _invalid("title", "must be a non-empty string of at most 200 characters")
+    quantity = _int(body, "quantity", 1, 10_000_000)
+    limit = _int(body, "per_viewer_limit", 1, quantity, default=1)
+    duration = body.get("duration_s")
+    starts_at, ends_at = _time(body, "starts_at"), _time(body, "ends_at")
+    if duration is not None:
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 < duration <= 86400:
+            raise _invalid("duration_s", "must be a number of seconds from 0 to 86400")
+        if ends_at is not None:
+            raise _invalid("duration_s", "cannot be given with 'ends_at'")
+        if starts_at is not None:
+            ends_at = starts_at + duration
+    elif ends_at is None:
+        raise _invalid("duration_s", "or 'ends_at' is required: a flash coupon has a time window")
+    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+        raise _invalid("ends_at", "must be after 'starts_at'")
+    caps = body.get("room_caps", {})
+    if not isinstance(caps, dict):
+        raise _invalid("room_caps", "must be an object of distributor -> count")
+    for room, cap in caps.items():
+        if room not in rooms:
+            raise _invalid("room_caps", f"names {room!r}, which is not a room of this show")
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise _invalid("room_caps", "counts must be non-negative integers")
+    if sum(caps.values()) > quantity:
+        raise _invalid("room_caps", f"add up to {sum(caps.values())}, more than the quantity {quantity}")
+    return Coupon(show_id, coupon_id, title.strip(), quantity, limit,
+                  float(duration) if duration is not None else None, starts_at, ends_at, dict(caps), "draft")
+
+
+class RemainingTicker:
+    """Publishes remaining counts at most every UPDATE_INTERVAL_S per coupon, never one
+    message per claim."""
+
+    def __init__(self, ledger: coupons.CouponLedger, events: EventHub) -> None:
+        self._ledger = ledger
+        self._events = events
+        self._dirty: set[tuple[str, str]] = set()
+        self._task: asyncio.Task | None = None
+
+    def changed(self, show_id: str, coupon_id: str) -> None:
+        self._dirty.add((show_id, coupon_id))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(UPDATE_INTERVAL_S)
+        dirty, self._dirty = self._dirty, set()
+        for show_id, coupon_id in dirty:
+            coupon = await self._ledger.call(coupons.load_coupon, show_id, coupon_id)
+            self._events.publish(show_id, "coupon.updated", {"coupon": coupon.view()})
+
+
+def _rooms(request: web.Request, show_id: str) -> set[str]:
+    return {HQ_ROOM} | {m.distributor for m in request.app[SHOWS].store.list_mirrors(show_id)}
+
+
+@routes.post("/api/shows/{show}/coupons")
+async def create(request: web.Request) -> web.Response:
+    require_admin(request)
+    show = request.app[SHOWS].get_show(request.match_info["show"])
+    coupon = parse_coupon(show.id, await read_json(request), _rooms(request, show.id))
+    created = await request.app[LEDGER].call(coupons.create_coupon, coupon)
+    return web.json_response(created.view(), status=201)
+
+
+@routes.get("/api/shows/{show}/coupons")
+async def list_all(request: web.Request) -> web.Response:
+    require_admin(request)
+    show = request.app[SHOWS].get_show(request.match_info["show"])
+    found = await request.app[LEDGER].call(coupons.list_coupons, show.id)
+    return web.json_response({"coupons": [c.view() for c in found]})
+
+
+@routes.get("/api/shows/{show}/coupons/{coupon}")
+async def get(request: web.Request) -> web.Response:
+    require_admin(request)
+    show = request.app[SHOWS].get_show(request.match_info["show"])
+    coupon = await request.app[LEDGER].call(coupons.load_coupon, show.id, request.match_info["coupon"])
+    return web.json_response(coupon.view())
+
+
+@routes.post("/api/shows/{show}/coupons/{coupon}/launch")
+async def launch(request: web.Request) -> web.Response:
+    require_admin(request)
+    show = request.app[SHOWS].get_show(request.match_info["show"])
+    coupon = await request.app[LEDGER].call(coupons.launch_coupon, show.id, request.match_info["coupon"])
+    request.app[SHELF].events.publish(show.id, "coupon.launched", {"coupon": coupon.view()})
+    return web.json_response(coupon.view())
+
+
+@routes.post("/api/shows/{show}/coupons/{coupon}/stop")
+async def stop(request: web.Request) -> web.Response:
+    require_admin(request)
+    show = request.app[SHOWS].get_show(request.match_info["show"])
+    coupon = await request.app[LEDGER].call(coupons.stop_coupon, show.id, request.match_info["coupon"])
+    request.app[SHELF].events.publish(show.id, "coupon.ended", {"coupon": coupon.view()})
+    return web.json_response(coupon.view())
+
+
+@routes.post("/api/shows/{show}/coupons/{coupon}/claim")
+async def claim(request: web.Request) -> web.Response:
+    show = request.app[SHOWS].get_show(request.match_info["show"])
+    viewer = request.app[TOKENS].verify(bearer_token(request), show.id)
+    key = request.headers.get("Idempotency-Key", "")
+    if not key or len(key) > 200:
+        raise ApiError(400, "missing_idempotency_key", "send an Idempotency-Key header (at most 200 characters)")
+    req = ClaimRequest(show.id, request.match_info["coupon"], viewer.viewer_id, viewer.room, viewer.sharer, key)
+    answer = await request.app[LEDGER].claim(req)
+    if answer["result"] == "claimed":
+        request.app[TICKER].changed(show.id, req.coupon_id)
+    return web.json_response(answer)
+
+
+TICKER: web.AppKey[RemainingTicker] = web.AppKey("coupon_ticker", RemainingTicker)
+
+
+def setup(app: web.Application, ledger: coupons.CouponLedger, events: EventHub) -> None:
+    app[LEDGER] = ledger
+    app[TICKER] = RemainingTicker(ledger, events)
+    app.add_routes(routes)
+

@@ -1,0 +1,294 @@
+"""Flash coupons and claims: atomic, idempotent, durable before they are acknowledged.
+
+One writer thread owns the coupon tables. Claims queue up and are decided in batches, each
+batch one SQLite transaction (one disk sync for many claims): never more than the quantity
+or a room's cap, never more than a viewer's limit, and a retried request gets its first answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ApiError
+
+log = logging.getLogger(__name__)
+
+RESULTS = ("claimed", "sold_out", "already_claimed", "not_started", "ended", "room_cap_reached")
+MAX_BATCH = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS coupons (
+    show_id TEXT NOT NULL, coupon_id TEXT NOT NULL, title TEXT NOT NULL, quantity INTEGER NOT NULL,
+    per_viewer_limit INTEGER NOT NULL, duration_s REAL, starts_at REAL, ends_at REAL,
+    room_caps TEXT NOT NULL, state TEXT NOT NULL, claimed INTEGER NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (show_id, coupon_id)
+);
+CREATE TABLE IF NOT EXISTS coupon_rooms (
+    show_id TEXT NOT NULL, coupon_id TEXT NOT NULL, room TEXT NOT NULL, claimed INTEGER NOT NULL,
+    PRIMARY KEY (show_id, coupon_id, room)
+);
+CREATE TABLE IF NOT EXISTS claims (
+    show_id TEXT NOT NULL, coupon_id TEXT NOT NULL, viewer_id TEXT NOT NULL, room TEXT NOT NULL,
+    sharer TEXT, claimed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS claims_by_viewer ON claims (show_id, coupon_id, viewer_id);
+CREATE TABLE IF NOT EXISTS claim_requests (
+    show_id TEXT NOT NULL, viewer_id TEXT NOT NULL, idempotency_key TEXT NOT NULL,
+    coupon_id TEXT NOT NULL, response TEXT NOT NULL,
+    PRIMARY KEY (show_id, viewer_id, idempotency_key)
+);
+"""
+
+
+@dataclass
+class Coupon:
+    show_id: str
+    id: str
+    title: str
+    quantity: int
+    per_viewer_limit: int
+    duration_s: float | None
+    starts_at: float | None
+    ends_at: float | None
+    room_caps: dict[str, int]
+    state: str  # draft | live | stopped
+    claimed: int = 0
+    rooms_claimed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def remaining(self) -> int:
+        return self.quantity - self.claimed
+
+    def remaining_in(self, room: str) -> int:
+        left = self.remaining
+        if room in self.room_caps:
+            left = min(left, self.room_caps[room] - self.rooms_claimed.get(room, 0))
+        return max(0, left)
+
+    def status(self, now: float) -> str:
+        if self.state == "draft" or (self.starts_at is not None and now < self.starts_at):
+            return "scheduled" if self.state == "live" else "draft"
+        if self.state == "stopped" or (self.ends_at is not None and now >= self.ends_at):
+            return "ended"
+        return "live"
+
+    def view(self, room: str | None = None, now: float | None = None) -> dict:
+        view = {"id": self.id, "title": self.title, "quantity": self.quantity,
+                "per_viewer_limit": self.per_viewer_limit, "duration_s": self.duration_s,
+                "starts_at": self.starts_at, "ends_at": self.ends_at, "state": self.status(now or time.time()),
+                "claimed": self.claimed, "remaining": self.remaining}
+        if room is None:
+            view["room_caps"] = dict(self.room_caps)
+            view["rooms"] = dict(self.rooms_claimed)
+        else:
+            view["remaining"] = self.remaining_in(room)
+            if room in self.room_caps:
+                view["room_cap"] = self.room_caps[room]
+        return view
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    show_id: str
+    coupon_id: str
+    viewer_id: str
+    room: str
+    sharer: str | None
+    idempotency_key: str
+
+
+class CouponLedger:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._jobs: queue.Queue = queue.Queue()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="coupon-ledger", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    # -- the API (event loop side) ---------------------------------------------------------
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(db, *args)` on the ledger thread inside a transaction."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((fn, args, loop, future))
+        return await future
+
+    async def claim(self, request: ClaimRequest) -> dict:
+        return await self.call(_claim, request)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(10)
+
+    # -- the ledger thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        db = sqlite3.connect(str(self._path), isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        self._ready.set()
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            batch = [job]
+            while len(batch) < MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._jobs.put(None)
+                    break
+                batch.append(job)
+            self._run_batch(db, batch)
+        db.close()
+
+    @staticmethod
+    def _run_batch(db: sqlite3.Connection, batch: list) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for fn, args, _, _ in batch:
+                db.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((True, fn(db, *args)))
+                    db.execute("RELEASE job")
+                except Exception as exc:  # this job's changes only are undone
+                    db.execute("ROLLBACK TO job")
+                    db.execute("RELEASE job")
+                    outcomes.append((False, exc))
+            db.execute("COMMIT")  # durable (synchronous=FULL) before any answer goes out
+        except sqlite3.Error as exc:
+            log.exception("coupon ledger: a batch of %d failed", len(batch))
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            error = ApiError(503, "store_unavailable", f"the coupon store is unavailable: {exc}",
+                             {"Retry-After": "1"})
+            outcomes = [(False, error)] * len(batch)
+        for (ok, value), (_, _, loop, future) in zip(outcomes, batch):
+            loop.call_soon_threadsafe(_settle, future, ok, value)
+
+
+def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+# -- jobs (run on the ledger thread, inside the batch transaction) ----------------------------
+def load_coupon(db: sqlite3.Connection, show_id: str, coupon_id: str) -> Coupon:
+    row = db.execute("SELECT * FROM coupons WHERE show_id=? AND coupon_id=?", (show_id, coupon_id)).fetchone()
+    if row is None:
+        raise ApiError(404, "coupon_not_found", f"show {show_id!r} has no coupon {coupon_id!r}")
+    rooms = {r["room"]: r["claimed"] for r in db.execute(
+        "SELECT room, claimed FROM coupon_rooms WHERE show_id=? AND coupon_id=?", (show_id, coupon_id))}
+    return Coupon(row["show_id"], row["coupon_id"], row["title"], row["quantity"], row["per_viewer_limit"],
+                  row["duration_s"], row["starts_at"], row["ends_at"], json.loads(row["room_caps"]),
+                  row["state"], row["claimed"], rooms)
+
+
+def list_coupons(db: sqlite3.Connection, show_id: str) -> list[Coupon]:
+    ids = [r["coupon_id"] for r in db.execute(
+        "SELECT coupon_id FROM coupons WHERE show_id=? ORDER BY created_at", (show_id,))]
+    return [load_coupon(db, show_id, i) for i in ids]
+
+
+def create_coupon(db: sqlite3.Connection, coupon: Coupon) -> Coupon:
+    if coupon.id is None:
+        coupon.id = "c" + secrets.token_hex(4)
+    if db.execute("SELECT 1 FROM coupons WHERE show_id=? AND coupon_id=?", (coupon.show_id, coupon.id)).fetchone():
+        raise ApiError(409, "coupon_exists", f"coupon {coupon.id!r} already exists")
+    db.execute("INSERT INTO coupons VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+               (coupon.show_id, coupon.id, coupon.title, coupon.quantity, coupon.per_viewer_limit,
+                coupon.duration_s, coupon.starts_at, coupon.ends_at, json.dumps(coupon.room_caps), "draft", 0,
+                time.time()))
+    return load_coupon(db, coupon.show_id, coupon.id)
+
+
+def launch_coupon(db: sqlite3.Connection, show_id: str, coupon_id: str) -> Coupon:
+    coupon = load_coupon(db, show_id, coupon_id)
+    if coupon.state == "stopped":
+        raise ApiError(409, "coupon_stopped", "a stopped coupon cannot be launched again")
+    if coupon.state == "draft":
+        now = time.time()
+        starts_at = coupon.starts_at if coupon.starts_at is not None else now
+        ends_at = coupon.ends_at if coupon.ends_at is not None else starts_at + (coupon.duration_s or 0)
+        db.execute("UPDATE coupons SET state='live', starts_at=?, ends_at=? WHERE show_id=? AND coupon_id=?",
+                   (starts_at, ends_at, show_id, coupon_id))
+    return load_coupon(db, show_id, coupon_id)
+
+
+def stop_coupon(db: sqlite3.Connection, show_id: str, coupon_id: str) -> Coupon:
+    load_coupon(db, show_id, coupon_id)
+    db.execute("UPDATE coupons SET state='stopped' WHERE show_id=? AND coupon_id=?", (show_id, coupon_id))
+    return load_coupon(db, show_id, coupon_id)
+
+
+def _claim(db: sqlite3.Connection, req: ClaimRequest) -> dict:
+    seen = db.execute(
+        "SELECT coupon_id, response FROM claim_requests WHERE show_id=? AND viewer_id=? AND idempotency_key=?",
+        (req.show_id, req.viewer_id, req.idempotency_key)).fetchone()
+    if seen is not None:
+        if seen["coupon_id"] != req.coupon_id:
+            raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used for another request")
+        return json.loads(seen["response"])
+    coupon = load_coupon(db, req.show_id, req.coupon_id)
+    status = coupon.status(time.time())
+    mine = db.execute("SELECT COUNT(*) FROM claims WHERE show_id=? AND coupon_id=? AND viewer_id=?",
+                      (req.show_id, req.coupon_id, req.viewer_id)).fetchone()[0]
+    if status in ("draft", "scheduled"):
+        result = "not_started"
+    elif status == "ended":
+        result = "ended"
+    elif mine >= coupon.per_viewer_limit:
+        result = "already_claimed"
+    elif coupon.remaining <= 0:
+        result = "sold_out"
+    elif req.room in coupon.room_caps and coupon.rooms_claimed.get(req.room, 0) >= coupon.room_caps[req.room]:
+        result = "room_cap_reached"
+    else:
+        result = "claimed"
+        db.execute("UPDATE coupons SET claimed=claimed+1 WHERE show_id=? AND coupon_id=?",
+                   (req.show_id, req.coupon_id))
+        db.execute("INSERT INTO coupon_rooms VALUES (?,?,?,1) ON CONFLICT(show_id, coupon_id, room)"
+                   " DO UPDATE SET claimed=claimed+1", (req.show_id, req.coupon_id, req.room))
+        db.execute("INSERT INTO claims VALUES (?,?,?,?,?,?)",
+                   (req.show_id, req.coupon_id, req.viewer_id, req.room, req.sharer, time.time()))
+        coupon.claimed += 1
+        coupon.rooms_claimed[req.room] = coupon.rooms_claimed.get(req.room, 0) + 1
+    response = {"result": result, "remaining": coupon.remaining_in(req.room)}
+    db.execute("INSERT INTO claim_requests VALUES (?,?,?,?,?)",
+               (req.show_id, req.viewer_id, req.idempotency_key, req.coupon_id, json.dumps(response)))
+    return response
+
+
+def claim_figures(db: sqlite3.Connection, show_id: str) -> dict:
+    """Claims per room, per coupon and per (room, sharer)."""
+    figures: dict = {}
+    for row in db.execute("SELECT room, coupon_id, sharer, COUNT(*) AS n FROM claims WHERE show_id=?"
+                          " GROUP BY room, coupon_id, sharer", (show_id,)):
+        room = figures.setdefault(row["room"], {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}})
+        room["claims"] += row["n"]
+        room["claims_by_coupon"][row["coupon_id"]] = room["claims_by_coupon"].get(row["coupon_id"], 0) + row["n"]
+        if row["sharer"]:
+            room["claims_by_sharer"][row["sharer"]] = room["claims_by_sharer"].get(row["sharer"], 0) + row["n"]
+    return figures

@@ -1,0 +1,166 @@
+"""Flash coupons: exact under a storm, idempotent, durable, credited to the right room and sharer."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import aiohttp
+
+from conftest import Relay, relay_settings
+from test_commerce import SseReader
+
+ROOMS = ("hq", "d1", "d2", "d3")
+CAPS = {"d1": 20, "d2": 20, "d3": 10}
+
+
+async def register(http: aiohttp.ClientSession, base: str, show: str, room: str, ref: str | None) -> dict:
+    async with http.post(f"{base}/api/shows/{show}/viewers", json={"room": room, "ref": ref}) as res:
+        assert res.status == 201
+        return await res.json()
+
+
+async def claim(http, base, show, coupon, token, key) -> tuple[int, dict]:
+    async with http.post(f"{base}/api/shows/{show}/coupons/{coupon}/claim",
+                         headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key}) as res:
+        return res.status, await res.json()
+
+
+async def storm(relay: Relay, show: str) -> tuple[dict, dict]:
+    """1,000 viewers across HQ and three mirror rooms send 2,000 claims at once (each twice:
+    once more with a retried key, once with a fresh key)."""
+    rng = random.Random(7)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as http:
+        viewers = await asyncio.gather(*(
+            register(http, relay.base, show, ROOMS[i % 4], f"s{i % 7}") for i in range(1000)))
+        requests = []
+        for i, viewer in enumerate(viewers):
+            requests.append((viewer, f"k{i}-a"))
+            requests.append((viewer, f"k{i}-a" if i % 2 else f"k{i}-b"))
+        rng.shuffle(requests)
+        answers = await asyncio.gather(*(
+            claim(http, relay.base, show, "flash", v["token"], key) for v, key in requests))
+    told: dict = {room: 0 for room in ROOMS}
+    first_answer: dict = {}
+    for (viewer, key), (status, body) in zip(requests, answers):
+        assert status == 200, body
+        if (viewer["viewer_id"], key) in first_answer:
+            assert first_answer[(viewer["viewer_id"], key)] == body["result"]  # a retry: same answer
+            continue
+        first_answer[(viewer["viewer_id"], key)] = body["result"]
+        if body["result"] == "claimed":
+            told[viewer["room"]] += 1
+    return told, {v["viewer_id"]: v for v in viewers}
+
+
+async def check_ledger(relay: Relay, show: str, told: dict) -> None:
+    coupon = (await relay.api("GET", f"/api/shows/{show}/coupons/flash"))[1]
+    assert coupon["claimed"] == 100 and coupon["remaining"] == 0
+    assert coupon["rooms"] == {room: n for room, n in told.items() if n}
+    for room, cap in CAPS.items():
+        assert coupon["rooms"].get(room, 0) <= cap
+    stats = (await relay.api("GET", f"/api/shows/{show}/stats"))[1]
+    for room in ROOMS:
+        assert stats["rooms"][room]["claims"] == told[room]
+        assert stats["rooms"][room]["claims_by_coupon"].get("flash", 0) == told[room]
+        assert sum(stats["rooms"][room]["claims_by_sharer"].values()) == told[room]
+        assert stats["rooms"][room]["unique_viewers"] == 250
+
+
+async def test_coupon_storm_is_exact_and_survives_a_restart(server_process, tmp_path):
+    data = tmp_path / "data"
+    server = server_process(data)
+    relay = Relay(server.base, relay_settings(data))
+    await relay.create_show("storm", mirrors=("d1", "d2", "d3"))
+    status, coupon = await relay.api("POST", "/api/shows/storm/coupons", {
+        "id": "flash", "title": "50% off", "quantity": 100, "duration_s": 300, "room_caps": CAPS})
+    assert status == 201 and coupon["state"] == "draft"
+    assert (await relay.api("POST", "/api/shows/storm/coupons/flash/launch"))[1]["state"] == "live"
+
+    told, _ = await storm(relay, "storm")
+    assert sum(told.values()) == 100
+    assert all(told[room] <= cap for room, cap in CAPS.items())
+    await check_ledger(relay, "storm", told)
+
+    server.stop()
+    server = server_process(data)
+    relay = Relay(server.base, relay_settings(data))
+    await check_ledger(relay, "storm", told)
+    server.stop()
+
+
+async def test_claim_answers_and_bad_input(relay):
+    await relay.create_show("shop", mirrors=("d1",))
+    base = relay.base
+    async with aiohttp.ClientSession() as http:
+        amy = await register(http, base, "shop", "d1", "amy")
+        bob = await register(http, base, "shop", "hq", None)
+        now = time.time()
+        assert (await relay.api("POST", "/api/shows/shop/coupons", {
+            "id": "later", "title": "Later", "quantity": 5, "starts_at": now + 3600, "duration_s": 60}))[0] == 201
+        assert (await relay.api("POST", "/api/shows/shop/coupons", {
+            "id": "two", "title": "Two each", "quantity": 3, "per_viewer_limit": 2, "duration_s": 60,
+            "room_caps": {"d1": 2}}))[0] == 201
+        assert (await claim(http, base, "shop", "two", amy["token"], "x"))[1]["result"] == "not_started"
+        await relay.api("POST", "/api/shows/shop/coupons/later/launch")
+        await relay.api("POST", "/api/shows/shop/coupons/two/launch")
+        assert (await claim(http, base, "shop", "later", amy["token"], "l1"))[1]["result"] == "not_started"
+        assert (await claim(http, base, "shop", "two", amy["token"], "1"))[1] == {"result": "claimed", "remaining": 1}
+        assert (await claim(http, base, "shop", "two", amy["token"], "2"))[1] == {"result": "claimed", "remaining": 0}
+        assert (await claim(http, base, "shop", "two", amy["token"], "3"))[1]["result"] == "already_claimed"
+        assert (await claim(http, base, "shop", "two", bob["token"], "1"))[1] == {"result": "claimed", "remaining": 0}
+        assert (await claim(http, base, "shop", "two", bob["token"], "2"))[1]["result"] == "sold_out"
+        assert (await claim(http, base, "shop", "two", amy["token"], "2"))[1] == {"result": "claimed", "remaining": 0}
+        status, body = await claim(http, base, "shop", "later", amy["token"], "2")  # key reused elsewhere
+        assert status == 409 and body["error"] == "idempotency_key_reused"
+        await relay.api("POST", "/api/shows/shop/coupons/two/stop")
+        assert (await claim(http, base, "shop", "two", bob["token"], "9"))[1]["result"] == "ended"
+
+        before = (await relay.api("GET", "/api/shows/shop/coupons/two"))[1]
+        status, body = await claim(http, base, "shop", "nope", amy["token"], "n")
+        assert status == 404
+        async with http.post(f"{base}/api/shows/shop/coupons/two/claim",
+                             headers={"Authorization": "Bearer forged", "Idempotency-Key": "f"}) as res:
+            assert res.status == 401
+        async with http.post(f"{base}/api/shows/shop/coupons/two/claim",
+                             headers={"Authorization": f"Bearer {amy['token']}"}) as res:
+            assert res.status == 400
+        assert (await relay.api("GET", "/api/shows/shop/coupons/two"))[1] == before
+
+    for body, field in (({"title": "x", "quantity": 0, "duration_s": 5}, "quantity"),
+                        ({"title": "x", "quantity": 5}, "duration_s"),
+                        ({"title": "x", "quantity": 5, "duration_s": -1}, "duration_s"),
+                        ({"title": "x", "quantity": 5, "starts_at": 200, "ends_at": 100}, "ends_at"),
+                        ({"title": "x", "quantity": 5, "duration_s": 5, "per_viewer_limit": 6}, "per_viewer_limit"),
+                        ({"title": "x", "quantity": 5, "duration_s": 5, "room_caps": {"d1": 6}}, "room_caps"),
+                        ({"title": "x", "quantity": 5, "duration_s": 5, "room_caps": {"zz": 1}}, "room_caps"),
+                        ({"title": "", "quantity": 5, "duration_s": 5}, "title")):
+        status, error = await relay.api("POST", "/api/shows/shop/coupons", body)
+        assert status == 422 and field in error["message"], (body, error)
+    listed = (await relay.api("GET", "/api/shows/shop/coupons"))[1]["coupons"]
+    assert [c["id"] for c in listed] == ["later", "two"]
+    assert (await relay.request("POST", "/api/shows/shop/coupons", json={"title": "x"}))[0] == 401
+
+
+async def test_coupon_events_reach_rooms_with_their_caps_and_aggregated_counts(relay):
+    await relay.create_show("ev", mirrors=("d1",))
+    reader = await SseReader(f"{relay.base}/events/ev/d1").start()
+    try:
+        await relay.api("POST", "/api/shows/ev/coupons", {"id": "c", "title": "C", "quantity": 50,
+                                                           "duration_s": 60, "room_caps": {"d1": 10}})
+        await relay.api("POST", "/api/shows/ev/coupons/c/launch")
+        launched = (await reader.wait_for(1))[0]
+        assert launched["type"] == "coupon.launched"
+        assert launched["coupon"]["room_cap"] == 10 and launched["coupon"]["remaining"] == 10
+        async with aiohttp.ClientSession() as http:
+            viewers = [await register(http, relay.base, "ev", "hq", None) for _ in range(30)]
+            await asyncio.gather(*(claim(http, relay.base, "ev", "c", v["token"], "k") for v in viewers))
+        events = await reader.wait_for(2)
+        while events[-1]["coupon"]["claimed"] < 30:
+            events = await reader.wait_for(len(events) + 1)
+        updates = [e for e in events if e["type"] == "coupon.updated"]
+        assert 1 <= len(updates) <= 3  # aggregated, not one per claim
+        assert updates[-1]["coupon"]["remaining"] == 10
+    finally:
+        await reader.close()
