@@ -18,6 +18,7 @@ from .fanout.whep import routes as whep_routes
 from .http_util import CORS_HEADERS
 from .ingest.whip import routes as whip_routes
 from .commerce.api import routes as commerce_routes
+from .commerce.channel import serve_channel
 from .commerce.coupon_api import setup as setup_coupons
 from .commerce.coupons import CouponLedger
 from .commerce.events import EventHub
@@ -88,6 +89,8 @@ def build_app(settings: Settings) -> web.Application:
                               lambda show_id: {m.distributor for m in store.list_mirrors(show_id)},
                               replays.stream_time)
     app[TOKENS] = ViewerTokens(load_secret(settings.auth.token_secret, settings.data_path))
+    service.on_state = lambda show_id, type, data: events.publish(show_id, type, data)
+    service.on_viewer_channel = lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel)
     ledger = CouponLedger(Path(settings.data_path) / "relay.db")
     setup_coupons(app, ledger, events)
     app.add_routes(api_routes)

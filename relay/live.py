@@ -31,6 +31,7 @@ class LiveShow:
         media: MediaSettings,
         figures: ShowFigures,
         on_host_gone_for_good: Callable[[str], Awaitable[None]],
+        on_host_lost: Callable[[float], None] = lambda until: None,
     ) -> None:
         self.show_id = show_id
         self.media = media
@@ -44,6 +45,7 @@ class LiveShow:
             for kind in ("audio", "video")
         }
         self._on_host_gone_for_good = on_host_gone_for_good
+        self._on_host_lost = on_host_lost
         self._grace: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.Task | None = None
 
@@ -81,6 +83,7 @@ class LiveShow:
         self.reconnecting_until = time.time() + grace
         log.info("show %s: host gone, waiting %.0fs for a reconnect", self.show_id, grace)
         self._grace = asyncio.get_running_loop().call_later(grace, self._grace_over)
+        self._on_host_lost(self.reconnecting_until)
 
     def _grace_over(self) -> None:
         self._grace = None

@@ -12,6 +12,7 @@ import hmac
 import logging
 import secrets
 import time
+from typing import Callable
 
 from .config import Settings
 from .errors import ApiError
@@ -40,6 +41,9 @@ class ShowService:
         self.store = store
         self.replays = replays
         self.live: dict[str, LiveShow] = {}
+        # Set by the app: where show state changes and viewers' data channels go.
+        self.on_state: Callable[[str, str, dict], None] = lambda show_id, type, data: None
+        self.on_viewer_channel: Callable[[ViewerSession, object], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def recover(self) -> list[str]:
@@ -92,6 +96,7 @@ class ShowService:
             show.end_reason = reason
             self.store.update_show(show)
             log.info("show %s ended (%s)", show_id, reason)
+            self.on_state(show_id, "show.ended", {"state": "ended", "reason": reason})
         live = self.live.pop(show_id, None)
         if live is not None:
             await live.close()
@@ -111,12 +116,15 @@ class ShowService:
             show.state = ShowState.LIVE
             show.started_at = time.time()
             self.store.update_show(show)
+            self.on_state(show.id, "show.live", {"state": "live"})
 
     def _live_show(self, show: Show) -> LiveShow:
         live = self.live.get(show.id)
         if live is None:
             figures = ShowFigures(self.store.load_room_figures(show.id))
-            live = LiveShow(show.id, self.settings.media, figures, self._host_gone_for_good)
+            live = LiveShow(show.id, self.settings.media, figures, self._host_gone_for_good,
+                            lambda until: self.on_state(show.id, "show.host_reconnecting",
+                                                        {"state": "live", "reconnecting_until": until}))
             self.live[show.id] = live
         return live
 
@@ -188,7 +196,8 @@ class ShowService:
         if show.state is ShowState.ENDED:
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
         live = self._live_show(show)
-        viewer = ViewerSession(show_id, room, self.settings.media.viewer_queue_frames, live.remove_viewer)
+        viewer = ViewerSession(show_id, room, self.settings.media.viewer_queue_frames, live.remove_viewer,
+                               self.on_viewer_channel)
         answer = await viewer.answer(offer, live.codec_choices(self.settings.media.video_codecs),
                                      live.keyframes.request)
         if self.live.get(show_id) is not live:  # ended meanwhile

@@ -209,3 +209,32 @@ async def test_two_pins_become_two_replay_chapters_at_the_pin_times(relay, h264_
     status, vtt = await relay.request("GET", "/replay/chapters/chapters.vtt")
     assert status == 200 and vtt.startswith("WEBVTT")
     assert vtt.count(" --> ") == 2 and "Product A" in vtt and "Product B" in vtt
+
+
+async def test_a_pinned_card_reaches_a_data_channel_viewer_and_an_sse_viewer(relay, h264_clip):
+    show = await relay.create_show("both", mirrors=("d1",))
+    await relay.api("POST", "/api/shows/both/products", {"id": "mug", "title": "Mug", "price": 12,
+                                                         "rooms": {"d1": {"price": 10}}})
+    await relay.publish(show, tracks(h264_clip, None))
+    viewer = await relay.viewer("both", "d1", kinds=("video",), decode=False, data_channel=True)
+    await viewer.first_frame("video")
+
+    async def channel_open() -> bool:
+        return viewer.channel.readyState == "open"
+
+    await relay.wait_for(channel_open, what="the data channel to open")
+    sse = await SseReader(f"{relay.base}/events/both/d1").start()
+    try:
+        await relay.api("POST", "/api/shows/both/products/mug/pin")
+        pinned = [e for e in await sse.wait_for(3) if e["type"] == "product.pinned"]
+        assert pinned and pinned[0]["product"]["price"] == 10
+
+        async def dc_pinned() -> bool:
+            return any(json.loads(m)["type"] == "product.pinned" for m in viewer.messages)
+
+        await relay.wait_for(dc_pinned, what="the card on the data channel")
+        message = next(json.loads(m) for m in viewer.messages if json.loads(m)["type"] == "product.pinned")
+        assert message["seq"] == pinned[0]["seq"] and message["product"]["price"] == 10
+        assert message["stream_time"] is not None  # the show is being recorded
+    finally:
+        await sse.close()

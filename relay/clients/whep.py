@@ -47,7 +47,8 @@ class TrackCounter:
 
 
 class WhepClient:
-    def __init__(self, url: str, kinds: tuple[str, ...] = ("audio", "video"), decode: bool = True) -> None:
+    def __init__(self, url: str, kinds: tuple[str, ...] = ("audio", "video"), decode: bool = True,
+                 data_channel: bool = False) -> None:
         self.url = url
         self.kinds = kinds
         self.decode = decode
@@ -55,6 +56,10 @@ class WhepClient:
         self.location: str | None = None
         self.started_at = 0.0
         self.tracks = {kind: TrackCounter() for kind in kinds}
+        self.data_channel = data_channel
+        self.channel = None
+        self.messages: list[str] = []
+        self.message_arrived = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -64,6 +69,14 @@ class WhepClient:
             transceiver = self.pc.addTransceiver(kind, direction="recvonly")
             if not self.decode:
                 aiortc_hooks.tap_receiver(transceiver.receiver, self.tracks[kind].on_encoded_frame)
+
+        if self.data_channel:
+            self.channel = self.pc.createDataChannel("events")
+
+            @self.channel.on("message")
+            def on_message(message: str) -> None:
+                self.messages.append(message)
+                self.message_arrived.set()
 
         @self.pc.on("track")
         def on_track(track) -> None:

@@ -14,6 +14,7 @@ from ..errors import ApiError
 from ..http_util import bearer_token, read_json, require_admin
 from ..models import HQ_ROOM, ShowState, is_slug
 from .products import product_view
+from .events import render
 from .store import Event
 from .tokens import ViewerIdentity
 
@@ -104,32 +105,6 @@ async def unpin(request: web.Request) -> web.Response:
     show = _show(request)
     request.app[SHELF].unpin(show.id)
     return web.json_response({"pinned": None})
-
-
-def render(event: Event, room: str) -> dict | None:
-    """The event as `room` sees it: its own prices and caps; nothing for a product hidden there."""
-    data = dict(event.data)
-    coupon = data.get("coupon")
-    if isinstance(coupon, dict) and "rooms" in coupon:
-        coupon = dict(coupon)
-        caps, claimed = coupon.pop("room_caps"), coupon.pop("rooms")
-        if room in caps:
-            coupon["room_cap"] = caps[room]
-            coupon["remaining"] = max(0, min(coupon["remaining"], caps[room] - claimed.get(room, 0)))
-        data["coupon"] = coupon
-    product = data.get("product")
-    if isinstance(product, dict) and "rooms" in product:
-        product = dict(product)
-        override = product.pop("rooms").get(room)
-        if override:
-            if override.get("hidden"):
-                if event.type == "product.pinned":
-                    return None
-                product["hidden"] = True
-            if override.get("price") is not None:
-                product["price"] = override["price"]
-        data["product"] = product
-    return {"seq": event.seq, "type": event.type, "wall_time": event.wall, "stream_time": event.stream_time, **data}
 
 
 def _sse(event: Event, body: dict) -> bytes:

@@ -60,3 +60,29 @@ class EventHub:
 
     def subscriber_count(self, show_id: str) -> int:
         return len(self._subscribers.get(show_id, ()))
+
+
+def render(event: Event, room: str) -> dict | None:
+    """The event as `room` sees it: its own prices and caps; nothing for a product hidden there."""
+    data = dict(event.data)
+    coupon = data.get("coupon")
+    if isinstance(coupon, dict) and "rooms" in coupon:
+        coupon = dict(coupon)
+        caps, claimed = coupon.pop("room_caps"), coupon.pop("rooms")
+        if room in caps:
+            coupon["room_cap"] = caps[room]
+            coupon["remaining"] = max(0, min(coupon["remaining"], caps[room] - claimed.get(room, 0)))
+        data["coupon"] = coupon
+    product = data.get("product")
+    if isinstance(product, dict) and "rooms" in product:
+        product = dict(product)
+        override = product.pop("rooms").get(room)
+        if override:
+            if override.get("hidden"):
+                if event.type == "product.pinned":
+                    return None
+                product["hidden"] = True
+            if override.get("price") is not None:
+                product["price"] = override["price"]
+        data["product"] = product
+    return {"seq": event.seq, "type": event.type, "wall_time": event.wall, "stream_time": event.stream_time, **data}

@@ -31,7 +31,8 @@ class _SharedTrack(MediaStreamTrack):
 class ViewerSession:
     """One WHEP session in one room of a show."""
 
-    def __init__(self, show_id: str, room: str, queue_frames: int, on_gone: Callable[["ViewerSession"], None]) -> None:
+    def __init__(self, show_id: str, room: str, queue_frames: int, on_gone: Callable[["ViewerSession"], None],
+                 on_channel: Callable[["ViewerSession", object], None] | None = None) -> None:
         self.id = secrets.token_urlsafe(16)
         self.show_id = show_id
         self.room = room
@@ -42,6 +43,7 @@ class ViewerSession:
         self.closed = False
         self._queue_frames = queue_frames
         self._on_gone = on_gone
+        self._on_channel = on_channel
 
     async def answer(self, offer: Offer, codecs: dict[str, list[str]], on_keyframe_request: Callable[[], None]) -> str:
         for media in offer.media:
@@ -52,6 +54,9 @@ class ViewerSession:
             aiortc_hooks.feed_sender(transceiver.sender, queue.get, on_keyframe_request)
             self.queues[media.kind] = queue
         sends = "; ".join(f"{k} {'/'.join(v)}" for k, v in codecs.items() if k in offer.kinds())
+        if self._on_channel is not None:
+            # A viewer that opened a data channel gets the show's events on it.
+            self.pc.on("datachannel", lambda channel: self._on_channel(self, channel))
         answer, self.codecs = await answer_offer(self.pc, offer, f" (this show sends {sends})")
         on_connection_end(self.pc, lambda: self.closed or self._on_gone(self))
         return answer

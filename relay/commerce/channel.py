@@ -1,0 +1,52 @@
+"""Events over a WHEP viewer's WebRTC data channel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from .events import EventHub, render
+
+log = logging.getLogger(__name__)
+
+
+def serve_channel(hub: EventHub, show_id: str, room: str, channel) -> None:
+    """Send the room's events on `channel` as JSON text; a {"resume": seq} message from the
+    viewer first sends what it missed after `seq`."""
+    sub = hub.subscribe(show_id)
+    last = [None]  # seq of the last event sent; None until the viewer resumes or one arrives
+
+    def send(event) -> None:
+        body = render(event, room)
+        if body is not None and channel.readyState == "open":
+            channel.send(json.dumps(body))
+
+    async def forward() -> None:
+        try:
+            while True:
+                event = await sub.queue.get()
+                if event is None:
+                    break
+                if last[0] is None or event.seq > last[0]:
+                    last[0] = event.seq
+                    send(event)
+        finally:
+            hub.unsubscribe(show_id, sub)
+
+    task = asyncio.ensure_future(forward())
+
+    @channel.on("message")
+    def on_message(message) -> None:
+        try:
+            since = int(json.loads(message)["resume"])
+        except (ValueError, KeyError, TypeError):
+            return
+        for event in hub.store.events_after(show_id, since):
+            if last[0] is None or event.seq > last[0]:
+                last[0] = event.seq
+                send(event)
+
+    @channel.on("close")
+    def on_close() -> None:
+        task.cancel()
