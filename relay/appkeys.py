@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .commerce.coupon_api import RemainingTicker
     from .commerce.coupons import CouponLedger
     from .commerce.products import ProductShelf
     from .commerce.tokens import ViewerTokens
@@ -21,3 +22,4 @@ REPLAYS: "web.AppKey[ReplayService]" = web.AppKey("replays")
 SHELF: "web.AppKey[ProductShelf]" = web.AppKey("shelf")
 TOKENS: "web.AppKey[ViewerTokens]" = web.AppKey("tokens")
 LEDGER: "web.AppKey[CouponLedger]" = web.AppKey("ledger")
+TICKER: "web.AppKey[RemainingTicker]" = web.AppKey("coupon_ticker")

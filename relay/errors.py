@@ -21,6 +21,11 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def invalid_field(field: str, message: str) -> ApiError:
+    """422 naming the field that was wrong."""
+    return ApiError(422, "invalid_field", f"{field!r} {message}")
+
+
 def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status, headers=headers)
 

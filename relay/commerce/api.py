@@ -143,7 +143,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
                 break
         while True:
             try:
-                event = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
+                event = await asyncio.wait_for(sub.get(), KEEPALIVE_S)
             except asyncio.TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue

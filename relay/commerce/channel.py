@@ -25,7 +25,7 @@ def serve_channel(hub: EventHub, show_id: str, room: str, channel) -> None:
     async def forward() -> None:
         try:
             while True:
-                event = await sub.queue.get()
+                event = await sub.get()
                 if event is None:
                     break
                 if last[0] is None or event.seq > last[0]:

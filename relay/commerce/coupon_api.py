@@ -6,8 +6,8 @@ import asyncio
 
 from aiohttp import web
 
-from ..appkeys import LEDGER, SHELF, SHOWS, TOKENS
-from ..errors import ApiError
+from ..appkeys import LEDGER, SHELF, SHOWS, TICKER, TOKENS
+from ..errors import ApiError, invalid_field as _invalid
 from ..http_util import bearer_token, read_json, require_admin
 from ..models import HQ_ROOM, is_slug
 from . import coupons
@@ -17,10 +17,6 @@ from .events import EventHub
 routes = web.RouteTableDef()
 
 UPDATE_INTERVAL_S = 0.5
-
-
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "invalid_field", f"{field!r} {message}")
 
 
 def _int(body: dict, field: str, low: int, high: int, default: int | None = None) -> int:
@@ -157,9 +153,6 @@ async def claim(request: web.Request) -> web.Response:
     if answer["result"] == "claimed":
         request.app[TICKER].changed(show.id, req.coupon_id)
     return web.json_response(answer)
-
-
-TICKER: web.AppKey[RemainingTicker] = web.AppKey("coupon_ticker", RemainingTicker)
 
 
 def setup(app: web.Application, ledger: coupons.CouponLedger, events: EventHub) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Callable
 
 from .store import CommerceStore, Event
@@ -15,18 +16,29 @@ SUBSCRIBER_QUEUE = 1000
 
 
 class Subscription:
-    """One live reader of a show's events. A reader that falls this far behind is cut off
-    (its client reconnects with Last-Event-ID and loses nothing)."""
+    """One live reader of a show's events. A reader that falls SUBSCRIBER_QUEUE events behind
+    is cut off (its client reconnects with Last-Event-ID and loses nothing)."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self._events: deque[Event] = deque()
+        self._wake = asyncio.Event()
+        self.overflowed = False
 
     def deliver(self, event: Event) -> bool:
-        try:
-            self.queue.put_nowait(event)
-            return True
-        except asyncio.QueueFull:
-            return False
+        if len(self._events) >= SUBSCRIBER_QUEUE:
+            self.overflowed = True
+            self._events.clear()
+        else:
+            self._events.append(event)
+        self._wake.set()
+        return not self.overflowed
+
+    async def get(self) -> Event | None:
+        """The next event; None once the reader has fallen too far behind."""
+        while not self._events and not self.overflowed:
+            self._wake.clear()
+            await self._wake.wait()
+        return None if self.overflowed else self._events.popleft()
 
 
 class EventHub:
@@ -42,8 +54,6 @@ class EventHub:
             if not sub.deliver(event):
                 log.warning("show %s: an event reader fell behind; disconnecting it", show_id)
                 self.unsubscribe(show_id, sub)
-                sub.queue._queue.clear()  # type: ignore[attr-defined]
-                sub.queue.put_nowait(None)
         return event
 
     def subscribe(self, show_id: str) -> Subscription:

@@ -8,17 +8,13 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Callable
 
-from ..errors import ApiError
+from ..errors import ApiError, invalid_field as _invalid
 from ..models import is_slug
 from .events import EventHub
 from .store import CommerceStore, Pin, Product
 
 MAX_PRICE_CENTS = 100_000_000_00
 _URL = re.compile(r"^https?://[^\s]{1,2000}$")
-
-
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "invalid_field", f"{field!r} {message}", )
 
 
 def parse_price(value: object, field: str = "price") -> int:
