@@ -123,22 +123,22 @@ async def get(request: web.Request) -> web.Response:
     return web.json_response(coupon.view())
 
 
-@routes.post("/api/shows/{show}/coupons/{coupon}/launch")
-async def launch(request: web.Request) -> web.Response:
+async def _change(request: web.Request, change, event_type: str) -> web.Response:
     require_admin(request)
     show = request.app[SHOWS].get_show(request.match_info["show"])
-    coupon = await request.app[LEDGER].call(coupons.launch_coupon, show.id, request.match_info["coupon"])
-    request.app[SHELF].events.publish(show.id, "coupon.launched", {"coupon": coupon.view()})
+    coupon = await request.app[LEDGER].call(change, show.id, request.match_info["coupon"])
+    request.app[SHELF].events.publish(show.id, event_type, {"coupon": coupon.view()})
     return web.json_response(coupon.view())
+
+
+@routes.post("/api/shows/{show}/coupons/{coupon}/launch")
+async def launch(request: web.Request) -> web.Response:
+    return await _change(request, coupons.launch_coupon, "coupon.launched")
 
 
 @routes.post("/api/shows/{show}/coupons/{coupon}/stop")
 async def stop(request: web.Request) -> web.Response:
-    require_admin(request)
-    show = request.app[SHOWS].get_show(request.match_info["show"])
-    coupon = await request.app[LEDGER].call(coupons.stop_coupon, show.id, request.match_info["coupon"])
-    request.app[SHELF].events.publish(show.id, "coupon.ended", {"coupon": coupon.view()})
-    return web.json_response(coupon.view())
+    return await _change(request, coupons.stop_coupon, "coupon.ended")
 
 
 @routes.post("/api/shows/{show}/coupons/{coupon}/claim")
