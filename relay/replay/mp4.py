@@ -68,6 +68,7 @@ def remux_to_mp4(folder: Path, playlist: Playlist, target: Path) -> None:
                     packet.stream = stream
                     packet.time_base = stream.time_base
                     packet.pts = packet.dts = pts
+                    packet.duration = round(sample.duration / track.timescale / stream.time_base)
                     packet.is_keyframe = sample.keyframe
                     output.mux(packet)
                     run_end = max(run_end, start + sample.duration / track.timescale)
