@@ -46,7 +46,8 @@ async def _serve(args: argparse.Namespace) -> None:
     app = build_app(settings)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    # A deep accept queue: a show's start brings thousands of connections at once.
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=4096)
     await site.start()
     if settings.server.port == 0:
         settings.server.port = runner.addresses[0][1]

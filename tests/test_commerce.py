@@ -129,9 +129,9 @@ async def test_pins_reach_every_room_in_its_own_price_and_resume_without_gaps(re
     await relay.api("POST", "/api/shows/live/products", {"id": "bag", "title": "Bag", "price": 100,
                                                          "rooms": {"d1": {"price": 80}, "d2": {"hidden": True}}})
     await relay.api("POST", "/api/shows/live/products", {"id": "hat", "title": "Hat", "price": 20})
-    hq = await SseReader(f"{relay.base}/events/live").start()
-    d1 = await SseReader(f"{relay.base}/events/live/d1").start()
-    d2 = await SseReader(f"{relay.base}/events/live/d2").start()
+    hq = await SseReader(f"{relay.base}/events/live", last_event_id=0).start()
+    d1 = await SseReader(f"{relay.base}/events/live/d1", last_event_id=0).start()
+    d2 = await SseReader(f"{relay.base}/events/live/d2", last_event_id=0).start()
     try:
         sent = time.time()
         assert (await relay.api("POST", "/api/shows/live/products/bag/pin"))[0] == 200
@@ -165,6 +165,14 @@ async def test_pins_reach_every_room_in_its_own_price_and_resume_without_gaps(re
         await resumed.close()
         await d1.close()
         await d2.close()
+    # A new reader (no Last-Event-ID) gets the state now, not the history: the card.
+    newcomer = await SseReader(f"{relay.base}/events/live").start()
+    try:
+        assert [e["type"] for e in await newcomer.wait_for(1)] == ["product.unpinned"]
+        await relay.api("POST", "/api/shows/live/products/bag/pin")
+        assert [e["type"] for e in await newcomer.wait_for(2)] == ["product.unpinned", "product.pinned"]
+    finally:
+        await newcomer.close()
     status, body = await relay.request("GET", "/events/live", headers={"Last-Event-ID": "abc"})
     assert status == 400
     assert (await relay.request("GET", "/events/live/nobody"))[0] == 404
@@ -226,7 +234,10 @@ async def test_a_pinned_card_reaches_a_data_channel_viewer_and_an_sse_viewer(rel
     sse = await SseReader(f"{relay.base}/events/both/d1").start()
     try:
         await relay.api("POST", "/api/shows/both/products/mug/pin")
-        pinned = [e for e in await sse.wait_for(3) if e["type"] == "product.pinned"]
+        events = await sse.wait_for(1)
+        while not any(e["type"] == "product.pinned" for e in events):
+            events = await sse.wait_for(len(events) + 1)
+        pinned = [e for e in events if e["type"] == "product.pinned"]
         assert pinned and pinned[0]["product"]["price"] == 10
 
         async def dc_pinned() -> bool:

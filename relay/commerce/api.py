@@ -119,9 +119,9 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     show = _show(request)
     room = request.match_info.get("room", HQ_ROOM)
     shows.check_room(show.id, room)
-    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     try:
-        last = int(raw)
+        last = int(raw) if raw is not None else None
     except ValueError as exc:
         raise ApiError(400, "bad_last_event_id", "Last-Event-ID must be an event sequence number") from exc
     hub = request.app[SHELF].events
@@ -132,6 +132,13 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
             "Access-Control-Allow-Origin": "*"})
         await response.prepare(request)
         await response.write(b"retry: 2000\n\n")
+        if last is None:
+            # A new reader gets the state now (card, coupons, show), not the whole history.
+            current, last = hub.store.current_state(show.id)
+            for event in current:
+                body = render(event, room)
+                if body is not None:
+                    await response.write(_sse(event, body))
         while True:
             backlog = hub.store.events_after(show.id, last)
             for event in backlog:
@@ -155,6 +162,8 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
             body = render(event, room)
             if body is not None:
                 await response.write(_sse(event, body))
+        return response
+    except ConnectionResetError:  # the reader left; nothing to report
         return response
     finally:
         hub.unsubscribe(show.id, sub)

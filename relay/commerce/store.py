@@ -55,6 +55,7 @@ class CommerceStore(Protocol):
     def pins(self, show_id: str) -> list[Pin]: ...
     def append_event(self, show_id: str, type: str, wall: float, stream_time: float | None, data: dict) -> Event: ...
     def events_after(self, show_id: str, seq: int, limit: int = 1000) -> list[Event]: ...
+    def current_state(self, show_id: str) -> tuple[list[Event], int]: ...
 
 
 _SCHEMA = """
@@ -146,6 +147,21 @@ class SqliteCommerceStore:
                                 (show_id, seq, limit))
         return [Event(r["show_id"], r["seq"], r["type"], r["wall"], r["stream_time"], json.loads(r["data"]))
                 for r in rows]
+
+    def current_state(self, show_id: str) -> tuple[list[Event], int]:
+        """The events a new reader needs to know the room's state now (the latest card event,
+        the latest event of each coupon, the latest show state), and the newest seq."""
+        rows = self._db.execute(
+            "SELECT * FROM events WHERE seq IN ("
+            " SELECT MAX(seq) FROM events WHERE show_id=:s AND type IN ('product.pinned', 'product.unpinned')"
+            " UNION SELECT MAX(seq) FROM events WHERE show_id=:s AND type LIKE 'show.%'"
+            " UNION SELECT MAX(seq) FROM events WHERE show_id=:s AND type LIKE 'coupon.%'"
+            "  GROUP BY json_extract(data, '$.coupon.id')"
+            ") AND show_id=:s ORDER BY seq", {"s": show_id})
+        events = [Event(r["show_id"], r["seq"], r["type"], r["wall"], r["stream_time"], json.loads(r["data"]))
+                  for r in rows]
+        newest = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE show_id=?", (show_id,)).fetchone()[0]
+        return events, newest
 
     def close(self) -> None:
         self._db.close()
