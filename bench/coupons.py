@@ -57,14 +57,15 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fanout import (  # noqa: E402
+from fanout import (
     BenchError,
     BenchTimeout,
     Deadline,
@@ -116,7 +117,7 @@ def serve_commands(conn: Connection, handle: Callable[[str, tuple], Awaitable[An
             command, *args = await inbox.get()
             try:
                 reply = await handle(command, tuple(args))
-            except Exception as exc:  # report it to the parent rather than dying silently
+            except Exception as exc:  # noqa: BLE001 (report it to the parent rather than dying silently)
                 reply = ("error", f"{command}: {type(exc).__name__}: {exc}")
             if reply is not None:
                 os.set_blocking(fd, True)
@@ -205,7 +206,7 @@ def load_worker(cpus: set[int], conn: Connection) -> None:
                     async with http.post(url, headers=headers) as res:
                         raw = await res.read()
                         status = res.status
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     rows.append((index, -1, f"{type(exc).__name__}: {exc}"[:200], None, 1000 * (clock() - sent)))
                     continue
                 latency = 1000 * (clock() - sent)
@@ -261,7 +262,7 @@ class CpuSampler:
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "CpuSampler":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -345,6 +346,12 @@ class CouponBench:
         self.viewers: list[Viewer] = []
 
     # -- setup / teardown --------------------------------------------------------------------
+    @property
+    def server_pid(self) -> int:
+        if self.server is None:
+            raise BenchError("the server is not running")
+        return self.server.pid
+
     def start_server(self) -> None:
         if self.args.store != "embedded":  # argparse already refuses anything else
             raise BenchError(f"store {self.args.store!r} is not supported yet")
@@ -418,7 +425,7 @@ class CouponBench:
         start_at = time.time() + 0.3
         for worker, chunk, slot in zip(workers, chunks, slots):
             worker.send("claim", self.base, SHOW_ID, coupon_id, chunk, slot, start_at)
-        sampler = CpuSampler({"server": [self.server.pid], "loadgen": [w.pid for w in workers]})
+        sampler = CpuSampler({"server": [self.server_pid], "loadgen": [w.pid for w in workers]})
         with sampler:
             replies = [expect(worker, "claimed", self.deadline.cap(600)) for worker in workers]
         t0, t1 = min(r["t0"] for r in replies), max(r["t1"] for r in replies)
@@ -461,7 +468,7 @@ class CouponBench:
         demand: Counter[str] = Counter()
         for vid, keys in keys_by_viewer.items():
             demand[rooms_of[vid]] += min(limit, len(keys))
-        expected = min(quantity, sum(min(caps.get(room, math.inf), n) for room, n in demand.items()))
+        expected = min(quantity, sum(min(caps.get(room, n), n) for room, n in demand.items()))
 
         claimed = int(server["claimed"])
         rooms = {room: int(n) for room, n in server.get("rooms", {}).items()}
@@ -636,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.spawn_workers()
         bench.start_server()
         bench.setup_show()
-        print(f"relay pid {bench.server.pid} at {bench.base}", flush=True)
+        print(f"relay pid {bench.server_pid} at {bench.base}", flush=True)
         rate = bench.register_viewers()
         results["registrations_per_s"] = rate
         print(f"registered {len(bench.viewers)} viewers over {', '.join(ROOMS)} ({rate:.0f}/s)", flush=True)
