@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -51,6 +52,12 @@ async def _serve(args: argparse.Namespace) -> None:
     await site.start()
     if settings.server.port == 0:
         settings.server.port = runner.addresses[0][1]
+    # Long-lived state (sessions, readers) would otherwise be rescanned by full collections
+    # that stall the loop for tens of ms; start-up objects are frozen, and young objects get
+    # more room to die before they are promoted.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     print(f"relay: listening on http://{settings.server.host}:{settings.server.port}", flush=True)
 
     stop = asyncio.Event()

@@ -150,8 +150,9 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
                 break
         while True:
             try:
-                event = await asyncio.wait_for(sub.get(), KEEPALIVE_S)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(KEEPALIVE_S):  # no task per wait, unlike wait_for
+                    event = await sub.get()
+            except TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
             if event is None:  # fell behind: the client reconnects with Last-Event-ID
