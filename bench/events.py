@@ -60,13 +60,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from coupons import CpuSampler, expect, raise_fd_limit, serve_commands
 from fanout import (
     BenchError,
-    BenchTimeout,
     Deadline,
     ServerProcess,
     Worker,
     http_json,
-    machine_info,
     percentile,
+    args_record,
+    begin_run,
 )
 
 SHOW_ID = "events"
@@ -560,33 +560,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    deadline = Deadline(args.max_seconds)
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise BenchTimeout("--max-seconds reached (hard stop)")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(int(args.max_seconds) + 30)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    run = begin_run(args.max_seconds, __file__, argv, "the subscribers")
+    deadline, server_cpus, client_cpus, machine, command = (
+        run.deadline, run.server_cpus, run.client_cpus, run.machine, run.command)
     raise_fd_limit()
-
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        server_cpus, client_cpus = {cpus[0]}, set(cpus[1:])
-    else:
-        server_cpus = client_cpus = set(cpus)
-        print("warning: one CPU only; the server and the subscribers share it", flush=True)
-    os.sched_setaffinity(0, client_cpus)
-
-    machine = machine_info()
-    command = "python " + " ".join([os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv))
     print(f"machine: {machine['nproc']} CPU(s), {machine['cpu_model']}; Python {machine['python']}, "
           f"aiohttp {machine['aiohttp']}, uvloop {machine['uvloop']}", flush=True)
     print(f"server on CPU {sorted(server_cpus)}, subscribers and operator on CPU {sorted(client_cpus)}", flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="events-bench-"))
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": command, "machine": machine,
-                               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                               "args": args_record(args),
                                "steps": []}
     bench = EventBench(args, deadline, server_cpus, client_cpus, workdir)
     status = 0

@@ -866,35 +866,57 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    deadline = Deadline(args.max_seconds)
+@dataclass
+class RunSetup:
+    """What every bench settles first."""
+
+    deadline: Deadline
+    server_cpus: set[int]
+    client_cpus: set[int]
+    machine: dict[str, Any]
+    command: str
+
+
+def begin_run(max_seconds: float, script: str, argv: list[str] | None, load_name: str) -> RunSetup:
+    """A hard stop after `max_seconds` (+30 s), the server's CPU apart from the load generator's
+    (`load_name` says what the load is), this process moved onto the load's CPUs, and the machine."""
+    deadline = Deadline(max_seconds)
 
     def on_alarm(signum: int, frame: Any) -> None:
         raise BenchTimeout("--max-seconds reached (hard stop)")
 
     signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(int(args.max_seconds) + 30)
+    signal.alarm(int(max_seconds) + 30)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) >= 2:
         server_cpus, client_cpus = {cpus[0]}, set(cpus[1:])
     else:
         server_cpus = client_cpus = set(cpus)
-        print("warning: one CPU only; the server and the viewers share it, figures are not per core", flush=True)
+        print(f"warning: one CPU only; the server and {load_name} share it, figures are not per core", flush=True)
     os.sched_setaffinity(0, client_cpus)
+    command = "python " + " ".join([os.path.relpath(script)] + (sys.argv[1:] if argv is None else argv))
+    return RunSetup(deadline, server_cpus, client_cpus, machine_info(), command)
 
-    machine = machine_info()
-    command = "python " + " ".join([os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv))
+
+def args_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed options as JSON-friendly values."""
+    return {k: sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = begin_run(args.max_seconds, __file__, argv, "the viewers")
+    deadline, server_cpus, client_cpus, machine, command = (
+        run.deadline, run.server_cpus, run.client_cpus, run.machine, run.command)
     print(f"machine: {machine['nproc']} CPU(s), {machine['cpu_model']}; Python {machine['python']}, "
           f"aiortc {machine['aiortc']}, av {machine['av']}", flush=True)
     print(f"server on CPU {sorted(server_cpus)}, host and viewers on CPU {sorted(client_cpus)}", flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": command,
-                               "machine": machine, "args": {k: str(v) if isinstance(v, Path) else v
-                                                            for k, v in vars(args).items()}}
+                               "machine": machine, "args": args_record(args)}
     bench = Bench(args, deadline, server_cpus, client_cpus, workdir)
     status = 0
     started = time.monotonic()

@@ -81,7 +81,8 @@ from fanout import (  # noqa: E402  (bench/ is put on sys.path just above)
     Target,
     Worker,
     http_json,
-    machine_info,
+    args_record,
+    begin_run,
 )
 
 REPO = HERE.parent
@@ -699,26 +700,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    deadline = Deadline(args.max_seconds)
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise BenchTimeout("--max-seconds reached (hard stop)")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(int(args.max_seconds) + 30)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    run = begin_run(args.max_seconds, __file__, argv, "the viewers")
+    deadline, server_cpus, client_cpus, machine, command = (
+        run.deadline, run.server_cpus, run.client_cpus, run.machine, run.command)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        server_cpus, client_cpus = {cpus[0]}, set(cpus[1:])
-    else:
-        server_cpus = client_cpus = set(cpus)
-        print("warning: one CPU only; the server and the viewers share it, figures are not per core", flush=True)
-    os.sched_setaffinity(0, client_cpus)
-
-    machine = machine_info()
-    command = "python " + " ".join([os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv))
     print(f"machine: {machine['nproc']} CPU(s), {machine['cpu_model']}; Python {machine['python']}, "
           f"aiortc {machine['aiortc']}, av {machine['av']}", flush=True)
     print(f"server and recorder on CPU {sorted(server_cpus)}, host and viewers on CPU {sorted(client_cpus)}",
@@ -730,9 +715,7 @@ def main(argv: list[str] | None = None) -> int:
           + f", sha256 {source['sha256']}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="replay-bench-"))
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": command,
-                               "machine": machine, "source": source, "args": {k: sorted(v) if isinstance(v, set) else
-                                                            str(v) if isinstance(v, Path) else v
-                                                            for k, v in vars(args).items()}}
+                               "machine": machine, "source": source, "args": args_record(args)}
     bench = ReplayBench(args, deadline, server_cpus, client_cpus, workdir)
     phases: list[PhaseResult] = []
     offline: OfflineResult | None = None
