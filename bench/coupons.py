@@ -57,7 +57,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -70,11 +69,12 @@ from fanout import (
     Deadline,
     ServerProcess,
     Worker,
+    args_record,
+    begin_run,
     cpu_seconds,
     http_json,
     percentile,
-    args_record,
-    begin_run,
+    serve_commands,
 )
 
 SHOW_ID = "coupons"
@@ -84,52 +84,6 @@ TARGET_CLAIMS_PER_S = 2000.0
 
 
 # -- worker processes -------------------------------------------------------------------------
-
-def serve_commands(conn: Connection, handle: Callable[[str, tuple], Awaitable[Any]]) -> None:
-    """Child side: run `handle(command, args)` for each command from `conn` in a uvloop loop,
-    replying with whatever it returns, until "exit" or the parent goes away.
-
-    Like fanout._serve_commands, but safe for large messages: uvloop's add_reader makes the pipe
-    non-blocking, and a message bigger than the socket buffer then fails half-read with
-    BlockingIOError (which fanout's version takes for the parent going away, and exits).
-    Here the pipe is switched back to blocking around each recv and send.
-    """
-    import asyncio
-
-    import uvloop
-
-    fd = conn.fileno()
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[tuple] = asyncio.Queue()
-
-        def readable() -> None:
-            os.set_blocking(fd, True)
-            try:
-                inbox.put_nowait(conn.recv())
-            except (EOFError, OSError):
-                loop.remove_reader(fd)
-                inbox.put_nowait(("exit",))
-
-        loop.add_reader(fd, readable)
-        while True:
-            command, *args = await inbox.get()
-            try:
-                reply = await handle(command, tuple(args))
-            except Exception as exc:  # noqa: BLE001 (report it to the parent rather than dying silently)
-                reply = ("error", f"{command}: {type(exc).__name__}: {exc}")
-            if reply is not None:
-                os.set_blocking(fd, True)
-                try:
-                    conn.send(reply)
-                except OSError:
-                    return
-            if command == "exit":
-                return
-
-    uvloop.run(main())
-
 
 
 def load_worker(cpus: set[int], conn: Connection) -> None:

@@ -57,7 +57,8 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from coupons import CpuSampler, expect, raise_fd_limit, serve_commands
+from coupons import CpuSampler, expect, raise_fd_limit
+from fanout import serve_commands
 from fanout import (
     BenchError,
     Deadline,

@@ -219,25 +219,33 @@ class ServerProcess:
 
 # -- worker processes (viewers, host) ---------------------------------------------------------
 
-def _serve_commands(conn: Connection, handle: Callable[[str, tuple], Any]) -> None:
+def serve_commands(conn: Connection, handle: Callable[[str, tuple], Any]) -> None:
     """Child side: run `handle(command, args)` for each command from `conn` in a uvloop loop,
-    replying with whatever it returns, until "exit" or the parent goes away."""
+    replying with whatever it returns, until "exit" or the parent goes away.
+
+    uvloop's add_reader makes the pipe non-blocking, and a message bigger than the socket
+    buffer would then fail half-read; the pipe is switched back to blocking around each
+    recv and send.
+    """
     import asyncio
 
     import uvloop
+
+    fd = conn.fileno()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[tuple] = asyncio.Queue()
 
         def readable() -> None:
+            os.set_blocking(fd, True)
             try:
                 inbox.put_nowait(conn.recv())
             except (EOFError, OSError):
-                loop.remove_reader(conn.fileno())
+                loop.remove_reader(fd)
                 inbox.put_nowait(("exit",))
 
-        loop.add_reader(conn.fileno(), readable)
+        loop.add_reader(fd, readable)
         while True:
             command, *args = await inbox.get()
             try:
@@ -245,9 +253,10 @@ def _serve_commands(conn: Connection, handle: Callable[[str, tuple], Any]) -> No
             except Exception as exc:  # report it to the parent rather than dying silently
                 reply = ("error", f"{command}: {type(exc).__name__}: {exc}")
             if reply is not None:
+                os.set_blocking(fd, True)
                 try:
                     conn.send(reply)
-                except (BrokenPipeError, OSError):
+                except OSError:
                     return
             if command == "exit":
                 return
@@ -332,7 +341,7 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
             return None
         return ("error", f"unknown command {command!r}")
 
-    _serve_commands(conn, handle)
+    serve_commands(conn, handle)
 
 
 def publisher_worker(cpus: set[int], whip_url: str, stream_key: str, video: list[bytes], audio: list[bytes],
@@ -369,7 +378,7 @@ def publisher_worker(cpus: set[int], whip_url: str, stream_key: str, video: list
             return None
         return ("error", f"unknown command {command!r}")
 
-    _serve_commands(conn, handle)
+    serve_commands(conn, handle)
 
 
 class Worker:
