@@ -75,6 +75,8 @@ from fanout import (
     http_json,
     percentile,
     serve_commands,
+    report_log_problems,
+    stopped_early,
 )
 
 SHOW_ID = "coupons"
@@ -600,19 +602,13 @@ def main(argv: list[str] | None = None) -> int:
         if not all(p["passed"] for p in results["phases"]):
             status = 1
     except (BenchError, KeyboardInterrupt) as exc:
-        print(f"\nbench stopped early: {type(exc).__name__}: {exc}", flush=True)
-        results["stopped_early"] = f"{type(exc).__name__}: {exc}"
-        status = 3
+        status = stopped_early(results, exc)
     finally:
         signal.alarm(0)
         bench.close()
         results["seconds"] = round(time.monotonic() - started, 1)
         if bench.server is not None:
-            results["log_problems"] = bench.server.problems()
-            if results["log_problems"]:
-                print("relay log, warnings and errors:", flush=True)
-                for line in results["log_problems"]:
-                    print(f"    {line}", flush=True)
+            results["log_problems"] = report_log_problems(bench.server, "relay")
         for p in results["phases"]:
             verdict = "PASS" if p["passed"] else "FAIL"
             extra = (f"; target >= {TARGET_CLAIMS_PER_S:.0f}/s "

@@ -68,6 +68,8 @@ from fanout import (
     percentile,
     args_record,
     begin_run,
+    report_log_problems,
+    stopped_early,
 )
 
 SHOW_ID = "events"
@@ -586,19 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         if not all(s["meets_target"] for s in results["steps"]):
             status = 1
     except (BenchError, KeyboardInterrupt) as exc:
-        print(f"\nbench stopped early: {type(exc).__name__}: {exc}", flush=True)
-        results["stopped_early"] = f"{type(exc).__name__}: {exc}"
-        status = 3
+        status = stopped_early(results, exc)
     finally:
         signal.alarm(0)
         bench.close()
         results["seconds"] = round(time.monotonic() - started, 1)
         if bench.server is not None:
-            results["log_problems"] = bench.server.problems()
-            if results["log_problems"]:
-                print("relay log, warnings and errors:", flush=True)
-                for line in results["log_problems"]:
-                    print(f"    {line}", flush=True)
+            results["log_problems"] = report_log_problems(bench.server, "relay")
         for s in results["steps"]:
             print(f"summary: {s['subscribers']} subscribers: p50 {s['latency_ms']['p50']:.1f} ms, "
                   f"p99 {s['latency_ms']['p99']:.1f} ms, max {s['latency_ms']['max']:.1f} ms; "

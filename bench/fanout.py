@@ -738,11 +738,7 @@ class Bench:
         finally:
             self.stop_publisher()
             target.server.stop()
-            outcome["log_problems"] = target.server.problems()
-            if outcome["log_problems"]:
-                print(f"{target.name} log, warnings and errors:", flush=True)
-                for line in outcome["log_problems"]:
-                    print(f"    {line}", flush=True)
+            outcome["log_problems"] = report_log_problems(target.server, target.name)
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -908,6 +904,24 @@ def begin_run(max_seconds: float, script: str, argv: list[str] | None, load_name
     return RunSetup(deadline, server_cpus, client_cpus, machine_info(), command)
 
 
+def stopped_early(results: dict[str, Any], exc: BaseException) -> int:
+    """Record why a run stopped before its end; returns the exit status for it (3)."""
+    reason = f"{type(exc).__name__}: {exc}"
+    print(f"\nbench stopped early: {reason}", flush=True)
+    results["stopped_early"] = reason
+    return 3
+
+
+def report_log_problems(server: "ServerProcess", label: str, indent: str = "") -> list[str]:
+    """The warnings and errors in a server's log, printed under `label`."""
+    problems = server.problems()
+    if problems:
+        print(f"{indent}{label} log, warnings and errors:", flush=True)
+        for line in problems:
+            print(f"{indent}    {line}", flush=True)
+    return problems
+
+
 def args_record(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed options as JSON-friendly values."""
     return {k: sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v
@@ -940,9 +954,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n== baseline: aiortc MediaRelay (bench/mediarelay_server.py)", flush=True)
             bench.run_ladder("mediarelay", args.baseline_ladder, results.setdefault("mediarelay", {}))
     except (BenchError, KeyboardInterrupt) as exc:
-        print(f"\nbench stopped early: {type(exc).__name__}: {exc}", flush=True)
-        results["stopped_early"] = f"{type(exc).__name__}: {exc}"
-        status = 3
+        status = stopped_early(results, exc)
     finally:
         signal.alarm(0)
         bench.close()

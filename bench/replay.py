@@ -83,6 +83,8 @@ from fanout import (  # noqa: E402  (bench/ is put on sys.path just above)
     http_json,
     args_record,
     begin_run,
+    report_log_problems,
+    stopped_early,
 )
 
 REPO = HERE.parent
@@ -363,11 +365,7 @@ class ReplayBench(Bench):
         finally:
             self.stop_publisher()
             target.server.stop()
-        result.log_problems = target.server.problems()
-        if result.log_problems:
-            print(f"    {target.server.name} log, warnings and errors:", flush=True)
-            for line in result.log_problems:
-                print(f"      {line}", flush=True)
+        result.log_problems = report_log_problems(target.server, target.server.name, "    ")
         return result
 
     def end_show(self, target: ReplayTarget) -> EndResult:
@@ -740,9 +738,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = workdir / "offline" / SHOW_ID
             offline = run_offline(bench.video, bench.audio, args.minutes, folder, server_cpus, client_cpus, deadline)
     except (BenchError, KeyboardInterrupt) as exc:
-        print(f"\nbench stopped early: {type(exc).__name__}: {exc}", flush=True)
-        results["stopped_early"] = f"{type(exc).__name__}: {exc}"
-        status = 3
+        status = stopped_early(results, exc)
     finally:
         signal.alarm(0)
         bench.close()
