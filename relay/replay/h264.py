@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..aiortc_hooks import split_h264
+
 NAL_SPS = 7
 
 
@@ -96,8 +98,4 @@ def sps_dimensions(sps: bytes) -> tuple[int, int]:
 
 def find_sps(annexb: bytes) -> bytes | None:
     """The first SPS NAL unit in an Annex-B access unit."""
-    for part in annexb.split(b"\x00\x00\x01"):
-        nal = part.rstrip(b"\x00")
-        if nal and nal[0] & 0x1F == NAL_SPS:
-            return nal
-    return None
+    return next((nal for nal in split_h264(annexb) if nal and nal[0] & 0x1F == NAL_SPS), None)
