@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .appkeys import LEDGER, SHELF
-from .commerce.coupons import claim_figures
+from .appkeys import COMMERCE
 from .config import Settings
 from .errors import ApiError
 from .http_util import read_json, require_admin
@@ -178,8 +177,8 @@ async def stats(request: web.Request) -> web.Response:
     service = _service(request)
     figures = service.stats(request.match_info["show"])
     show_id = figures["show"]
-    unique = request.app[SHELF].store.viewer_rooms(show_id)
-    claims = await request.app[LEDGER].call(claim_figures, show_id)
+    unique = await request.app[COMMERCE].viewer_rooms(show_id)
+    claims = await request.app[COMMERCE].claim_figures(show_id)
     for room, view in figures["rooms"].items():
         view["unique_viewers"] = unique.get(room, 0)
         view.update(claims.get(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}}))

@@ -20,17 +20,18 @@ from .ingest.whip import routes as whip_routes
 from .commerce.api import routes as commerce_routes
 from .commerce.channel import serve_channel
 from .commerce.coupon_api import setup as setup_coupons
-from .commerce.coupons import CouponLedger
 from .commerce.events import EventHub
 from .commerce.products import ProductShelf
-from .commerce.store import SqliteCommerceStore
+from .commerce.redis_store import RedisCommerceStore
+from .commerce.sqlite_store import SqliteCommerceStore
+from .commerce.store import CommerceStore
 from .commerce.tokens import ViewerTokens, load_secret
 from .pages import routes as page_routes
 from .replay.serving import routes as replay_routes
 from .replay.service import ReplayService
 from .shows import ShowService
 from .store import SqliteStore
-from .appkeys import ADMIN_KEY, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS
+from .appkeys import ADMIN_KEY, COMMERCE, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,14 @@ async def cors_middleware(request: web.Request, handler):
     return response
 
 
+def open_commerce_store(settings: Settings) -> CommerceStore:
+    """Redis when a URL is configured, else the embedded store in the data dir."""
+    if settings.store.redis_url:
+        return RedisCommerceStore(settings.store.redis_url, settings.store.redis_prefix)
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    return SqliteCommerceStore(settings.data_path / "relay.db")
+
+
 def build_app(settings: Settings) -> web.Application:
     aiortc_hooks.set_host_addresses(settings.ice.addresses)
     app = web.Application(
@@ -83,16 +92,16 @@ def build_app(settings: Settings) -> web.Application:
     app[ADMIN_KEY] = admin_key
     app[SHOWS] = service
     app[REPLAYS] = replays
-    commerce_store = SqliteCommerceStore(Path(settings.data_path) / "relay.db")
-    events = EventHub(commerce_store, replays.stream_time)
-    app[SHELF] = ProductShelf(commerce_store, events,
+    commerce = open_commerce_store(settings)
+    events = EventHub(commerce, replays.stream_time)
+    app[COMMERCE] = commerce
+    app[SHELF] = ProductShelf(commerce, events,
                               lambda show_id: {m.distributor for m in store.list_mirrors(show_id)},
                               replays.stream_time)
     app[TOKENS] = ViewerTokens(load_secret(settings.auth.token_secret, settings.data_path))
-    service.on_state = lambda show_id, type, data: events.publish(show_id, type, data)
+    service.on_state = events.publish_soon
     service.on_viewer_channel = lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel)
-    ledger = CouponLedger(Path(settings.data_path) / "relay.db")
-    setup_coupons(app, ledger, events)
+    setup_coupons(app, commerce, events)
     app.add_routes(api_routes)
     app.add_routes(whip_routes)
     app.add_routes(whep_routes)
@@ -101,6 +110,10 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(commerce_routes)
 
     async def on_startup(app: web.Application) -> None:
+        await commerce.start(events.deliver, events.resync)
+        if not settings.auth.token_secret and isinstance(commerce, RedisCommerceStore):
+            # Every process sharing the store signs and checks viewer tokens alike.
+            app[TOKENS].use_secret(await commerce.shared_secret("token_secret"))
         replays.recover()
         app[RETENTION] = asyncio.ensure_future(replays.run_retention())
 
@@ -108,8 +121,7 @@ def build_app(settings: Settings) -> web.Application:
         app[RETENTION].cancel()
         await service.shutdown()
         await replays.shutdown()
-        ledger.close()
-        commerce_store.close()
+        await commerce.close()
         store.close()
 
     app.on_startup.append(on_startup)

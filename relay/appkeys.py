@@ -8,8 +8,8 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .commerce.coupon_api import RemainingTicker
-    from .commerce.coupons import CouponLedger
     from .commerce.products import ProductShelf
+    from .commerce.store import CommerceStore
     from .commerce.tokens import ViewerTokens
     from .config import Settings
     from .replay.service import ReplayService
@@ -21,5 +21,5 @@ SHOWS: "web.AppKey[ShowService]" = web.AppKey("shows")
 REPLAYS: "web.AppKey[ReplayService]" = web.AppKey("replays")
 SHELF: "web.AppKey[ProductShelf]" = web.AppKey("shelf")
 TOKENS: "web.AppKey[ViewerTokens]" = web.AppKey("tokens")
-LEDGER: "web.AppKey[CouponLedger]" = web.AppKey("ledger")
+COMMERCE: "web.AppKey[CommerceStore]" = web.AppKey("commerce")
 TICKER: "web.AppKey[RemainingTicker]" = web.AppKey("coupon_ticker")

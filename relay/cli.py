@@ -26,6 +26,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--port", type=int, help="port to bind (default 8080; 0 picks a free one)")
     serve.add_argument("--data-dir", help="where shows and recordings are kept (default ./data)")
     serve.add_argument("--config", help="a TOML settings file (default: ./config/relay.toml if present)")
+    serve.add_argument("--redis", metavar="URL",
+                       help="keep commerce state in Redis (redis://host:6379/0) instead of the embedded store")
     serve.add_argument("--demo", action="store_true", help="create show 'demo' fed by a synthetic host")
     serve.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -44,6 +46,8 @@ async def _serve(args: argparse.Namespace) -> None:
         settings.server.port = args.port
     if args.data_dir is not None:
         settings.server.data_dir = args.data_dir
+    if args.redis is not None:
+        settings.store.redis_url = args.redis
     app = build_app(settings)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()

@@ -54,12 +54,19 @@ class ReplaySettings:
 
 
 @dataclass
+class StoreSettings:
+    redis_url: str = ""
+    redis_prefix: str = "relay"
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     ice: IceSettings = field(default_factory=IceSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
 
     @property
     def base_url(self) -> str:

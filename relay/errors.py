@@ -21,6 +21,14 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+class StoreUnavailable(ApiError):
+    """The store could not be reached or could not commit; nothing was changed. 503."""
+
+    def __init__(self, what: str, detail: object) -> None:
+        super().__init__(503, "store_unavailable", f"the {what} is unavailable, try again: {detail}",
+                         {"Retry-After": "1"})
+
+
 def invalid_field(field: str, message: str) -> ApiError:
     """422 naming the field that was wrong."""
     return ApiError(422, "invalid_field", f"{field!r} {message}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -128,13 +129,72 @@ class Relay:
                 pass
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, durable like production (AOF, fsync always)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", "redis.log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # ready once it answers PING
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"redis-server did not start: {(self.workdir / 'redis.log').read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would (what was fsynced survives)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store_url(request) -> str:
+    """The commerce store a contract test runs against: "" (embedded SQLite) or a Redis URL."""
+    return request.getfixturevalue("redis_server").url if request.param == "redis" else ""
+
+
 @pytest.fixture
 async def make_relay(aiohttp_server, tmp_path):
     """Start an in-process relay on 127.0.0.1; media settings may be overridden."""
     relays: list[Relay] = []
 
-    async def start(**media) -> Relay:
+    async def start(redis_url: str = "", **media) -> Relay:
         settings = relay_settings(tmp_path / f"data{len(relays)}", **media)
+        settings.store.redis_url = redis_url
         app = build_app(settings)
         server = await aiohttp_server(app, host="127.0.0.1")
         settings.server.port = server.port

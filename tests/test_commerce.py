@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import jwt
+import pytest
 
 from conftest import tracks
 from relay.appkeys import TOKENS
@@ -61,6 +62,12 @@ class SseReader:
             self._task.cancel()
         self._response.close()
         await self._session.close()
+
+
+@pytest.fixture
+async def relay(make_relay, store_url):
+    """This module is a contract suite: every test runs against the embedded store and Redis."""
+    return await make_relay(redis_url=store_url)
 
 
 async def test_viewer_tokens_keep_the_room_and_record_the_latest_sharer(relay):

@@ -7,8 +7,9 @@ import random
 import time
 
 import aiohttp
+import pytest
 
-from conftest import Relay, relay_settings
+from conftest import Relay, relay_settings, tracks
 from test_commerce import SseReader
 
 ROOMS = ("hq", "d1", "d2", "d3")
@@ -54,7 +55,13 @@ async def storm(relay: Relay, show: str) -> tuple[dict, dict]:
     return told, {v["viewer_id"]: v for v in viewers}
 
 
-async def check_ledger(relay: Relay, show: str, told: dict) -> None:
+@pytest.fixture
+async def relay(make_relay, store_url):
+    """This module is a contract suite: every test runs against the embedded store and Redis."""
+    return await make_relay(redis_url=store_url)
+
+
+async def check_ledger(relay: Relay, show: str, told: dict, unique: int = 250) -> None:
     coupon = (await relay.api("GET", f"/api/shows/{show}/coupons/flash"))[1]
     assert coupon["claimed"] == 100 and coupon["remaining"] == 0
     assert coupon["rooms"] == {room: n for room, n in told.items() if n}
@@ -64,13 +71,15 @@ async def check_ledger(relay: Relay, show: str, told: dict) -> None:
     for room in ROOMS:
         assert stats["rooms"][room]["claims"] == told[room]
         assert stats["rooms"][room]["claims_by_coupon"].get("flash", 0) == told[room]
-        assert sum(stats["rooms"][room]["claims_by_sharer"].values()) == told[room]
-        assert stats["rooms"][room]["unique_viewers"] == 250
+        if unique == 250:  # the storm's viewers all came through a sharer
+            assert sum(stats["rooms"][room]["claims_by_sharer"].values()) == told[room]
+        assert stats["rooms"][room]["unique_viewers"] == unique
 
 
-async def test_coupon_storm_is_exact_and_survives_a_restart(server_process, tmp_path):
+async def test_coupon_storm_is_exact_and_survives_a_restart(server_process, store_url, tmp_path):
     data = tmp_path / "data"
-    server = server_process(data)
+    env = {"RELAY_STORE_REDIS_URL": store_url}
+    server = server_process(data, env=env)
     relay = Relay(server.base, relay_settings(data))
     await relay.create_show("storm", mirrors=("d1", "d2", "d3"))
     status, coupon = await relay.api("POST", "/api/shows/storm/coupons", {
@@ -84,7 +93,7 @@ async def test_coupon_storm_is_exact_and_survives_a_restart(server_process, tmp_
     await check_ledger(relay, "storm", told)
 
     server.stop()
-    server = server_process(data)
+    server = server_process(data, env=env)
     relay = Relay(server.base, relay_settings(data))
     await check_ledger(relay, "storm", told)
     server.stop()
@@ -164,3 +173,77 @@ async def test_coupon_events_reach_rooms_with_their_caps_and_aggregated_counts(r
         assert updates[-1]["coupon"]["remaining"] == 10
     finally:
         await reader.close()
+
+
+async def test_redis_stopped_mid_storm_answers_503_and_loses_or_doubles_nothing(server_process, redis_server,
+                                                                               tmp_path, h264_clip):
+    data = tmp_path / "data"
+    server = server_process(data, env={"RELAY_STORE_REDIS_URL": redis_server.url})
+    relay = Relay(server.base, relay_settings(data))
+    try:
+        show = await relay.create_show("outage", mirrors=("d1", "d2", "d3"))
+        await relay.publish(show, tracks(h264_clip, None))
+        watcher = await relay.viewer("outage", "d1", decode=False, kinds=("video",))
+        await watcher.first_frame("video")
+        await relay.api("POST", "/api/shows/outage/coupons", {
+            "id": "flash", "title": "50% off", "quantity": 100, "duration_s": 300, "room_caps": CAPS})
+        await relay.api("POST", "/api/shows/outage/coupons/flash/launch")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as http:
+            viewers = await asyncio.gather(*(
+                register(http, relay.base, "outage", ROOMS[i % 4], None) for i in range(400)))
+            requests = [(v, f"k{i}") for i, v in enumerate(viewers)] * 2  # every claim sent twice
+            answered = 0
+            redis_down = asyncio.Event()
+
+            async def send(viewer, key):
+                nonlocal answered
+                answer = await claim(http, relay.base, "outage", "flash", viewer["token"], key)
+                answered += 1
+                if answered == 60 and not redis_down.is_set():  # mid-storm: Redis dies
+                    redis_server.kill()
+                    redis_down.set()
+                return answer
+
+            first = await asyncio.gather(*(send(v, key) for v, key in requests))
+            assert redis_down.is_set()
+            failed = [(req, body) for req, (status, body) in zip(requests, first) if status == 503]
+            assert failed, "no claim met the outage"
+            print(f"outage: {len(first) - len(failed)} answered, {len(failed)} got 503")
+            assert all(body["error"] == "store_unavailable" for _, body in failed)
+            assert all(status in (200, 503) for status, _ in first)
+
+            # Media never needed Redis: the mirror-room viewer keeps receiving video.
+            frames = watcher.tracks["video"].frames
+
+            async def still_playing() -> bool:
+                return watcher.tracks["video"].frames >= frames + 30
+
+            await relay.wait_for(still_playing, timeout=10, what="video to keep flowing without Redis")
+
+            redis_server.start()  # the same port and append-only file: what was acknowledged is there
+
+            async def answer_all() -> list:
+                answers = await asyncio.gather(*(claim(http, relay.base, "outage", "flash", v["token"], key)
+                                                 for v, key in requests))
+                return answers
+
+            async def store_back() -> bool:
+                return (await claim(http, relay.base, "outage", "flash", viewers[0]["token"], "k0"))[0] == 200
+
+            await relay.wait_for(store_back, timeout=15, what="claims to work again once Redis is back")
+            second = await answer_all()
+        assert all(status == 200 for status, _ in second)
+        for (status, body), (_, again) in zip(first, second):
+            if status == 200:  # acknowledged before the outage: the same answer now (kept, not redone)
+                assert again == body, (body, again)
+        told = {room: 0 for room in ROOMS}
+        for i, viewer in enumerate(viewers):
+            results = {second[i][1]["result"], second[i + len(viewers)][1]["result"]}
+            assert len(results) == 1  # a retry with the same key has the same answer
+            if results == {"claimed"}:
+                told[viewer["room"]] += 1
+        assert sum(told.values()) == 100  # 400 viewers wanted 100: sold out exactly, none doubled
+        await check_ledger(relay, "outage", told, unique=100)
+    finally:
+        await relay.close_clients()
+        server.stop()

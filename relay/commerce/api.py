@@ -48,11 +48,11 @@ async def register_viewer(request: web.Request) -> web.Response:
         identity = tokens.verify(existing, show.id)
         if ref:
             identity = ViewerIdentity(show.id, identity.room, identity.viewer_id, ref)
-            store.record_sharer(show.id, identity.viewer_id, ref)
+            await store.record_sharer(show.id, identity.viewer_id, ref)
         return web.json_response({"viewer_id": identity.viewer_id, "room": identity.room,
                                   "token": tokens.issue(identity)}, status=200)
     identity = ViewerIdentity(show.id, room, "v" + secrets.token_hex(8), ref)
-    store.register_viewer(show.id, identity.viewer_id, room, ref, time.time())
+    await store.register_viewer(show.id, identity.viewer_id, room, ref, time.time())
     return web.json_response({"viewer_id": identity.viewer_id, "room": room, "token": tokens.issue(identity)},
                              status=201)
 
@@ -61,15 +61,15 @@ async def register_viewer(request: web.Request) -> web.Response:
 async def list_products(request: web.Request) -> web.Response:
     show = _show(request)
     shelf = request.app[SHELF]
-    return web.json_response({"products": [product_view(p) for p in shelf.list(show.id)],
-                              "pinned": shelf.pinned(show.id)})
+    return web.json_response({"products": [product_view(p) for p in await shelf.list(show.id)],
+                              "pinned": await shelf.pinned(show.id)})
 
 
 @routes.post("/api/shows/{show}/products")
 async def add_product(request: web.Request) -> web.Response:
     require_admin(request)
     show = _show(request)
-    product = request.app[SHELF].add(show.id, await read_json(request))
+    product = await request.app[SHELF].add(show.id, await read_json(request))
     return web.json_response(product_view(product), status=201)
 
 
@@ -77,7 +77,7 @@ async def add_product(request: web.Request) -> web.Response:
 async def update_product(request: web.Request) -> web.Response:
     require_admin(request)
     show = _show(request)
-    product = request.app[SHELF].update(show.id, request.match_info["product"], await read_json(request))
+    product = await request.app[SHELF].update(show.id, request.match_info["product"], await read_json(request))
     return web.json_response(product_view(product))
 
 
@@ -85,7 +85,7 @@ async def update_product(request: web.Request) -> web.Response:
 async def delete_product(request: web.Request) -> web.Response:
     require_admin(request)
     show = _show(request)
-    request.app[SHELF].remove(show.id, request.match_info["product"])
+    await request.app[SHELF].remove(show.id, request.match_info["product"])
     return web.Response(status=204)
 
 
@@ -95,7 +95,7 @@ async def pin(request: web.Request) -> web.Response:
     show = _show(request)
     if show.state is ShowState.ENDED:
         raise ApiError(409, "show_ended", "the show has ended")
-    request.app[SHELF].pin(show.id, request.match_info["product"])
+    await request.app[SHELF].pin(show.id, request.match_info["product"])
     return web.json_response({"pinned": request.match_info["product"]})
 
 
@@ -103,7 +103,7 @@ async def pin(request: web.Request) -> web.Response:
 async def unpin(request: web.Request) -> web.Response:
     require_admin(request)
     show = _show(request)
-    request.app[SHELF].unpin(show.id)
+    await request.app[SHELF].unpin(show.id)
     return web.json_response({"pinned": None})
 
 
@@ -134,13 +134,13 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
         await response.write(b"retry: 2000\n\n")
         if last is None:
             # A new reader gets the state now (card, coupons, show), not the whole history.
-            current, last = hub.store.current_state(show.id)
+            current, last = await hub.store.current_state(show.id)
             for event in current:
                 body = render(event, room)
                 if body is not None:
                     await response.write(_sse(event, body))
         while True:
-            backlog = hub.store.events_after(show.id, last)
+            backlog = await hub.store.events_after(show.id, last)
             for event in backlog:
                 body = render(event, room)
                 if body is not None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 
+from ..errors import ApiError
 from .events import EventHub, render
 
 log = logging.getLogger(__name__)
@@ -36,16 +37,24 @@ def serve_channel(hub: EventHub, show_id: str, room: str, channel) -> None:
 
     task = asyncio.ensure_future(forward())
 
+    async def resume(since: int) -> None:
+        try:
+            missed = await hub.store.events_after(show_id, since)
+        except ApiError as exc:
+            log.warning("show %s: cannot resume a data channel: %s", show_id, exc.message)
+            return
+        for event in missed:
+            if last[0] is None or event.seq > last[0]:
+                last[0] = event.seq
+                send(event)
+
     @channel.on("message")
     def on_message(message) -> None:
         try:
             since = int(json.loads(message)["resume"])
         except (ValueError, KeyError, TypeError):
             return
-        for event in hub.store.events_after(show_id, since):
-            if last[0] is None or event.seq > last[0]:
-                last[0] = event.seq
-                send(event)
+        asyncio.ensure_future(resume(since))
 
     @channel.on("close")
     def on_close() -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 
-from ..appkeys import LEDGER, SHELF, SHOWS, TICKER, TOKENS
+from ..appkeys import COMMERCE, SHELF, SHOWS, TICKER, TOKENS
 from ..errors import ApiError, invalid_field as _invalid
 from ..http_util import bearer_token, read_json, require_admin
 from ..models import HQ_ROOM, is_slug
-from . import coupons
 from .coupons import ClaimRequest, Coupon
 from .events import EventHub
+from .store import CommerceStore
+
+log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
@@ -75,8 +78,8 @@ class RemainingTicker:
     """Publishes remaining counts at most every UPDATE_INTERVAL_S per coupon, never one
     message per claim."""
 
-    def __init__(self, ledger: coupons.CouponLedger, events: EventHub) -> None:
-        self._ledger = ledger
+    def __init__(self, store: CommerceStore, events: EventHub) -> None:
+        self._store = store
         self._events = events
         self._dirty: set[tuple[str, str]] = set()
         self._task: asyncio.Task | None = None
@@ -90,8 +93,12 @@ class RemainingTicker:
         await asyncio.sleep(UPDATE_INTERVAL_S)
         dirty, self._dirty = self._dirty, set()
         for show_id, coupon_id in dirty:
-            coupon = await self._ledger.call(coupons.load_coupon, show_id, coupon_id)
-            self._events.publish(show_id, "coupon.updated", {"coupon": coupon.view()})
+            try:
+                coupon = await self._store.load_coupon(show_id, coupon_id)
+                await self._events.publish(show_id, "coupon.updated", {"coupon": coupon.view()})
+            except ApiError as exc:  # the store is down: try again with the next claim
+                log.warning("show %s: remaining count of %s not published: %s", show_id, coupon_id, exc.message)
+                self._dirty.add((show_id, coupon_id))
 
 
 def _rooms(request: web.Request, show_id: str) -> set[str]:
@@ -103,7 +110,7 @@ async def create(request: web.Request) -> web.Response:
     require_admin(request)
     show = request.app[SHOWS].get_show(request.match_info["show"])
     coupon = parse_coupon(show.id, await read_json(request), _rooms(request, show.id))
-    created = await request.app[LEDGER].call(coupons.create_coupon, coupon)
+    created = await request.app[COMMERCE].create_coupon(coupon)
     return web.json_response(created.view(), status=201)
 
 
@@ -111,7 +118,7 @@ async def create(request: web.Request) -> web.Response:
 async def list_all(request: web.Request) -> web.Response:
     require_admin(request)
     show = request.app[SHOWS].get_show(request.match_info["show"])
-    found = await request.app[LEDGER].call(coupons.list_coupons, show.id)
+    found = await request.app[COMMERCE].list_coupons(show.id)
     return web.json_response({"coupons": [c.view() for c in found]})
 
 
@@ -119,26 +126,26 @@ async def list_all(request: web.Request) -> web.Response:
 async def get(request: web.Request) -> web.Response:
     require_admin(request)
     show = request.app[SHOWS].get_show(request.match_info["show"])
-    coupon = await request.app[LEDGER].call(coupons.load_coupon, show.id, request.match_info["coupon"])
+    coupon = await request.app[COMMERCE].load_coupon(show.id, request.match_info["coupon"])
     return web.json_response(coupon.view())
 
 
 async def _change(request: web.Request, change, event_type: str) -> web.Response:
     require_admin(request)
     show = request.app[SHOWS].get_show(request.match_info["show"])
-    coupon = await request.app[LEDGER].call(change, show.id, request.match_info["coupon"])
-    request.app[SHELF].events.publish(show.id, event_type, {"coupon": coupon.view()})
+    coupon = await change(request.app[COMMERCE])(show.id, request.match_info["coupon"])
+    await request.app[SHELF].events.publish(show.id, event_type, {"coupon": coupon.view()})
     return web.json_response(coupon.view())
 
 
 @routes.post("/api/shows/{show}/coupons/{coupon}/launch")
 async def launch(request: web.Request) -> web.Response:
-    return await _change(request, coupons.launch_coupon, "coupon.launched")
+    return await _change(request, lambda store: store.launch_coupon, "coupon.launched")
 
 
 @routes.post("/api/shows/{show}/coupons/{coupon}/stop")
 async def stop(request: web.Request) -> web.Response:
-    return await _change(request, coupons.stop_coupon, "coupon.ended")
+    return await _change(request, lambda store: store.stop_coupon, "coupon.ended")
 
 
 @routes.post("/api/shows/{show}/coupons/{coupon}/claim")
@@ -149,14 +156,13 @@ async def claim(request: web.Request) -> web.Response:
     if not key or len(key) > 200:
         raise ApiError(400, "missing_idempotency_key", "send an Idempotency-Key header (at most 200 characters)")
     req = ClaimRequest(show.id, request.match_info["coupon"], viewer.viewer_id, viewer.room, viewer.sharer, key)
-    answer = await request.app[LEDGER].claim(req)
+    answer = await request.app[COMMERCE].claim(req)
     if answer["result"] == "claimed":
         request.app[TICKER].changed(show.id, req.coupon_id)
     return web.json_response(answer)
 
 
-def setup(app: web.Application, ledger: coupons.CouponLedger, events: EventHub) -> None:
-    app[LEDGER] = ledger
-    app[TICKER] = RemainingTicker(ledger, events)
+def setup(app: web.Application, store: CommerceStore, events: EventHub) -> None:
+    app[TICKER] = RemainingTicker(store, events)
     app.add_routes(routes)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ApiError
+from ..errors import ApiError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,7 @@ class CouponLedger:
                 db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            error = ApiError(503, "store_unavailable", f"the coupon store is unavailable: {exc}",
-                             {"Retry-After": "1"})
+            error = StoreUnavailable("coupon store", exc)
             outcomes = [(False, error)] * len(batch)
         for (ok, value), (_, _, loop, future) in zip(outcomes, batch):
             loop.call_soon_threadsafe(_settle, future, ok, value)
@@ -192,6 +191,22 @@ def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
         future.set_result(value)
     else:
         future.set_exception(value)
+
+
+def decide(coupon: Coupon, room: str, mine: int, now: float) -> str:
+    """The answer to one claim (the Redis store's claim script decides the same way)."""
+    status = coupon.status(now)
+    if status in ("draft", "scheduled"):
+        return "not_started"
+    if status == "ended":
+        return "ended"
+    if mine >= coupon.per_viewer_limit:
+        return "already_claimed"
+    if coupon.remaining <= 0:
+        return "sold_out"
+    if room in coupon.room_caps and coupon.rooms_claimed.get(room, 0) >= coupon.room_caps[room]:
+        return "room_cap_reached"
+    return "claimed"
 
 
 # -- jobs (run on the ledger thread, inside the batch transaction) ----------------------------
@@ -252,21 +267,10 @@ def _claim(db: sqlite3.Connection, req: ClaimRequest) -> dict:
             raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used for another request")
         return json.loads(seen["response"])
     coupon = load_coupon(db, req.show_id, req.coupon_id)
-    status = coupon.status(time.time())
     mine = db.execute("SELECT COUNT(*) FROM claims WHERE show_id=? AND coupon_id=? AND viewer_id=?",
                       (req.show_id, req.coupon_id, req.viewer_id)).fetchone()[0]
-    if status in ("draft", "scheduled"):
-        result = "not_started"
-    elif status == "ended":
-        result = "ended"
-    elif mine >= coupon.per_viewer_limit:
-        result = "already_claimed"
-    elif coupon.remaining <= 0:
-        result = "sold_out"
-    elif req.room in coupon.room_caps and coupon.rooms_claimed.get(req.room, 0) >= coupon.room_caps[req.room]:
-        result = "room_cap_reached"
-    else:
-        result = "claimed"
+    result = decide(coupon, req.room, mine, time.time())
+    if result == "claimed":
         db.execute("UPDATE coupons SET claimed=claimed+1 WHERE show_id=? AND coupon_id=?",
                    (req.show_id, req.coupon_id))
         db.execute("INSERT INTO coupon_rooms VALUES (?,?,?,1) ON CONFLICT(show_id, coupon_id, room)"

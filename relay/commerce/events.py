@@ -42,19 +42,57 @@ class Subscription:
 
 
 class EventHub:
+    """Appends a show's events to the store and hands each, in sequence order, to this process's
+    readers of the show, whichever process published it."""
+
     def __init__(self, store: CommerceStore, stream_time: Callable[[str, float], float | None]) -> None:
         self.store = store
         self._stream_time = stream_time
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._delivered: dict[str, int] = {}  # show -> newest seq handed to its readers
+        self._order = asyncio.Lock()  # appends from this process keep the order they were made in
 
-    def publish(self, show_id: str, type: str, data: dict) -> Event:
-        wall = time.time()
-        event = self.store.append_event(show_id, type, wall, self._stream_time(show_id, wall), data)
-        for sub in list(self._subscribers.get(show_id, ())):
+    async def publish(self, show_id: str, type: str, data: dict) -> Event:
+        async with self._order:
+            wall = time.time()
+            return await self.store.append_event(show_id, type, wall, self._stream_time(show_id, wall), data)
+
+    def publish_soon(self, show_id: str, type: str, data: dict) -> None:
+        """publish() from synchronous code; a store failure is logged."""
+        task = asyncio.ensure_future(self.publish(show_id, type, data))
+        task.add_done_callback(_log_failure)
+
+    async def deliver(self, event: Event) -> None:
+        """The store's listener: every event of every show, from this process or another."""
+        last = self._delivered.get(event.show_id)
+        if last is not None and event.seq <= last:
+            return
+        if event.show_id not in self._subscribers:
+            self._delivered[event.show_id] = event.seq
+            return
+        events = [event]
+        if last is not None and event.seq > last + 1:  # missed some (a dropped pub/sub link)
+            events = await self.store.events_after(event.show_id, last, limit=event.seq - last)
+            last = self._delivered.get(event.show_id, last)
+        for e in events:
+            if e.seq > self._delivered.get(event.show_id, 0):
+                self._delivered[event.show_id] = e.seq
+                self._hand_out(e)
+
+    async def resync(self) -> None:
+        """Deliver what readers may have missed while the store's event feed was down."""
+        for show_id in list(self._subscribers):
+            last = self._delivered.get(show_id)
+            if last is None:
+                continue
+            for event in await self.store.events_after(show_id, last):
+                await self.deliver(event)
+
+    def _hand_out(self, event: Event) -> None:
+        for sub in list(self._subscribers.get(event.show_id, ())):
             if not sub.deliver(event):
-                log.warning("show %s: an event reader fell behind; disconnecting it", show_id)
-                self.unsubscribe(show_id, sub)
-        return event
+                log.warning("show %s: an event reader fell behind; disconnecting it", event.show_id)
+                self.unsubscribe(event.show_id, sub)
 
     def subscribe(self, show_id: str) -> Subscription:
         sub = Subscription()
@@ -70,6 +108,11 @@ class EventHub:
 
     def subscriber_count(self, show_id: str) -> int:
         return len(self._subscribers.get(show_id, ()))
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("an event could not be published: %s", task.exception())
 
 
 def render(event: Event, room: str) -> dict | None:

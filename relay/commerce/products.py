@@ -63,43 +63,43 @@ class ProductShelf:
         self._rooms = rooms
         self._stream_time = stream_time
 
-    def list(self, show_id: str) -> list[Product]:
-        return self.store.products(show_id)
+    async def list(self, show_id: str) -> list[Product]:
+        return await self.store.products(show_id)
 
-    def get(self, show_id: str, product_id: str) -> Product:
-        product = next((p for p in self.store.products(show_id) if p.id == product_id), None)
+    async def get(self, show_id: str, product_id: str) -> Product:
+        product = next((p for p in await self.store.products(show_id) if p.id == product_id), None)
         if product is None:
             raise ApiError(404, "product_not_found", f"show {show_id!r} has no product {product_id!r}")
         return product
 
-    def add(self, show_id: str, body: dict) -> Product:
+    async def add(self, show_id: str, body: dict) -> Product:
         product_id = body.get("id")
         if product_id is None:
             product_id = "p" + secrets.token_hex(4)
         elif not is_slug(product_id):
             raise _invalid("id", "must be a slug: 1-64 of a-z, 0-9, '-', '_'")
-        existing = self.store.products(show_id)
+        existing = await self.store.products(show_id)
         if any(p.id == product_id for p in existing):
             raise ApiError(409, "product_exists", f"product {product_id!r} is already on the shelf")
         product = Product(show_id, product_id, "", 0, position=max((p.position for p in existing), default=-1) + 1)
         self._apply(product, body, creating=True)
-        self.store.save_product(product)
-        self.events.publish(show_id, "shelf.updated", {"product": product_view(product), "change": "added"})
+        await self.store.save_product(product)
+        await self.events.publish(show_id, "shelf.updated", {"product": product_view(product), "change": "added"})
         return product
 
-    def update(self, show_id: str, product_id: str, body: dict) -> Product:
-        product = self.get(show_id, product_id)
+    async def update(self, show_id: str, product_id: str, body: dict) -> Product:
+        product = await self.get(show_id, product_id)
         self._apply(product, body, creating=False)
-        self.store.save_product(product)
-        self.events.publish(show_id, "shelf.updated", {"product": product_view(product), "change": "updated"})
+        await self.store.save_product(product)
+        await self.events.publish(show_id, "shelf.updated", {"product": product_view(product), "change": "updated"})
         return product
 
-    def remove(self, show_id: str, product_id: str) -> None:
-        self.get(show_id, product_id)
-        if self.pinned(show_id) == product_id:
-            self.unpin(show_id)
-        self.store.delete_product(show_id, product_id)
-        self.events.publish(show_id, "shelf.updated", {"product": {"id": product_id}, "change": "removed"})
+    async def remove(self, show_id: str, product_id: str) -> None:
+        await self.get(show_id, product_id)
+        if await self.pinned(show_id) == product_id:
+            await self.unpin(show_id)
+        await self.store.delete_product(show_id, product_id)
+        await self.events.publish(show_id, "shelf.updated", {"product": {"id": product_id}, "change": "removed"})
 
     def _apply(self, product: Product, body: dict, creating: bool) -> None:
         if creating or "title" in body:
@@ -143,30 +143,30 @@ class ProductShelf:
             product.overrides = overrides
 
     # -- the card --------------------------------------------------------------------------
-    def pinned(self, show_id: str) -> str | None:
-        pins = self.store.pins(show_id)
+    async def pinned(self, show_id: str) -> str | None:
+        pins = await self.store.pins(show_id)
         return pins[-1].product_id if pins and pins[-1].end_wall is None else None
 
-    def pin(self, show_id: str, product_id: str) -> Product:
-        product = self.get(show_id, product_id)
+    async def pin(self, show_id: str, product_id: str) -> Product:
+        product = await self.get(show_id, product_id)
         now = time.time()
         start_s = self._stream_time(show_id, now)
-        self.store.close_pin(show_id, now, start_s)
-        self.store.open_pin(show_id, Pin(product_id, now, start_s if start_s is not None else 0.0))
-        self.events.publish(show_id, "product.pinned", {"product": product_view(product)})
+        await self.store.close_pin(show_id, now, start_s)
+        await self.store.open_pin(show_id, Pin(product_id, now, start_s if start_s is not None else 0.0))
+        await self.events.publish(show_id, "product.pinned", {"product": product_view(product)})
         return product
 
-    def unpin(self, show_id: str) -> None:
+    async def unpin(self, show_id: str) -> None:
         now = time.time()
-        closed = self.store.close_pin(show_id, now, self._stream_time(show_id, now))
+        closed = await self.store.close_pin(show_id, now, self._stream_time(show_id, now))
         if closed is not None:
-            self.events.publish(show_id, "product.unpinned", {"product": {"id": closed.product_id}})
+            await self.events.publish(show_id, "product.unpinned", {"product": {"id": closed.product_id}})
 
-    def chapters(self, show_id: str, replay_duration: float) -> list[dict]:
+    async def chapters(self, show_id: str, replay_duration: float) -> list[dict]:
         """Product chapters of the replay: when each card was pinned, in replay time."""
-        titles = {p.id: p.title for p in self.store.products(show_id)}
+        titles = {p.id: p.title for p in await self.store.products(show_id)}
         out = []
-        for pin in self.store.pins(show_id):
+        for pin in await self.store.pins(show_id):
             end = pin.end_s if pin.end_s is not None else replay_duration
             end = min(end, replay_duration)
             if end > pin.start_s:

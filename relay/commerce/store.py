@@ -1,15 +1,16 @@
-"""The embedded commerce store: viewers, the product shelf, pin intervals and the event log.
+"""The commerce store: one narrow async interface over viewers, the shelf, pins, events and
+coupons, with an embedded (SQLite) and a Redis implementation.
 
-A narrow interface so that a Redis implementation can stand beside this one.
+Everything the commerce front-ends keep goes through a `CommerceStore`; nothing else reaches
+into the tables or keys behind it.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from typing import Awaitable, Callable, Protocol
+
+from .coupons import ClaimRequest, Coupon
 
 
 @dataclass
@@ -43,125 +44,49 @@ class Event:
     data: dict
 
 
+EventListener = Callable[[Event], Awaitable[None]]
+
+
 class CommerceStore(Protocol):
-    def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None, now: float) -> None: ...
-    def record_sharer(self, show_id: str, viewer_id: str, sharer: str) -> None: ...
-    def viewer_rooms(self, show_id: str) -> dict[str, int]: ...
-    def save_product(self, product: Product) -> None: ...
-    def delete_product(self, show_id: str, product_id: str) -> None: ...
-    def products(self, show_id: str) -> list[Product]: ...
-    def open_pin(self, show_id: str, pin: Pin) -> None: ...
-    def close_pin(self, show_id: str, end_wall: float, end_s: float | None) -> Pin | None: ...
-    def pins(self, show_id: str) -> list[Pin]: ...
-    def append_event(self, show_id: str, type: str, wall: float, stream_time: float | None, data: dict) -> Event: ...
-    def events_after(self, show_id: str, seq: int, limit: int = 1000) -> list[Event]: ...
-    def current_state(self, show_id: str) -> tuple[list[Event], int]: ...
+    """Where commerce state lives. Claims are decided atomically inside the store; every event
+    appended is handed, in sequence order, to the listener of every process sharing the store."""
 
+    async def start(self, listener: EventListener, resync: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Begin handing events to `listener`; `resync` is called when a lost event feed is back."""
+        ...
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS viewers (
-    show_id TEXT NOT NULL, viewer_id TEXT NOT NULL, room TEXT NOT NULL,
-    first_sharer TEXT, last_sharer TEXT, created_at REAL NOT NULL,
-    PRIMARY KEY (show_id, viewer_id)
-);
-CREATE TABLE IF NOT EXISTS products (
-    show_id TEXT NOT NULL, product_id TEXT NOT NULL, title TEXT NOT NULL, price_cents INTEGER NOT NULL,
-    image_url TEXT NOT NULL, link TEXT NOT NULL, position INTEGER NOT NULL, overrides TEXT NOT NULL,
-    PRIMARY KEY (show_id, product_id)
-);
-CREATE TABLE IF NOT EXISTS pins (
-    show_id TEXT NOT NULL, id INTEGER PRIMARY KEY AUTOINCREMENT, product_id TEXT NOT NULL,
-    start_wall REAL NOT NULL, start_s REAL NOT NULL, end_wall REAL, end_s REAL
-);
-CREATE TABLE IF NOT EXISTS events (
-    show_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, wall REAL NOT NULL,
-    stream_time REAL, data TEXT NOT NULL,
-    PRIMARY KEY (show_id, seq)
-);
-"""
+    async def close(self) -> None: ...
 
+    # viewers
+    async def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None,
+                              now: float) -> None: ...
+    async def record_sharer(self, show_id: str, viewer_id: str, sharer: str) -> None: ...
+    async def viewer_rooms(self, show_id: str) -> dict[str, int]: ...
 
-class SqliteCommerceStore:
-    """CommerceStore on the relay's SQLite file (its own connection)."""
+    # shelf and card
+    async def save_product(self, product: Product) -> None: ...
+    async def delete_product(self, show_id: str, product_id: str) -> None: ...
+    async def products(self, show_id: str) -> list[Product]: ...
+    async def open_pin(self, show_id: str, pin: Pin) -> None: ...
+    async def close_pin(self, show_id: str, end_wall: float, end_s: float | None) -> Pin | None: ...
+    async def pins(self, show_id: str) -> list[Pin]: ...
 
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(str(path), isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-
-    def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None, now: float) -> None:
-        self._db.execute("INSERT INTO viewers VALUES (?,?,?,?,?,?)", (show_id, viewer_id, room, sharer, sharer, now))
-
-    def record_sharer(self, show_id: str, viewer_id: str, sharer: str) -> None:
-        self._db.execute("UPDATE viewers SET last_sharer=? WHERE show_id=? AND viewer_id=?",
-                         (sharer, show_id, viewer_id))
-
-    def viewer_rooms(self, show_id: str) -> dict[str, int]:
-        rows = self._db.execute("SELECT room, COUNT(*) AS n FROM viewers WHERE show_id=? GROUP BY room", (show_id,))
-        return {r["room"]: r["n"] for r in rows}
-
-    def save_product(self, product: Product) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO products VALUES (?,?,?,?,?,?,?,?)",
-            (product.show_id, product.id, product.title, product.price_cents, product.image_url, product.link,
-             product.position, json.dumps(product.overrides)),
-        )
-
-    def delete_product(self, show_id: str, product_id: str) -> None:
-        self._db.execute("DELETE FROM products WHERE show_id=? AND product_id=?", (show_id, product_id))
-
-    def products(self, show_id: str) -> list[Product]:
-        rows = self._db.execute("SELECT * FROM products WHERE show_id=? ORDER BY position, product_id", (show_id,))
-        return [Product(r["show_id"], r["product_id"], r["title"], r["price_cents"], r["image_url"], r["link"],
-                        r["position"], json.loads(r["overrides"])) for r in rows]
-
-    def open_pin(self, show_id: str, pin: Pin) -> None:
-        self._db.execute("INSERT INTO pins (show_id, product_id, start_wall, start_s) VALUES (?,?,?,?)",
-                         (show_id, pin.product_id, pin.start_wall, pin.start_s))
-
-    def close_pin(self, show_id: str, end_wall: float, end_s: float | None) -> Pin | None:
-        row = self._db.execute("SELECT * FROM pins WHERE show_id=? AND end_wall IS NULL ORDER BY id DESC LIMIT 1",
-                               (show_id,)).fetchone()
-        if row is None:
-            return None
-        self._db.execute("UPDATE pins SET end_wall=?, end_s=? WHERE id=?", (end_wall, end_s, row["id"]))
-        return Pin(row["product_id"], row["start_wall"], row["start_s"], end_wall, end_s)
-
-    def pins(self, show_id: str) -> list[Pin]:
-        rows = self._db.execute("SELECT * FROM pins WHERE show_id=? ORDER BY id", (show_id,))
-        return [Pin(r["product_id"], r["start_wall"], r["start_s"], r["end_wall"], r["end_s"]) for r in rows]
-
-    def append_event(self, show_id: str, type: str, wall: float, stream_time: float | None, data: dict) -> Event:
-        with self._db:  # one transaction: the sequence number and the row together
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM events WHERE show_id=?",
-                                   (show_id,)).fetchone()
-            self._db.execute("INSERT INTO events VALUES (?,?,?,?,?,?)",
-                             (show_id, row["seq"], type, wall, stream_time, json.dumps(data)))
-        return Event(show_id, row["seq"], type, wall, stream_time, data)
-
-    def events_after(self, show_id: str, seq: int, limit: int = 1000) -> list[Event]:
-        rows = self._db.execute("SELECT * FROM events WHERE show_id=? AND seq>? ORDER BY seq LIMIT ?",
-                                (show_id, seq, limit))
-        return [Event(r["show_id"], r["seq"], r["type"], r["wall"], r["stream_time"], json.loads(r["data"]))
-                for r in rows]
-
-    def current_state(self, show_id: str) -> tuple[list[Event], int]:
+    # events
+    async def append_event(self, show_id: str, type: str, wall: float, stream_time: float | None,
+                           data: dict) -> Event: ...
+    async def events_after(self, show_id: str, seq: int, limit: int = 1000) -> list[Event]: ...
+    async def current_state(self, show_id: str) -> tuple[list[Event], int]:
         """The events a new reader needs to know the room's state now (the latest card event,
         the latest event of each coupon, the latest show state), and the newest seq."""
-        rows = self._db.execute(
-            "SELECT * FROM events WHERE seq IN ("
-            " SELECT MAX(seq) FROM events WHERE show_id=:s AND type IN ('product.pinned', 'product.unpinned')"
-            " UNION SELECT MAX(seq) FROM events WHERE show_id=:s AND type LIKE 'show.%'"
-            " UNION SELECT MAX(seq) FROM events WHERE show_id=:s AND type LIKE 'coupon.%'"
-            "  GROUP BY json_extract(data, '$.coupon.id')"
-            ") AND show_id=:s ORDER BY seq", {"s": show_id})
-        events = [Event(r["show_id"], r["seq"], r["type"], r["wall"], r["stream_time"], json.loads(r["data"]))
-                  for r in rows]
-        newest = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE show_id=?", (show_id,)).fetchone()[0]
-        return events, newest
+        ...
 
-    def close(self) -> None:
-        self._db.close()
+    # coupons
+    async def create_coupon(self, coupon: Coupon) -> Coupon: ...
+    async def launch_coupon(self, show_id: str, coupon_id: str) -> Coupon: ...
+    async def stop_coupon(self, show_id: str, coupon_id: str) -> Coupon: ...
+    async def load_coupon(self, show_id: str, coupon_id: str) -> Coupon: ...
+    async def list_coupons(self, show_id: str) -> list[Coupon]: ...
+    async def claim(self, request: ClaimRequest) -> dict: ...
+    async def claim_figures(self, show_id: str) -> dict:
+        """Claims per room: {"claims", "claims_by_coupon", "claims_by_sharer"}."""
+        ...

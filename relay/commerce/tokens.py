@@ -44,6 +44,10 @@ class ViewerTokens:
         self._secret = secret
         self._ttl = ttl_s
 
+    def use_secret(self, secret: str) -> None:
+        """Sign and check with `secret` from now on (the one shared through the Redis store)."""
+        self._secret = secret
+
     def issue(self, identity: ViewerIdentity) -> str:
         now = int(time.time())
         claims = {"sub": identity.viewer_id, "show": identity.show_id, "room": identity.room,

@@ -42,7 +42,7 @@ async def chapters_vtt(request: web.Request) -> web.Response:
     if not show.replay_public:
         require_admin(request)
     lines = ["WEBVTT", ""]
-    for i, chapter in enumerate(request.app[SHELF].chapters(show_id, info["duration_s"]), 1):
+    for i, chapter in enumerate(await request.app[SHELF].chapters(show_id, info["duration_s"]), 1):
         lines += [str(i), f"{_vtt_time(chapter['start_s'])} --> {_vtt_time(chapter['end_s'])}",
                   json.dumps({"product": chapter["product"], "title": chapter["title"]}), ""]
     return web.Response(text="\n".join(lines), content_type="text/vtt",
@@ -80,7 +80,7 @@ async def replay_info(request: web.Request) -> web.Response:
     info = request.app[REPLAYS].describe(show.id, request.app[SHOWS].settings.base_url)
     if info is None:
         raise ApiError(404, "replay_not_found", f"show {show.id!r} has not been recorded (it never went live)")
-    info["chapters"] = request.app[SHELF].chapters(show.id, info["duration_s"])
+    info["chapters"] = await request.app[SHELF].chapters(show.id, info["duration_s"])
     info["chapters_url"] = f"{request.app[SHOWS].settings.base_url}/replay/{show.id}/chapters.vtt"
     return web.json_response(info)
 
