@@ -69,6 +69,7 @@ from fanout import (
     args_record,
     begin_run,
     report_log_problems,
+    start_redis,
     stopped_early,
 )
 
@@ -321,6 +322,7 @@ class EventBench:
         self.ctx = mp.get_context("spawn")
         self.workers: list[Worker] = []
         self.server: ServerProcess | None = None
+        self.redis: ServerProcess | None = None
         self.base = ""
         self.admin_key = secrets.token_urlsafe(24)
         self.pinned: str | None = None  # the product on the card now
@@ -334,6 +336,8 @@ class EventBench:
 
     def start_server(self) -> None:
         env = {**os.environ, "RELAY_ADMIN_KEY": self.admin_key, "RELAY_ICE_ADDRESSES": "127.0.0.1"}
+        if self.args.store == "redis":  # events then travel through Redis pub/sub
+            self.redis, env["RELAY_STORE_REDIS_URL"] = start_redis(self.workdir, self.server_cpus, self.deadline)
         argv = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", "0",
                 "--data-dir", str(self.workdir / "data")]
         self.server = ServerProcess("relay", argv, env, self.server_cpus, self.workdir / "relay.log",
@@ -370,6 +374,8 @@ class EventBench:
         self.workers.clear()
         if self.server is not None:
             self.server.stop()
+        if self.redis is not None:
+            self.redis.stop()
 
     def run_step(self, n: int) -> StepResult:
         args = self.args
@@ -548,6 +554,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--interval-ms", type=float, default=200.0, help="between two operator calls (200)")
     parser.add_argument("--drain", type=float, default=2.0, help="wait after the last call before reading (2 s)")
     parser.add_argument("--settle", type=float, default=1.0, help="pause after connecting and between steps (1 s)")
+    parser.add_argument("--store", choices=("embedded", "redis"), default="embedded",
+                        help="commerce store: 'embedded' (SQLite) or 'redis' (a redis-server started here on the "
+                             "server's CPU; events go through Redis pub/sub)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="hard cap for the whole run (300)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the work directory with the server log")
@@ -569,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit()
     print(f"machine: {machine['nproc']} CPU(s), {machine['cpu_model']}; Python {machine['python']}, "
           f"aiohttp {machine['aiohttp']}, uvloop {machine['uvloop']}", flush=True)
-    print(f"server on CPU {sorted(server_cpus)}, subscribers and operator on CPU {sorted(client_cpus)}", flush=True)
+    print(f"server on CPU {sorted(server_cpus)} (store: {args.store}), subscribers and operator on CPU {sorted(client_cpus)}", flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="events-bench-"))
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": command, "machine": machine,

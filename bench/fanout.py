@@ -43,6 +43,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -215,6 +216,23 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def start_redis(workdir: Path, cpus: set[int], deadline: "Deadline") -> tuple[ServerProcess, str]:
+    """A redis-server on `cpus`, as durable as production wants it (AOF, fsync always).
+    Returns the process and the URL to give the relay."""
+    if shutil.which("redis-server") is None:
+        raise BenchError("--store redis needs redis-server (apt-get install redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (workdir / "redis").mkdir(exist_ok=True)
+    argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir / "redis"),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    redis = ServerProcess("redis", argv, dict(os.environ), cpus, workdir / "redis.log",
+                          re.compile(r"(Ready to accept connections)"))
+    redis.start(deadline.cap(30))
+    return redis, f"redis://127.0.0.1:{port}/0"
 
 
 # -- worker processes (viewers, host) ---------------------------------------------------------

@@ -256,3 +256,39 @@ async def test_a_pinned_card_reaches_a_data_channel_viewer_and_an_sse_viewer(rel
         assert message["stream_time"] is not None  # the show is being recorded
     finally:
         await sse.close()
+
+
+async def test_two_relays_on_one_redis_serve_one_show(make_relay, redis_server):
+    """Two relays (separate apps sharing only Redis, as two processes would): an operator call on
+    one reaches readers on the other; a viewer registered on one
+    claims on the other and is credited once, to its room."""
+    a = await make_relay(redis_url=redis_server.url)
+    b = await make_relay(redis_url=redis_server.url)
+    for node in (a, b):  # the show registry is per process: both know the show
+        await node.create_show("multi", mirrors=("d1",))
+    await a.api("POST", "/api/shows/multi/products", {"id": "bag", "title": "Bag", "price": 100,
+                                                      "rooms": {"d1": {"price": 80}}})
+    reader = await SseReader(f"{b.base}/events/multi/d1").start()
+    try:
+        await a.api("POST", "/api/shows/multi/products/bag/pin")
+        pinned = next(e for e in await reader.wait_for(1) if e["type"] == "product.pinned")
+        assert pinned["product"]["price"] == 80
+        await a.api("POST", "/api/shows/multi/coupons", {"id": "c", "title": "C", "quantity": 1, "duration_s": 60})
+        await b.api("POST", "/api/shows/multi/coupons/c/launch")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{a.base}/api/shows/multi/viewers", json={"room": "d1", "ref": "amy"}) as res:
+                viewer = await res.json()
+            auth = {"Authorization": f"Bearer {viewer['token']}"}
+            answers = []
+            for node, key in ((b, "k1"), (a, "k1"), (a, "k2")):
+                async with http.post(f"{node.base}/api/shows/multi/coupons/c/claim",
+                                     headers={**auth, "Idempotency-Key": key}) as res:
+                    answers.append((res.status, (await res.json())["result"]))
+        assert answers == [(200, "claimed"), (200, "claimed"), (200, "already_claimed")]
+        stats = (await a.api("GET", "/api/shows/multi/stats"))[1]
+        assert stats["rooms"]["d1"]["claims_by_sharer"] == {"amy": 1}
+        assert stats["rooms"]["hq"]["claims"] == 0
+        launched = [e for e in await reader.wait_for(3) if e["type"] == "coupon.launched"]
+        assert launched and launched[0]["coupon"]["remaining"] == 1
+    finally:
+        await reader.close()
