@@ -67,6 +67,7 @@ from typing import Any, Self
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fanout import (
+    relay_env,
     BenchError,
     Deadline,
     ServerProcess,
@@ -314,7 +315,7 @@ class CouponBench:
         return self.server.pid
 
     def start_server(self) -> None:
-        env = {**os.environ, "RELAY_ADMIN_KEY": self.admin_key, "RELAY_ICE_ADDRESSES": "127.0.0.1"}
+        env = relay_env(self.admin_key)
         if self.args.store == "redis":
             self.redis, env["RELAY_STORE_REDIS_URL"] = start_redis(self.workdir, self.server_cpus, self.deadline)
         argv = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", "0",

@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from coupons import CpuSampler, expect, raise_fd_limit
 from fanout import serve_commands
 from fanout import (
+    relay_env,
     BenchError,
     Deadline,
     ServerProcess,
@@ -335,7 +336,7 @@ class EventBench:
         return self.server.pid
 
     def start_server(self) -> None:
-        env = {**os.environ, "RELAY_ADMIN_KEY": self.admin_key, "RELAY_ICE_ADDRESSES": "127.0.0.1"}
+        env = relay_env(self.admin_key)
         if self.args.store == "redis":  # events then travel through Redis pub/sub
             self.redis, env["RELAY_STORE_REDIS_URL"] = start_redis(self.workdir, self.server_cpus, self.deadline)
         argv = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", "0",

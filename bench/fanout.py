@@ -218,6 +218,14 @@ class ServerProcess:
             proc.wait(5)
 
 
+def relay_env(admin_key: str) -> dict[str, str]:
+    """Environment of a benched `relay serve`: our admin key, loopback ICE, and the per-address
+    rate limits off (every simulated client comes from 127.0.0.1)."""
+    limits = ("VIEWER_REGISTRATIONS_PER_S", "CLAIMS_PER_S", "WHEP_PER_S", "WHIP_PER_S")
+    return {**os.environ, "RELAY_ADMIN_KEY": admin_key, "RELAY_ICE_ADDRESSES": "127.0.0.1",
+            **{f"RELAY_LIMITS_{name}": "0" for name in limits}}
+
+
 def start_redis(workdir: Path, cpus: set[int], deadline: "Deadline") -> tuple[ServerProcess, str]:
     """A redis-server on `cpus`, as durable as production wants it (AOF, fsync always).
     Returns the process and the URL to give the relay."""
@@ -601,7 +609,7 @@ class Bench:
         ready = re.compile(r"listening on (http://\S+)")
         if target_name == "relay":
             admin_key = secrets.token_urlsafe(24)
-            env = {**os.environ, "RELAY_ADMIN_KEY": admin_key, "RELAY_ICE_ADDRESSES": "127.0.0.1"}
+            env = relay_env(admin_key)
             argv = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", "0",
                     "--data-dir", str(self.workdir / "data")]
             server = ServerProcess("relay", argv, env, self.server_cpus, log_path, ready)

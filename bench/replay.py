@@ -67,6 +67,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from fanout import (  # noqa: E402  (bench/ is put on sys.path just above)
+    relay_env,
     CLK_TCK,
     FPS,
     HEADER,
@@ -304,7 +305,7 @@ class ReplayBench(Bench):
 
     def start_relay(self, label: str, recording: bool) -> ReplayTarget:
         admin_key = secrets.token_urlsafe(24)
-        env = {**os.environ, "RELAY_ADMIN_KEY": admin_key, "RELAY_ICE_ADDRESSES": "127.0.0.1"}
+        env = relay_env(admin_key)
         env.pop("RELAY_REPLAY_ENABLED", None)  # on: the default (config/relay.toml)
         if not recording:
             env["RELAY_REPLAY_ENABLED"] = "false"

@@ -31,7 +31,8 @@ from .replay.serving import routes as replay_routes
 from .replay.service import ReplayService
 from .shows import ShowService
 from .store import SqliteStore
-from .appkeys import ADMIN_KEY, COMMERCE, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS
+from .appkeys import ADMIN_KEY, COMMERCE, LIMITS, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS
+from .limits import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ def build_app(settings: Settings) -> web.Application:
     if interrupted:
         log.warning("shows interrupted by the last stop, now ended: %s", ", ".join(interrupted))
     app[SETTINGS] = settings
+    limits = settings.limits
+    app[LIMITS] = {"viewers": RateLimiter("viewer registration", limits.viewer_registrations_per_s),
+                   "claims": RateLimiter("claim", limits.claims_per_s),
+                   "whep": RateLimiter("WHEP", limits.whep_per_s),
+                   "whip": RateLimiter("WHIP", limits.whip_per_s)}
     app[ADMIN_KEY] = admin_key
     app[SHOWS] = service
     app[REPLAYS] = replays

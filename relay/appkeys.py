@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .commerce.store import CommerceStore
     from .commerce.tokens import ViewerTokens
     from .config import Settings
+    from .limits import RateLimiter
     from .replay.service import ReplayService
     from .shows import ShowService
 
@@ -23,3 +24,4 @@ SHELF: "web.AppKey[ProductShelf]" = web.AppKey("shelf")
 TOKENS: "web.AppKey[ViewerTokens]" = web.AppKey("tokens")
 COMMERCE: "web.AppKey[CommerceStore]" = web.AppKey("commerce")
 TICKER: "web.AppKey[RemainingTicker]" = web.AppKey("coupon_ticker")
+LIMITS: "web.AppKey[dict[str, RateLimiter]]" = web.AppKey("limits")

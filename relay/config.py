@@ -21,6 +21,7 @@ class ServerSettings:
     data_dir: str = "./data"
     public_url: str = ""
     max_body_bytes: int = 65536
+    trust_forwarded_for: bool = False
 
 
 @dataclass
@@ -54,6 +55,14 @@ class ReplaySettings:
 
 
 @dataclass
+class LimitSettings:
+    viewer_registrations_per_s: float = 20.0
+    claims_per_s: float = 20.0
+    whep_per_s: float = 10.0
+    whip_per_s: float = 2.0
+
+
+@dataclass
 class StoreSettings:
     redis_url: str = ""
     redis_prefix: str = "relay"
@@ -67,6 +76,7 @@ class Settings:
     media: MediaSettings = field(default_factory=MediaSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
     @property
     def base_url(self) -> str:

@@ -30,6 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 WIDTH, HEIGHT = 640, 360
 
+# Tests (and benches) run hundreds of clients from one address: per-address limits off.
+NO_LIMITS = {f"RELAY_LIMITS_{name}": "0" for name in (
+    "VIEWER_REGISTRATIONS_PER_S", "CLAIMS_PER_S", "WHEP_PER_S", "WHIP_PER_S")}
+
 
 @pytest.fixture(scope="session")
 def h264_clip() -> list[bytes]:
@@ -55,6 +59,8 @@ def relay_settings(data_dir: Path, **media) -> Settings:
     settings.ice.addresses = ["127.0.0.1"]
     settings.media.grace_period_s = 30.0
     settings.media.publisher_timeout_s = 3.0
+    for name in NO_LIMITS:
+        setattr(settings.limits, name.removeprefix("RELAY_LIMITS_").lower(), 0.0)
     for key, value in media.items():
         setattr(settings.media, key, value)
     return settings
@@ -192,9 +198,11 @@ async def make_relay(aiohttp_server, tmp_path):
     """Start an in-process relay on 127.0.0.1; media settings may be overridden."""
     relays: list[Relay] = []
 
-    async def start(redis_url: str = "", **media) -> Relay:
+    async def start(redis_url: str = "", configure=None, **media) -> Relay:
         settings = relay_settings(tmp_path / f"data{len(relays)}", **media)
         settings.store.redis_url = redis_url
+        if configure is not None:
+            configure(settings)
         app = build_app(settings)
         server = await aiohttp_server(app, host="127.0.0.1")
         settings.server.port = server.port
@@ -236,7 +244,7 @@ class ServerProcess:
         cmd = [sys.executable]
         cmd += [self.wrapper] if self.wrapper else ["-m", "relay"]
         cmd += ["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(self.data_dir)]
-        env = {**os.environ, "RELAY_ADMIN_KEY": ADMIN_KEY, "RELAY_ICE_ADDRESSES": "127.0.0.1",
+        env = {**os.environ, "RELAY_ADMIN_KEY": ADMIN_KEY, "RELAY_ICE_ADDRESSES": "127.0.0.1", **NO_LIMITS,
                "PYTHONPATH": str(REPO), **self.env}
         self._logfh = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._logfh, env=env, cwd=REPO)

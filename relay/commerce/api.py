@@ -9,7 +9,7 @@ import time
 
 from aiohttp import web
 
-from ..appkeys import SHELF, SHOWS, TOKENS
+from ..appkeys import LIMITS, SHELF, SHOWS, TOKENS
 from ..errors import ApiError
 from ..http_util import bearer_token, read_json, require_admin
 from ..models import HQ_ROOM, ShowState, is_slug
@@ -31,6 +31,7 @@ def _show(request: web.Request):
 async def register_viewer(request: web.Request) -> web.Response:
     """A viewer's identity: the room it entered through is kept for good; a new ?ref only
     records the latest sharer."""
+    request.app[LIMITS]["viewers"].check(request)
     shows = request.app[SHOWS]
     tokens = request.app[TOKENS]
     show = _show(request)

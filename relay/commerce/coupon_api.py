@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from ..appkeys import COMMERCE, SHELF, SHOWS, TICKER, TOKENS
+from ..appkeys import COMMERCE, LIMITS, SHELF, SHOWS, TICKER, TOKENS
 from ..errors import ApiError, invalid_field as _invalid
 from ..http_util import bearer_token, read_json, require_admin
 from ..models import HQ_ROOM, is_slug
@@ -150,6 +150,7 @@ async def stop(request: web.Request) -> web.Response:
 
 @routes.post("/api/shows/{show}/coupons/{coupon}/claim")
 async def claim(request: web.Request) -> web.Response:
+    request.app[LIMITS]["claims"].check(request)
     show = request.app[SHOWS].get_show(request.match_info["show"])
     viewer = request.app[TOKENS].verify(bearer_token(request), show.id)
     key = request.headers.get("Idempotency-Key", "")

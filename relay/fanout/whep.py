@@ -8,7 +8,7 @@ from ..http_util import not_patchable, options_response, read_sdp, sdp_answer
 from ..models import HQ_ROOM
 from ..shows import ShowService
 from ..webrtc import parse_offer
-from ..appkeys import SHOWS
+from ..appkeys import LIMITS, SHOWS
 
 routes = web.RouteTableDef()
 
@@ -16,6 +16,7 @@ routes = web.RouteTableDef()
 @routes.post("/whep/{show}")
 @routes.post("/whep/{show}/{room}")
 async def play(request: web.Request) -> web.Response:
+    request.app[LIMITS]["whep"].check(request)
     service: ShowService = request.app[SHOWS]
     show_id = request.match_info["show"]
     room = request.match_info.get("room", HQ_ROOM)

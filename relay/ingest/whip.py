@@ -7,13 +7,14 @@ from aiohttp import web
 from ..http_util import bearer_token, not_patchable, options_response, read_sdp, sdp_answer
 from ..shows import ShowService
 from ..webrtc import parse_offer
-from ..appkeys import SHOWS
+from ..appkeys import LIMITS, SHOWS
 
 routes = web.RouteTableDef()
 
 
 @routes.post("/whip/{show}")
 async def publish(request: web.Request) -> web.Response:
+    request.app[LIMITS]["whip"].check(request)
     service: ShowService = request.app[SHOWS]
     show_id = request.match_info["show"]
     show = service.get_show(show_id)
