@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .appkeys import COMMERCE
+from .appkeys import COMMERCE, REPLAYS
 from .config import Settings
 from .errors import ApiError
 from .http_util import read_json, require_admin
-from .models import HQ_ROOM, Mirror, Show, is_slug
+from .models import HQ_ROOM, Mirror, Show, ShowState, is_slug
 from .shows import ShowService
 from .appkeys import SHOWS
 
@@ -183,6 +183,30 @@ async def stats(request: web.Request) -> web.Response:
         view["unique_viewers"] = unique.get(room, 0)
         view.update(claims.get(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}}))
     return web.json_response(figures)
+
+
+@routes.get("/api/shows/{show}/status")
+async def public_status(request: web.Request) -> web.Response:
+    """What a watch or studio page shows: no secrets, no per-room figures."""
+    service: ShowService = request.app[SHOWS]
+    show = service.get_show(request.match_info["show"])
+    live = service.live.get(show.id)
+    if show.state is not ShowState.LIVE:
+        host = "none"
+    elif live is not None and live.publisher is not None:
+        host = "live"
+    else:
+        host = "reconnecting"
+    viewers = sum(r.viewers for r in service.figures(show.id).rooms.values()) if live else 0
+    replay = request.app[REPLAYS].store.get_replay(show.id) if show.replay_public else None
+    room = request.query.get("room", HQ_ROOM)
+    mirror = service.store.get_mirror(show.id, room) if room != HQ_ROOM and is_slug(room) else None
+    return web.json_response({
+        "id": show.id, "title": show.title, "state": show.state.value, "host": host, "viewers": viewers,
+        "room_name": mirror.name if mirror else None,
+        "started_at": show.started_at, "ended_at": show.ended_at,
+        "replay_page": f"/replay/{show.id}" if replay is not None else None,
+    }, headers={"Cache-Control": "no-cache"})
 
 
 @routes.get("/healthz")

@@ -1,4 +1,7 @@
-"""Minimal built-in pages: a watch page that plays a room over WHEP."""
+"""The pages the server ships: watch, studio (host), ops (operator) and replay.
+
+Plain HTML, CSS and JS modules from relay/static; everything loads from this server.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,28 @@ from importlib import resources
 
 from aiohttp import web
 
-from .models import HQ_ROOM
 from .appkeys import SHOWS
+from .models import HQ_ROOM
 
 routes = web.RouteTableDef()
+
+ASSETS = {
+    "style.css": "text/css",
+    "common.js": "text/javascript",
+    "watch.js": "text/javascript",
+    "studio.js": "text/javascript",
+    "ops.js": "text/javascript",
+    "replay.js": "text/javascript",
+}
+_PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 
 
 def _static(name: str) -> str:
     return resources.files("relay").joinpath("static", name).read_text()
+
+
+def _page(name: str) -> web.Response:
+    return web.Response(text=_static(name), content_type="text/html", headers=_PAGE_HEADERS)
 
 
 @routes.get("/watch/{show}")
@@ -21,15 +38,31 @@ def _static(name: str) -> str:
 async def watch(request: web.Request) -> web.Response:
     service = request.app[SHOWS]
     show_id = request.match_info["show"]
-    room = request.match_info.get("room", HQ_ROOM)
     service.get_show(show_id)
-    service.check_room(show_id, room)
-    return web.Response(text=_static("watch.html"), content_type="text/html")
+    service.check_room(show_id, request.match_info.get("room", HQ_ROOM))
+    return _page("watch.html")
+
+
+@routes.get("/studio/{show}")
+async def studio(request: web.Request) -> web.Response:
+    request.app[SHOWS].get_show(request.match_info["show"])
+    return _page("studio.html")
+
+
+@routes.get("/ops")
+async def ops(request: web.Request) -> web.Response:
+    return _page("ops.html")
+
+
+@routes.get("/replay/{show}")
+async def replay(request: web.Request) -> web.Response:
+    request.app[SHOWS].get_show(request.match_info["show"])
+    return _page("replay.html")
 
 
 @routes.get("/static/{name}")
 async def static(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if name not in ("watch.js",):
+    if name not in ASSETS:
         raise web.HTTPNotFound(text="no such file")
-    return web.Response(text=_static(name), content_type="text/javascript")
+    return web.Response(text=_static(name), content_type=ASSETS[name], headers={"Cache-Control": "no-cache"})

@@ -1,47 +1,241 @@
-// Plays /whep/{show}[/{room}] for the page /watch/{show}[/{room}], reconnecting on failure.
-const video = document.getElementById("video");
-const status = document.getElementById("status");
-const whepUrl = location.pathname.replace(/^\/watch\//, "/whep/");
+// The watch page: /watch/{show}[/{distributor}]?ref=<sharer>
+// Plays the room over WHEP (muted autoplay), shows the product card and flash coupons of this
+// room from its event stream, and reconnects by itself after a network drop or server restart.
+import { $, api, connectionLost, endSession, money, randomKey, sleep, whepPlay } from "/static/common.js";
 
-document.getElementById("unmute").addEventListener("click", (e) => {
+const [, , show, room = "hq"] = location.pathname.split("/");
+const ref = new URLSearchParams(location.search).get("ref");
+const video = $("#video");
+const coupons = new Map(); // id -> coupon as this room sees it
+let status = null; // the public show status
+let viewer = null; // {viewer_id, token}
+let playing = false;
+
+// -- identity: a signed viewer token that keeps the room this viewer came through -------------
+async function identify() {
+  const stored = localStorage.getItem(`livecast.viewer.${show}`);
+  const prior = stored ? JSON.parse(stored) : null;
+  if (prior && !ref) return prior;
+  try {
+    const body = { room, ...(ref ? { ref } : {}) };
+    const fresh = await api("POST", `/api/shows/${show}/viewers`, { body, token: prior?.token });
+    localStorage.setItem(`livecast.viewer.${show}`, JSON.stringify(fresh));
+    return fresh;
+  } catch (e) {
+    if (prior) return prior; // keep watching as before; claims will say what is wrong
+    throw e;
+  }
+}
+
+// -- show state -------------------------------------------------------------------------------
+function render() {
+  const badge = $("#badge");
+  const live = status?.state === "live";
+  badge.textContent = !status ? "Connecting…" : live ? (status.host === "live" ? "LIVE" : "Reconnecting…")
+    : status.state === "ended" ? "Ended" : "Soon";
+  badge.classList.toggle("live", live && status.host === "live");
+  $("#viewers").textContent = `${status?.viewers ?? 0} watching`;
+  if (status) {
+    $("#title").textContent = status.title;
+    $("#room").textContent = status.room_name ? `· ${status.room_name}` : "";
+    document.title = `${status.title} · Live`;
+  }
+  let text = "";
+  if (status?.state === "scheduled") text = "The show has not started yet. It will play here as soon as it does.";
+  else if (status?.state === "live" && status.host !== "live") text = "The host is reconnecting…";
+  else if (status?.state === "live" && !playing) text = "Connecting to the live show…";
+  else if (status?.state === "ended") text = "The show has ended.";
+  $("#state").hidden = !text;
+  $("#state-text").textContent = text;
+  const replay = $("#state-replay");
+  replay.hidden = !(status?.state === "ended" && status.replay_page);
+  if (status?.replay_page) replay.href = status.replay_page;
+  if (status?.state === "ended") $("#coupon").hidden = true;
+}
+
+async function refreshStatus() {
+  try {
+    status = await api("GET", `/api/shows/${show}/status?room=${encodeURIComponent(room)}`);
+    $("#error").textContent = "";
+  } catch (e) {
+    $("#error").textContent = e.message;
+    if (e.status === 404) {
+      $("#state").hidden = false;
+      $("#state-text").textContent = "This show does not exist.";
+      return;
+    }
+  }
+  render();
+}
+
+async function followStatus() {
+  for (;;) {
+    await refreshStatus();
+    await sleep(status?.state === "ended" ? 30000 : 3000);
+  }
+}
+
+// -- media: WHEP, again and again while the show is live -------------------------------------
+async function followMedia() {
+  const whep = `/whep/${show}${room === "hq" ? "" : `/${room}`}`;
+  let backoff = 1000;
+  for (;;) {
+    if (status?.state !== "live") {
+      await sleep(1000);
+      continue;
+    }
+    let session = null;
+    try {
+      session = await whepPlay(whep, video);
+      playing = true;
+      backoff = 1000;
+      render();
+      await connectionLost(session.pc);
+    } catch (e) {
+      $("#error").textContent = e.message;
+      if (e.status === 404 || e.status === 409) await refreshStatus(); // not live (any more)
+    }
+    playing = false;
+    if (session) {
+      session.pc.close();
+      endSession(session.location);
+    }
+    render();
+    await sleep(backoff);
+    backoff = Math.min(backoff * 2, 8000);
+  }
+}
+
+$("#unmute").addEventListener("click", () => {
   video.muted = false;
-  e.target.hidden = true;
+  video.play().catch(() => {});
+  $("#unmute").hidden = true;
 });
 
-async function play() {
-  const pc = new RTCPeerConnection();
-  pc.addTransceiver("video", { direction: "recvonly" });
-  pc.addTransceiver("audio", { direction: "recvonly" });
-  const stream = new MediaStream();
-  pc.ontrack = (ev) => { stream.addTrack(ev.track); video.srcObject = stream; };
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((resolve) => {
-    if (pc.iceGatheringState === "complete") return resolve();
-    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && resolve();
-    setTimeout(resolve, 1000);
-  });
-  const res = await fetch(whepUrl, {
-    method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
-  });
-  if (res.status !== 201) {
-    const err = await res.json().catch(() => ({ message: res.statusText }));
-    pc.close();
-    throw new Error(err.message);
-  }
-  await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
-  status.textContent = "live";
-  return new Promise((resolve) => {
-    pc.onconnectionstatechange = () => {
-      if (["failed", "closed", "disconnected"].includes(pc.connectionState)) { pc.close(); resolve(); }
-    };
-  });
+// -- events: card, coupons, show state --------------------------------------------------------
+function showCard(product) {
+  $("#card-title").textContent = product.title;
+  $("#card-price").textContent = money(product.price);
+  const image = $("#card-image");
+  image.hidden = !product.image_url;
+  if (product.image_url) image.src = product.image_url;
+  const link = $("#card-link");
+  link.hidden = !product.link;
+  if (product.link) link.href = product.link;
+  link.setAttribute("aria-label", `Buy ${product.title}`);
+  $("#card").hidden = false;
 }
 
-async function loop() {
-  for (;;) {
-    try { await play(); status.textContent = "reconnecting…"; }
-    catch (e) { status.textContent = e.message; }
-    await new Promise((r) => setTimeout(r, 2000));
-  }
+function couponChanged(coupon) {
+  coupons.set(coupon.id, { ...coupons.get(coupon.id), ...coupon });
+  renderCoupon();
 }
-loop();
+
+function currentCoupon() {
+  const now = Date.now() / 1000;
+  let chosen = null;
+  for (const c of coupons.values()) {
+    const open = c.state === "live" && (!c.ends_at || c.ends_at > now) && (!c.starts_at || c.starts_at <= now);
+    if (open && (!chosen || c.ends_at < chosen.ends_at)) chosen = c;
+  }
+  return chosen;
+}
+
+let shownCoupon = null;
+function renderCoupon() {
+  const coupon = currentCoupon();
+  $("#coupon").hidden = !coupon || status?.state === "ended";
+  if (!coupon) return;
+  if (shownCoupon !== coupon.id) {
+    shownCoupon = coupon.id;
+    $("#coupon-result").textContent = "";
+    $("#claim").disabled = false;
+  }
+  $("#coupon-title").textContent = coupon.title;
+  $("#coupon-remaining").textContent = coupon.remaining > 0 ? `${coupon.remaining} left` : "Sold out";
+  const left = Math.max(0, Math.round(coupon.ends_at - Date.now() / 1000));
+  $("#coupon-countdown").textContent = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")} to go`;
+}
+setInterval(renderCoupon, 500);
+
+const RESULTS = {
+  claimed: "Claimed! It is yours.",
+  already_claimed: "Already claimed.",
+  sold_out: "Sold out.",
+  not_started: "Not started yet.",
+  ended: "This coupon has ended.",
+  room_cap_reached: "All gone in this room.",
+};
+
+$("#claim").addEventListener("click", async () => {
+  const coupon = currentCoupon();
+  if (!coupon) return;
+  const button = $("#claim");
+  const result = $("#coupon-result");
+  button.disabled = true;
+  if (!viewer) {
+    viewer = await identify().catch((e) => {
+      result.textContent = e.message;
+      return null;
+    });
+    if (!viewer) { button.disabled = false; return; }
+  }
+  const key = randomKey(); // one per click; a retried send of this click reuses it
+  try {
+    let answer = null;
+    for (let attempt = 0; attempt < 3 && !answer; attempt++) {
+      try {
+        answer = await api("POST", `/api/shows/${show}/coupons/${coupon.id}/claim`,
+          { token: viewer.token, headers: { "Idempotency-Key": key } });
+      } catch (e) {
+        if (e.status !== 0 && e.status !== 503) throw e;
+        await sleep(1000);
+      }
+    }
+    if (!answer) throw new Error("Could not reach the shop. Try again.");
+    result.textContent = RESULTS[answer.result] || answer.result;
+    result.dataset.result = answer.result;
+    couponChanged({ id: coupon.id, remaining: answer.remaining });
+  } catch (e) {
+    result.textContent = e.message;
+    result.dataset.result = "error";
+  } finally {
+    button.disabled = false;
+  }
+});
+
+function followEvents() {
+  let last = null;
+  const path = `/events/${show}${room === "hq" ? "" : `/${room}`}`;
+  const open = () => {
+    const source = new EventSource(last === null ? path : `${path}?last_event_id=${last}`);
+    const on = (type, handle) => source.addEventListener(type, (ev) => {
+      last = Number(ev.lastEventId);
+      handle(JSON.parse(ev.data));
+    });
+    on("product.pinned", (e) => showCard(e.product));
+    on("product.unpinned", () => { $("#card").hidden = true; });
+    for (const type of ["coupon.launched", "coupon.updated", "coupon.ended"]) on(type, (e) => couponChanged(e.coupon));
+    for (const type of ["show.live", "show.host_reconnecting", "show.ended"]) on(type, () => refreshStatus());
+    for (const type of ["shelf.updated"]) on(type, () => {});
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) { // the server answered with an error: try again later
+        setTimeout(open, 3000);
+      }
+    };
+  };
+  open();
+}
+
+async function main() {
+  for (;;) { // an unknown show or a server that is down: keep trying quietly
+    await refreshStatus();
+    if (status) break;
+    await sleep(3000);
+  }
+  followEvents();
+  followStatus();
+  followMedia();
+  viewer = await identify().catch(() => null); // tried again at the first claim
+}
+main();

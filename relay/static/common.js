@@ -1,0 +1,132 @@
+// Shared by the pages: API calls with readable errors, WHIP/WHEP sessions, small helpers.
+
+/** An API error with the server's message ({"error", "message"} bodies). */
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** Call the API; JSON in, JSON out; throws ApiError with the server's message. */
+export async function api(method, path, { body, token, headers = {} } = {}) {
+  const init = { method, headers: { ...headers } };
+  if (token) init.headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, "network", "The server cannot be reached. Check your connection.");
+  }
+  if (res.status === 204) return null;
+  const data = await res.json().catch(() => null);
+  if (!res.ok) {
+    throw new ApiError(res.status, data?.error || "error", data?.message || `${res.status} ${res.statusText}`);
+  }
+  return data;
+}
+
+export const $ = (selector, root = document) => root.querySelector(selector);
+
+/** Show `error` (or clear with null) in the element, which should have role="alert". */
+export function showError(el, error) {
+  el.textContent = error ? error.message || String(error) : "";
+}
+
+export function money(value) {
+  return typeof value === "number" ? value.toFixed(2) : "";
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export function randomKey() {
+  return crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`;
+}
+
+/** Wait until ICE gathering completes (the relay takes no trickle ICE), at most `ms`. */
+function gathered(pc, ms = 2000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, ms);
+  });
+}
+
+/** POST the peer's offer to a WHIP or WHEP URL; returns the session URL (Location). */
+async function exchange(pc, url, token) {
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered(pc);
+  const headers = { "Content-Type": "application/sdp" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let res;
+  try {
+    res = await fetch(url, { method: "POST", headers, body: pc.localDescription.sdp });
+  } catch (e) {
+    throw new ApiError(0, "network", "The server cannot be reached. Check your connection.");
+  }
+  if (res.status !== 201) {
+    const data = await res.json().catch(() => null);
+    throw new ApiError(res.status, data?.error || "error", data?.message || `${res.status} ${res.statusText}`);
+  }
+  const location = new URL(res.headers.get("Location"), new URL(url, window.location.href)).toString();
+  await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
+  return location;
+}
+
+/** Play a WHEP URL into `video`; returns {pc, location}. */
+export async function whepPlay(url, video) {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  const stream = new MediaStream();
+  pc.addEventListener("track", (ev) => {
+    stream.addTrack(ev.track);
+    video.srcObject = stream;
+  });
+  try {
+    return { pc, location: await exchange(pc, url) };
+  } catch (e) {
+    pc.close();
+    throw e;
+  }
+}
+
+/** Publish `stream` to a WHIP URL with the stream key; returns {pc, location}. */
+export async function whipPublish(url, key, stream) {
+  const pc = new RTCPeerConnection();
+  for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+  try {
+    return { pc, location: await exchange(pc, url, key) };
+  } catch (e) {
+    pc.close();
+    throw e;
+  }
+}
+
+/** End a WHIP/WHEP session; a failure is not worth reporting (the server reaps it anyway). */
+export async function endSession(location, token) {
+  if (!location) return;
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  await fetch(location, { method: "DELETE", headers }).catch(() => {});
+}
+
+/** Resolves when the peer connection has failed or closed, or stayed disconnected for `graceMs`. */
+export function connectionLost(pc, graceMs = 4000) {
+  return new Promise((resolve) => {
+    let timer = null;
+    const check = () => {
+      const state = pc.connectionState;
+      if (state === "failed" || state === "closed") resolve(state);
+      else if (state === "disconnected") timer ??= setTimeout(() => resolve("disconnected"), graceMs);
+      else if (timer) { clearTimeout(timer); timer = null; }
+    };
+    pc.addEventListener("connectionstatechange", check);
+    check();
+  });
+}

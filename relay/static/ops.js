@@ -1,0 +1,255 @@
+// The ops page: /ops. Create shows and distributors, stock the shelf, pin the card, run flash
+// coupons, and watch the live figures per room, refreshed every two seconds.
+import { $, api, ApiError, money, showError, sleep } from "/static/common.js";
+
+let adminKey = sessionStorage.getItem("livecast.admin") || "";
+let current = null; // the selected show id
+const error = $("#error");
+
+const call = (method, path, body) => api(method, path, { body, token: adminKey });
+
+/** Run an operator action: its error (the API's message) is shown, never thrown. */
+async function act(action) {
+  showError(error, null);
+  try {
+    return await action();
+  } catch (e) {
+    showError(error, e);
+    if (e instanceof ApiError && e.status === 401) signOut();
+    return null;
+  }
+}
+
+function cell(text, className) {
+  const td = document.createElement("td");
+  if (className) td.className = className;
+  td.textContent = text;
+  return td;
+}
+
+function button(label, onClick, { secondary = false, aria } = {}) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  if (secondary) b.className = "secondary";
+  if (aria) b.setAttribute("aria-label", aria);
+  b.addEventListener("click", () => act(onClick));
+  return b;
+}
+
+function copyButton(text, what) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "secondary";
+  b.textContent = "Copy";
+  b.setAttribute("aria-label", `Copy ${what}`);
+  b.addEventListener("click", async () => {
+    await navigator.clipboard?.writeText(text).catch(() => {});
+    b.textContent = "Copied";
+    setTimeout(() => { b.textContent = "Copy"; }, 1500);
+  });
+  return b;
+}
+
+document.addEventListener("click", async (ev) => {
+  const target = ev.target.closest("[data-copy]");
+  if (!target) return;
+  await navigator.clipboard?.writeText($(target.dataset.copy).textContent).catch(() => {});
+  const label = target.textContent;
+  target.textContent = "Copied";
+  setTimeout(() => { target.textContent = label; }, 1500);
+});
+
+// -- sign in ------------------------------------------------------------------------------------
+function signOut() {
+  adminKey = "";
+  sessionStorage.removeItem("livecast.admin");
+  $("#console").hidden = true;
+  $("#signin").hidden = false;
+  $("#sign-out").hidden = true;
+}
+
+async function signIn(key) {
+  adminKey = key;
+  const shows = await act(() => call("GET", "/api/shows"));
+  if (!shows) return;
+  sessionStorage.setItem("livecast.admin", key);
+  $("#signin").hidden = true;
+  $("#console").hidden = false;
+  $("#sign-out").hidden = false;
+  fillShows(shows.shows);
+}
+
+$("#signin-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  signIn($("#admin-key").value.trim());
+});
+$("#sign-out").addEventListener("click", signOut);
+
+// -- shows --------------------------------------------------------------------------------------
+function fillShows(shows, select) {
+  const list = $("#show-select");
+  list.length = 0;
+  list.add(new Option("Choose a show…", ""));
+  for (const s of shows) list.add(new Option(`${s.title} (${s.id}, ${s.state})`, s.id));
+  const wanted = select ?? current ?? new URLSearchParams(location.search).get("show");
+  if (wanted && shows.some((s) => s.id === wanted)) list.value = wanted;
+  choose(list.value || null);
+}
+
+$("#show-select").addEventListener("change", (ev) => choose(ev.target.value || null));
+
+$("#create-show").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  act(async () => {
+    const body = { title: $("#show-title").value.trim() };
+    if ($("#show-id").value.trim()) body.id = $("#show-id").value.trim();
+    const show = await call("POST", "/api/shows", body);
+    $("#new-key").hidden = false;
+    $("#new-key-show").textContent = show.title;
+    $("#new-key-value").textContent = show.stream_key;
+    ev.target.reset();
+    fillShows((await call("GET", "/api/shows")).shows, show.id);
+  });
+});
+
+function choose(showId) {
+  current = showId;
+  $("#show-panel").hidden = !showId;
+  if (showId) {
+    history.replaceState(null, "", `/ops?show=${encodeURIComponent(showId)}`);
+    refresh();
+  }
+}
+
+$("#end-show").addEventListener("click", () => act(async () => {
+  if (!confirm("End the show for every viewer?")) return;
+  await call("POST", `/api/shows/${current}/end`);
+  await refresh();
+}));
+
+// -- one show: rooms, figures, shelf, coupons ---------------------------------------------------
+async function refresh() {
+  const showId = current;
+  if (!showId || !adminKey) return;
+  const [show, stats, shelf, coupons] = await Promise.all([
+    call("GET", `/api/shows/${showId}`),
+    call("GET", `/api/shows/${showId}/stats`),
+    call("GET", `/api/shows/${showId}/products`),
+    call("GET", `/api/shows/${showId}/coupons`),
+  ]);
+  if (showId !== current) return;
+  $("#show-name").textContent = show.title;
+  $("#show-state").textContent = show.state === "live" && !show.publisher ? "host reconnecting" : show.state;
+  $("#show-state").classList.toggle("live", show.state === "live");
+  const studio = new URL(`/studio/${show.id}`, location.href).toString();
+  $("#studio-link").href = studio;
+  $("#studio-link").textContent = studio;
+  $("#whip-url").textContent = show.whip_url;
+  $("#end-show").disabled = show.state === "ended";
+
+  const rooms = $("#rooms");
+  rooms.replaceChildren();
+  const names = { hq: "HQ" };
+  for (const m of show.mirrors) names[m.distributor] = m.name;
+  const links = { hq: show.watch_url };
+  for (const m of show.mirrors) links[m.distributor] = m.watch_url;
+  for (const [room, f] of Object.entries(stats.rooms)) {
+    const tr = document.createElement("tr");
+    tr.dataset.room = room;
+    tr.append(cell(names[room] || room), cell(f.viewers, "num"), cell(f.peak_viewers, "num"),
+      cell(f.unique_viewers, "num"), cell(f.claims, "num"));
+    const td = document.createElement("td");
+    td.append(copyButton(links[room], `the watch link of ${names[room] || room}`));
+    tr.append(td);
+    rooms.append(tr);
+  }
+
+  const products = $("#products");
+  products.replaceChildren();
+  for (const p of shelf.products) {
+    const tr = document.createElement("tr");
+    tr.dataset.product = p.id;
+    const pinned = shelf.pinned === p.id;
+    const card = document.createElement("td");
+    card.append(pinned
+      ? button("Unpin", () => call("POST", `/api/shows/${showId}/unpin`).then(refresh), { aria: `Unpin ${p.title}` })
+      : button("Pin", () => call("POST", `/api/shows/${showId}/products/${p.id}/pin`).then(refresh),
+        { secondary: true, aria: `Pin ${p.title}` }));
+    const remove = document.createElement("td");
+    remove.append(button("Remove", () => call("DELETE", `/api/shows/${showId}/products/${p.id}`).then(refresh),
+      { secondary: true, aria: `Remove ${p.title}` }));
+    const name = cell(p.title);
+    if (pinned) {
+      const tag = document.createElement("span");
+      tag.className = "pinned";
+      tag.textContent = "on card";
+      name.append(tag);
+    }
+    tr.append(name, cell(money(p.price), "num"), card, remove);
+    products.append(tr);
+  }
+
+  const list = $("#coupons");
+  list.replaceChildren();
+  for (const c of coupons.coupons) {
+    const tr = document.createElement("tr");
+    tr.dataset.coupon = c.id;
+    const actions = document.createElement("td");
+    if (c.state === "draft") {
+      actions.append(button("Launch", () => call("POST", `/api/shows/${showId}/coupons/${c.id}/launch`).then(refresh),
+        { aria: `Launch ${c.title}` }));
+    } else if (c.state !== "ended") {
+      actions.append(button("Stop", () => call("POST", `/api/shows/${showId}/coupons/${c.id}/stop`).then(refresh),
+        { secondary: true, aria: `Stop ${c.title}` }));
+    }
+    tr.append(cell(c.title), cell(c.state), cell(c.claimed, "num"), cell(c.remaining, "num"), actions);
+    list.append(tr);
+  }
+}
+
+$("#add-mirror").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  act(async () => {
+    await call("POST", `/api/shows/${current}/mirrors`,
+      { distributor: $("#mirror-id").value.trim(), name: $("#mirror-name").value.trim() });
+    ev.target.reset();
+    await refresh();
+  });
+});
+
+$("#add-product").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  act(async () => {
+    const body = { title: $("#product-title").value.trim(), price: $("#product-price").value.trim() };
+    if ($("#product-link").value.trim()) body.link = $("#product-link").value.trim();
+    if ($("#product-image").value.trim()) body.image_url = $("#product-image").value.trim();
+    await call("POST", `/api/shows/${current}/products`, body);
+    ev.target.reset();
+    await refresh();
+  });
+});
+
+$("#add-coupon").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  act(async () => {
+    await call("POST", `/api/shows/${current}/coupons`, {
+      title: $("#coupon-title").value.trim(),
+      quantity: Number($("#coupon-quantity").value),
+      duration_s: Number($("#coupon-duration").value),
+      per_viewer_limit: Number($("#coupon-limit").value || 1),
+    });
+    ev.target.reset();
+    await refresh();
+  });
+});
+
+async function poll() {
+  for (;;) {
+    await sleep(2000);
+    if (current && adminKey) await refresh().catch((e) => showError(error, e));
+  }
+}
+
+if (adminKey) signIn(adminKey);
+poll();
