@@ -86,9 +86,6 @@ def build_app(settings: Settings) -> web.Application:
     store = SqliteStore(Path(settings.data_path) / "relay.db")
     replays = ReplayService(settings.replay, store, settings.data_path / "replays")
     service = ShowService(settings, store, replays)
-    interrupted = service.recover()
-    if interrupted:
-        log.warning("shows interrupted by the last stop, now ended: %s", ", ".join(interrupted))
     app[SETTINGS] = settings
     limits = settings.limits
     app[LIMITS] = {"viewers": RateLimiter("viewer registration", limits.viewer_registrations_per_s),
@@ -120,10 +117,15 @@ def build_app(settings: Settings) -> web.Application:
         if not settings.auth.token_secret and isinstance(commerce, RedisCommerceStore):
             # Every process sharing the store signs and checks viewer tokens alike.
             app[TOKENS].use_secret(await commerce.shared_secret("token_secret"))
-        replays.recover()
+        waiting = service.recover()
+        if waiting:
+            log.warning("shows live at the last stop, waiting %.0fs for their hosts: %s",
+                        settings.media.grace_period_s, ", ".join(waiting))
+        replays.recover(continuing=set(waiting))
         app[RETENTION] = asyncio.ensure_future(replays.run_retention())
 
     async def on_shutdown(app: web.Application) -> None:
+        events.close()  # event streams end now, or the server would wait on them
         app[RETENTION].cancel()
         await service.shutdown()
         await replays.shutdown()

@@ -79,6 +79,10 @@ class LiveShow:
             return
         self.publisher = None
         asyncio.ensure_future(session.close())
+        self.await_host()
+
+    def await_host(self) -> None:
+        """Keep the show live without a host for the grace period, then end it."""
         grace = self.media.grace_period_s
         self.reconnecting_until = time.time() + grace
         log.info("show %s: host gone, waiting %.0fs for a reconnect", self.show_id, grace)

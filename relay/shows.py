@@ -47,16 +47,16 @@ class ShowService:
 
     # -- lifecycle -------------------------------------------------------------------------
     def recover(self) -> list[str]:
-        """After a restart: shows that were live when the server stopped are ended (interrupted)."""
-        interrupted = []
+        """After a restart: shows that were live when the server stopped wait for their host
+        again for the grace period, as after a dropped connection (a restarted encoder
+        republishes with the same key and the show, its links and its replay go on).
+        Returns their ids. Runs on the event loop."""
+        waiting = []
         for show in self.store.list_shows():
             if show.state is ShowState.LIVE:
-                show.state = ShowState.ENDED
-                show.ended_at = time.time()
-                show.end_reason = "interrupted"
-                self.store.update_show(show)
-                interrupted.append(show.id)
-        return interrupted
+                self._live_show(show).await_host()
+                waiting.append(show.id)
+        return waiting
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(live.close() for live in self.live.values()), return_exceptions=True)

@@ -8,12 +8,13 @@ at phone (390x844) and desktop (1280x800) size under artifacts/screenshots/.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from conftest import ADMIN_KEY, REPO
+from conftest import ADMIN_KEY, REPO, Relay, free_port, relay_settings, tracks
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -64,10 +65,12 @@ async def screenshots(page: Page, name: str) -> None:
 
 
 async def playing(page: Page, selector: str = "#video") -> None:
-    """The video has frames and its time advances."""
-    await page.wait_for_function(f"document.querySelector('{selector}').videoWidth > 0", timeout=20_000)
-    start = await page.evaluate(f"document.querySelector('{selector}').currentTime")
-    await page.wait_for_function(f"document.querySelector('{selector}').currentTime > {start} + 0.5",
+    """The video has a picture and new frames keep being shown (a live stream's currentTime
+    advances even when frames stop, so frames are counted)."""
+    video = f"document.querySelector('{selector}')"
+    await page.wait_for_function(f"{video}.videoWidth > 0", timeout=20_000)
+    shown = await page.evaluate(f"{video}.getVideoPlaybackQuality().totalVideoFrames")
+    await page.wait_for_function(f"{video}.getVideoPlaybackQuality().totalVideoFrames > {shown} + 15",
                                  timeout=10_000)
 
 
@@ -177,3 +180,32 @@ async def test_ops_page_shows_api_errors_and_watch_page_knows_a_show_not_started
     # The browser logs every 4xx answer itself; the two provoked here (401, 422) are expected.
     provoked = ("status of 401", "status of 422")
     assert [e for e in pages.errors if not any(p in e for p in provoked)] == []
+
+
+async def test_watch_page_plays_again_by_itself_after_a_server_restart(server_process, browser, tmp_path,
+                                                                      h264_clip):
+    data, port = tmp_path / "data", free_port()
+    server = server_process(data, port=port)
+    relay = Relay(server.base, relay_settings(data))
+    show = await relay.create_show("phoenix", mirrors=("d1",))
+    await relay.publish(show, tracks(h264_clip, None))
+    pages = Pages(browser, relay.base)
+    watch = await pages.open("/watch/phoenix/d1", PHONE)
+    await playing(watch)
+
+    server.stop(signal.SIGKILL)  # a crash mid-show; the page is not reloaded
+    await relay.close_clients()
+    server = server_process(data, port=port)
+    await relay.publish(show, tracks(h264_clip, None))  # the host's encoder reconnects
+    relay = Relay(server.base, relay_settings(data))
+
+    async def new_session() -> bool:
+        stats = (await relay.api("GET", "/api/shows/phoenix/stats"))[1]
+        return stats["rooms"]["d1"]["viewers"] == 1 and stats["rooms"]["d1"]["total_sessions"] >= 2
+
+    await relay.wait_for(new_session, timeout=40, what="the page to open a WHEP session on the new server")
+    await playing(watch)
+    await expect(watch.locator("#badge")).to_have_text("LIVE")
+    await expect(watch.locator("#state")).to_be_hidden()
+    await relay.close_clients()
+    server.stop()

@@ -81,7 +81,8 @@ async def test_restart_keeps_shows_and_mirrors(server_process, tmp_path):
     server.stop()
 
 
-async def test_sigkill_mid_show_leaves_it_ended_as_interrupted(server_process, tmp_path, h264_clip):
+async def test_sigkill_mid_show_then_the_host_comes_back_and_the_show_goes_on(server_process, tmp_path,
+                                                                              h264_clip):
     data = tmp_path / "data"
     server = server_process(data)
     relay = client_for(server)
@@ -96,8 +97,40 @@ async def test_sigkill_mid_show_leaves_it_ended_as_interrupted(server_process, t
     server = server_process(data)
     relay = client_for(server)
     detail = await relay.show("crash")
-    assert detail["state"] == "ended" and detail["end_reason"] == "interrupted"
+    assert detail["state"] == "live" and detail["publisher"] is None and detail["reconnecting_until"]
     stats = (await relay.api("GET", "/api/shows/crash/stats"))[1]
     figures = {k: stats["rooms"]["d1"][k] for k in ("viewers", "peak_viewers", "total_sessions")}
     assert figures == {"viewers": 0, "peak_viewers": 1, "total_sessions": 1}
+    # The host's encoder reconnects with the same key; the same links play again.
+    await relay.publish(show, tracks(h264_clip, None))
+    viewer = await relay.viewer("crash", "d1", kinds=("video",), decode=False)
+    await viewer.first_frame("video")
+    detail = await relay.show("crash")
+    assert detail["publisher"] is not None and detail["reconnecting_until"] is None
+    await relay.close_clients()
     server.stop()
+
+
+async def test_after_a_restart_a_host_that_never_returns_ends_the_show(server_process, tmp_path, h264_clip):
+    data = tmp_path / "data"
+    server = server_process(data)
+    relay = client_for(server)
+    show = await relay.create_show("gone")
+    await relay.publish(show, tracks(h264_clip, None))
+    await relay.wait_for(lambda: _live(relay, "gone"), what="the show to go live")
+    server.stop(signal.SIGKILL)
+    await relay.close_clients()
+
+    server = server_process(data, env={"RELAY_MEDIA_GRACE_PERIOD_S": "1"})
+    relay = client_for(server)
+
+    async def ended() -> bool:
+        return (await relay.show("gone"))["state"] == "ended"
+
+    await relay.wait_for(ended, timeout=10, what="the grace period to end the show")
+    assert (await relay.show("gone"))["end_reason"] == "host_left"
+    server.stop()
+
+
+async def _live(relay, show_id: str) -> bool:
+    return (await relay.show(show_id))["state"] == "live"

@@ -225,10 +225,10 @@ async def test_sigkill_mid_show_keeps_every_closed_segment(server_process, tmp_p
     server.stop(signal.SIGKILL)
     await relay.close_clients()
 
-    server = server_process(data)
+    server = server_process(data, env={"RELAY_MEDIA_GRACE_PERIOD_S": "1"})  # the host never returns
     relay = Relay(server.base, relay_settings(data))
-    assert (await relay.show("crash"))["end_reason"] == "interrupted"
     info = await wait_state(relay, "crash", ("ready",))
+    assert (await relay.show("crash"))["end_reason"] == "host_left"
     assert info["duration_s"] >= closed
     folder = data / "replays" / "crash"
     assert "#EXT-X-ENDLIST" in (folder / "index.m3u8").read_text()
@@ -312,3 +312,36 @@ async def test_a_full_disk_is_a_logged_error_and_viewers_keep_watching(small_rep
     await host.stop()
     final = await wait_state(relay, "full", ("ready", "failed"))
     assert final["error"]
+
+
+async def test_a_replay_goes_on_after_a_restart_when_the_host_returns(server_process, tmp_path, h264_clip,
+                                                                      opus_clip):
+    data = tmp_path / "data"
+    server = server_process(data)
+    relay = Relay(server.base, relay_settings(data))
+    show = await relay.create_show("phoenix")
+    media = tracks(h264_clip, opus_clip)
+    await relay.publish(show, media)
+    await relay.wait_for(lambda: frames_sent(media[1], 6 * 30), timeout=20, what="6 s of media")
+    before = (await replay_info(relay, "phoenix"))["duration_s"]
+    assert before >= 4
+    server.stop(signal.SIGKILL)
+    await relay.close_clients()
+
+    server = server_process(data)
+    relay = Relay(server.base, relay_settings(data))
+    media = tracks(h264_clip, opus_clip)
+    await relay.publish(show, media)  # the encoder reconnects after the restart
+
+    async def grown() -> bool:
+        return (await replay_info(relay, "phoenix"))["duration_s"] >= before + 4
+
+    await relay.wait_for(grown, timeout=25, what="the replay to grow after the restart")
+    await relay.api("POST", "/api/shows/phoenix/end")
+    info = await wait_state(relay, "phoenix", ("ready",))
+    assert info["discontinuities"] == 1 and info["error"] is None
+    playlist = (data / "replays" / "phoenix" / "index.m3u8").read_text()
+    assert "init-0.mp4" in playlist and "init-1.mp4" in playlist and "#EXT-X-ENDLIST" in playlist
+    counts = decode_all(str(data / "replays" / "phoenix" / "show.mp4"))
+    assert counts["video"] >= 30 * (before + 4) - 5, counts
+    server.stop()

@@ -33,6 +33,12 @@ class Subscription:
         self._wake.set()
         return not self.overflowed
 
+    def end(self) -> None:
+        """No more events: the reader's next get() returns None (the server is stopping)."""
+        self.overflowed = True
+        self._events.clear()
+        self._wake.set()
+
     async def get(self) -> Event | None:
         """The next event; None once the reader has fallen too far behind."""
         while not self._events and not self.overflowed:
@@ -105,6 +111,13 @@ class EventHub:
             subs.discard(sub)
             if not subs:
                 del self._subscribers[show_id]
+
+    def close(self) -> None:
+        """End every reader's stream (clients reconnect with Last-Event-ID to another process)."""
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.end()
+        self._subscribers.clear()
 
     def subscriber_count(self, show_id: str) -> int:
         return len(self._subscribers.get(show_id, ()))

@@ -27,14 +27,17 @@ class Recorder:
     bounded queue; a writer thread does all muxing and disk I/O. If the disk falls behind,
     frames are dropped (video up to the next keyframe) with a logged error, and viewers are
     unaffected. Each host session is a run; runs after the first start with a discontinuity.
+    With `resume`, the playlist recorded before a server restart, it continues that replay.
     """
 
-    def __init__(self, show_id: str, folder: Path, target_s: float, max_queued_frames: int = 900) -> None:
+    def __init__(self, show_id: str, folder: Path, target_s: float, max_queued_frames: int = 900,
+                 resume: Playlist | None = None) -> None:
         self.show_id = show_id
         self.folder = folder
         self.target_s = target_s
         self.timeline = Timeline()
-        self.playlist = Playlist()
+        self.playlist = resume or Playlist()
+        self.playlist.ended = False
         self.dropped = 0
         self.error: str | None = None
         self._max = max_queued_frames
@@ -46,6 +49,10 @@ class Recorder:
         self._writer: SegmentWriter | None = None
         self._runs = 0
         self._segments = 0
+        if resume is not None and resume.segments:  # number on from what is on disk
+            self._runs = 1 + max(int(s.init.removeprefix("init-").removesuffix(".mp4")) for s in resume.segments)
+            self._segments = 1 + max(int(s.uri.removeprefix("seg-").removesuffix(".m4s")) for s in resume.segments)
+            self.timeline.resume(resume.segments[0].program_date_time, resume.duration)
         self._codecs: dict[str, str] | None = None  # of the current host session
         self._retry_at = 0.0
         folder.mkdir(parents=True, exist_ok=True)

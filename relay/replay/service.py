@@ -28,6 +28,7 @@ class ReplayService:
         self.store = store
         self.root = root
         self.recorders: dict[str, Recorder] = {}
+        self._paused: dict[str, Playlist] = {}  # replays of shows that went on after a restart
         self._tasks: set[asyncio.Task] = set()
 
     def folder(self, show_id: str) -> Path:
@@ -41,7 +42,7 @@ class ReplayService:
         recorder = self.recorders.get(show_id)
         if recorder is None:
             recorder = Recorder(show_id, self.folder(show_id), self.settings.segment_target_s,
-                                self.settings.max_queued_frames)
+                                self.settings.max_queued_frames, resume=self._paused.pop(show_id, None))
             self.recorders[show_id] = recorder
             for forwarder in forwarders.values():
                 forwarder.listeners.append(recorder.offer)
@@ -52,14 +53,23 @@ class ReplayService:
     def stream_time(self, show_id: str, wall: float) -> float | None:
         """Replay stream time of a wall-clock instant, for placing events on the replay timeline."""
         recorder = self.recorders.get(show_id)
-        return recorder.stream_time(wall) if recorder else None
+        if recorder is not None:
+            return recorder.stream_time(wall)
+        paused = self._paused.get(show_id)
+        return paused.duration if paused is not None else None
 
     def on_show_end(self, show_id: str) -> asyncio.Task | None:
         """The show ended: finish the playlist now and make the MP4 in the background."""
         recorder = self.recorders.pop(show_id, None)
         if recorder is None:
-            return None
-        task = asyncio.ensure_future(self._finish(show_id, recorder))
+            paused = self._paused.pop(show_id, None)
+            if paused is None:
+                return None
+            return self._spawn(self._finish_from_disk(show_id, paused, None))  # no host came back
+        return self._spawn(self._finish(show_id, recorder))
+
+    def _spawn(self, job) -> asyncio.Task:
+        task = asyncio.ensure_future(job)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -100,21 +110,29 @@ class ReplayService:
         self.store.save_replay(replay)
 
     # -- after a restart -------------------------------------------------------------------
-    def recover(self) -> None:
-        """Replays left recording or processing by a crash: finish them from what is on disk."""
+    def recover(self, continuing: set[str] = frozenset()) -> None:
+        """Replays left recording or processing by the last stop: those of `continuing` shows
+        (waiting for their host again) go on when it publishes; the others are finished from
+        what is on disk."""
         for replay in self.store.list_replays():
             if replay.state not in (ReplayState.RECORDING, ReplayState.PROCESSING):
                 continue
             path = self.folder(replay.show_id) / PLAYLIST
             playlist = Playlist.read(path) if path.exists() else Playlist()
-            playlist.ended = True
-            if playlist.segments:
-                playlist.write(path)
+            if replay.state is ReplayState.RECORDING and replay.show_id in continuing:
+                log.info("show %s: replay continues when the host is back (%d segments so far)",
+                         replay.show_id, len(playlist.segments))
+                self._paused[replay.show_id] = playlist
+                continue
             log.warning("show %s: finishing the replay interrupted by the last stop (%d segments)",
                         replay.show_id, len(playlist.segments))
-            task = asyncio.ensure_future(self._process(replay.show_id, playlist, "interrupted"))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._finish_from_disk(replay.show_id, playlist, "interrupted"))
+
+    async def _finish_from_disk(self, show_id: str, playlist: Playlist, error: str | None) -> None:
+        playlist.ended = True
+        if playlist.segments:
+            playlist.write(self.folder(show_id) / PLAYLIST)
+        await self._process(show_id, playlist, error)
 
     # -- retention -------------------------------------------------------------------------
     def delete(self, show_id: str) -> None:

@@ -26,6 +26,11 @@ class Timeline:
         with self._lock:
             self._runs.append(_Run(wall_start, self._total()))
 
+    def resume(self, wall_start: float, duration: float) -> None:
+        """What was recorded before a restart: one finished run of `duration` from `wall_start`."""
+        with self._lock:
+            self._runs.append(_Run(wall_start, self._total(), duration))
+
     def end_run(self, duration: float) -> None:
         with self._lock:
             if self._runs and self._runs[-1].duration is None:
