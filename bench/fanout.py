@@ -219,9 +219,10 @@ class ServerProcess:
 
 
 def relay_env(admin_key: str) -> dict[str, str]:
-    """Environment of a benched `relay serve`: our admin key, loopback ICE, and the per-address
-    rate limits off (every simulated client comes from 127.0.0.1)."""
-    limits = ("VIEWER_REGISTRATIONS_PER_S", "CLAIMS_PER_S", "WHEP_PER_S", "WHIP_PER_S")
+    """Environment of a benched `relay serve`: our admin key, loopback ICE, the per-address rate
+    limits off (every simulated client comes from 127.0.0.1) and no cap on viewers (the bench
+    finds where the process stops keeping up)."""
+    limits = ("VIEWER_REGISTRATIONS_PER_S", "CLAIMS_PER_S", "WHEP_PER_S", "WHIP_PER_S", "MAX_VIEWERS_PER_PROCESS")
     return {**os.environ, "RELAY_ADMIN_KEY": admin_key, "RELAY_ICE_ADDRESSES": "127.0.0.1",
             **{f"RELAY_LIMITS_{name}": "0" for name in limits}}
 

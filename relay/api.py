@@ -54,6 +54,8 @@ def show_view(service: ShowService, show: Show, detail: bool = False) -> dict:
         "ended_at": show.ended_at,
         "end_reason": show.end_reason,
         "replay_public": show.replay_public,
+        "playback": show.playback,
+        "stream_key_expires_at": show.stream_key_expires_at,
     }
     if detail:
         figures = service.figures(show.id)
@@ -98,8 +100,30 @@ async def create_show(request: web.Request) -> web.Response:
     public = body.get("replay_public", True)
     if not isinstance(public, bool):
         raise ApiError(422, "invalid_field", "'replay_public' must be true or false")
-    show, key = service.create_show(title, show_id, public)
+    playback = body.get("playback", "public")
+    if playback not in ("public", "token"):
+        raise ApiError(422, "invalid_field", "'playback' must be 'public' or 'token'")
+    ttl = _ttl_field(body, "stream_key_ttl_s")
+    show, key = service.create_show(title, show_id, public, ttl, playback)
     return web.json_response({**show_view(service, show), "stream_key": key}, status=201)
+
+
+def _ttl_field(body: dict, name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 60 <= value <= 365 * 86400:
+        raise ApiError(422, "invalid_field", f"{name!r} must be a number of seconds from 60 to 31536000")
+    return float(value)
+
+
+@routes.post("/api/shows/{show}/stream-key")
+async def rotate_stream_key(request: web.Request) -> web.Response:
+    """A new stream key (shown once); the old one no longer publishes."""
+    service = _service(request)
+    body = await read_json(request) if request.can_read_body else {}
+    show, key = service.rotate_stream_key(request.match_info["show"], _ttl_field(body, "ttl_s"))
+    return web.json_response({"stream_key": key, "stream_key_expires_at": show.stream_key_expires_at})
 
 
 @routes.get("/api/shows")
@@ -203,7 +227,7 @@ async def public_status(request: web.Request) -> web.Response:
     mirror = service.store.get_mirror(show.id, room) if room != HQ_ROOM and is_slug(room) else None
     return web.json_response({
         "id": show.id, "title": show.title, "state": show.state.value, "host": host, "viewers": viewers,
-        "room_name": mirror.name if mirror else None,
+        "room_name": mirror.name if mirror else None, "playback": show.playback,
         "started_at": show.started_at, "ended_at": show.ended_at,
         "replay_page": f"/replay/{show.id}" if replay is not None else None,
     }, headers={"Cache-Control": "no-cache"})

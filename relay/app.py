@@ -15,7 +15,7 @@ from .api import routes as api_routes
 from .config import Settings
 from .errors import error_middleware
 from .fanout.whep import routes as whep_routes
-from .http_util import CORS_HEADERS
+from .http_util import CORS_HEADERS, cors_origin
 from .ingest.whip import routes as whip_routes
 from .commerce.api import routes as commerce_routes
 from .commerce.channel import serve_channel
@@ -59,9 +59,14 @@ def resolve_admin_key(settings: Settings) -> tuple[str, bool]:
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler):
+    """CORS for the origins in [server] cors_origins (browsers elsewhere play, publish, claim)."""
     response = await handler(request)
-    if request.path.startswith(("/whip/", "/whep/")):
+    origin = cors_origin(request)
+    if origin is not None and not response.prepared:
         response.headers.update(CORS_HEADERS)
+        response.headers["Access-Control-Allow-Origin"] = origin
+        if origin != "*":
+            response.headers["Vary"] = "Origin"
     return response
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import uvloop
 from aiohttp import web
 
 from .config import ConfigError, load_settings
+from .logs import AccessLogger, setup_logging
 
 DEFAULT_CONFIG = "config/relay.toml"
 
@@ -30,6 +30,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                        help="keep commerce state in Redis (redis://host:6379/0) instead of the embedded store")
     serve.add_argument("--demo", action="store_true", help="create show 'demo' fed by a synthetic host")
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="json: one JSON object per line, with show/room/session fields")
     return parser.parse_args(argv)
 
 
@@ -49,7 +51,7 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.redis is not None:
         settings.store.redis_url = args.redis
     app = build_app(settings)
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger)
     await runner.setup()
     # A deep accept queue: a show's start brings thousands of connections at once.
     site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=4096)
@@ -81,8 +83,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aioice").setLevel(logging.WARNING)
+    setup_logging(args.log_level, args.log_format)
     try:
         if args.command == "serve":
             uvloop.run(_serve(args))

@@ -22,6 +22,7 @@ class ServerSettings:
     public_url: str = ""
     max_body_bytes: int = 65536
     trust_forwarded_for: bool = False
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
 
 
 @dataclass
@@ -56,6 +57,8 @@ class ReplaySettings:
 
 @dataclass
 class LimitSettings:
+    max_viewers_per_show: int = 0
+    max_viewers_per_process: int = 500
     viewer_registrations_per_s: float = 20.0
     claims_per_s: float = 20.0
     whep_per_s: float = 10.0

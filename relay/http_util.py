@@ -32,6 +32,17 @@ def require_admin(request: web.Request) -> None:
         raise ApiError(401, "unauthorized", "wrong admin key", {"WWW-Authenticate": "Bearer"})
 
 
+def check_viewer_token(request: web.Request, show_id: str, room: str) -> None:
+    """For shows whose playback needs a token: a valid viewer token of this show and room, from
+    the Authorization header or (for EventSource, which cannot set headers) ?token=."""
+    from .appkeys import TOKENS
+
+    token = bearer_token(request) or request.query.get("token")
+    identity = request.app[TOKENS].verify(token, show_id)
+    if identity.room != room:
+        raise ApiError(403, "wrong_room", f"this viewer token is for room {identity.room!r}")
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
@@ -62,16 +73,26 @@ def sdp_answer(answer: str, location: str) -> web.Response:
     )
 
 
+def cors_origin(request: web.Request) -> str | None:
+    """The Access-Control-Allow-Origin for this request ([server] cors_origins), None if not allowed."""
+    from .appkeys import SETTINGS
+
+    allowed = request.app[SETTINGS].server.cors_origins
+    if "*" in allowed:
+        return "*"
+    origin = request.headers.get("Origin")
+    return origin if origin in allowed else None
+
+
 CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "POST, DELETE, PATCH, OPTIONS",
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, PATCH, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
     "Access-Control-Expose-Headers": "Location, Link",
 }
 
 
 def options_response() -> web.Response:
-    return web.Response(status=204, headers={**CORS_HEADERS, "Accept-Post": SDP_TYPE})
+    return web.Response(status=204, headers={"Accept-Post": SDP_TYPE})  # CORS headers: the middleware
 
 
 def not_patchable() -> web.Response:

@@ -31,6 +31,8 @@ class Show:
     ended_at: float | None = None
     end_reason: str | None = None
     replay_public: bool = True
+    stream_key_expires_at: float | None = None
+    playback: str = "public"  # public | token (WHEP and events need a signed viewer token)
 
 
 @dataclass

@@ -63,7 +63,8 @@ class ShowService:
         self.live.clear()
 
     # -- shows -----------------------------------------------------------------------------
-    def create_show(self, title: str, show_id: str | None, replay_public: bool = True) -> tuple[Show, str]:
+    def create_show(self, title: str, show_id: str | None, replay_public: bool = True,
+                    stream_key_ttl_s: float | None = None, playback: str = "public") -> tuple[Show, str]:
         if show_id is None:
             show_id = secrets.token_hex(4)
             while self.store.get_show(show_id):
@@ -71,7 +72,9 @@ class ShowService:
         elif self.store.get_show(show_id):
             raise ApiError(409, "show_exists", f"a show with id {show_id!r} already exists")
         key = new_stream_key()
-        show = Show(show_id, title, ShowState.SCHEDULED, hash_key(key), time.time(), replay_public=replay_public)
+        now = time.time()
+        show = Show(show_id, title, ShowState.SCHEDULED, hash_key(key), now, replay_public=replay_public,
+                    stream_key_expires_at=now + stream_key_ttl_s if stream_key_ttl_s else None, playback=playback)
         self.store.create_show(show)
         return show, key
 
@@ -87,6 +90,20 @@ class ShowService:
                            {"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(hash_key(key), show.stream_key_hash):
             raise ApiError(401, "unauthorized", "wrong stream key", {"WWW-Authenticate": "Bearer"})
+        if show.stream_key_expires_at is not None and time.time() >= show.stream_key_expires_at:
+            raise ApiError(401, "stream_key_expired", "the stream key has expired; ask the operator for a new one",
+                           {"WWW-Authenticate": "Bearer"})
+
+    def rotate_stream_key(self, show_id: str, ttl_s: float | None) -> tuple[Show, str]:
+        """A new stream key; the old one stops working for new publishes (a host already live
+        stays on air)."""
+        show = self.get_show(show_id)
+        key = new_stream_key()
+        show.stream_key_hash = hash_key(key)
+        show.stream_key_expires_at = time.time() + ttl_s if ttl_s else None
+        self.store.update_show(show)
+        log.info("show %s: stream key rotated", show_id)
+        return show, key
 
     async def end_show(self, show_id: str, reason: str) -> Show:
         show = self.get_show(show_id)
@@ -193,6 +210,7 @@ class ShowService:
     async def watch(self, show_id: str, room: str, offer: Offer) -> tuple[ViewerSession, str]:
         show = self.get_show(show_id)
         self.check_room(show_id, room)
+        self._check_capacity(show_id)
         if show.state is ShowState.ENDED:
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
         live = self._live_show(show)
@@ -206,6 +224,17 @@ class ShowService:
         live.add_viewer(viewer)
         self.store.save_room_figures(show_id, room, live.figures.room(room))
         return viewer, answer
+
+    def _check_capacity(self, show_id: str) -> None:
+        limits = self.settings.limits
+        live = self.live.get(show_id)
+        if limits.max_viewers_per_show and live is not None and len(live.viewers) >= limits.max_viewers_per_show:
+            raise ApiError(503, "show_full", f"show {show_id!r} has its maximum of {limits.max_viewers_per_show}"
+                           " viewers; try again shortly", {"Retry-After": "10"})
+        total = sum(len(s.viewers) for s in self.live.values())
+        if limits.max_viewers_per_process and total >= limits.max_viewers_per_process:
+            raise ApiError(503, "server_full", "this server is at its viewer capacity; try again shortly",
+                           {"Retry-After": "10"})
 
     async def stop_watching(self, show_id: str, room: str, session_id: str) -> None:
         live = self.live.get(show_id)

@@ -43,7 +43,9 @@ CREATE TABLE IF NOT EXISTS shows (
     started_at REAL,
     ended_at REAL,
     end_reason TEXT,
-    replay_public INTEGER NOT NULL DEFAULT 1
+    replay_public INTEGER NOT NULL DEFAULT 1,
+    stream_key_expires_at REAL,
+    playback TEXT NOT NULL DEFAULT 'public'
 );
 CREATE TABLE IF NOT EXISTS mirrors (
     show_id TEXT NOT NULL REFERENCES shows(id) ON DELETE CASCADE,
@@ -83,6 +85,8 @@ def _show(row: sqlite3.Row) -> Show:
         ended_at=row["ended_at"],
         end_reason=row["end_reason"],
         replay_public=bool(row["replay_public"]),
+        stream_key_expires_at=row["stream_key_expires_at"],
+        playback=row["playback"],
     )
 
 
@@ -105,12 +109,18 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(shows)")}
+        for column, kind in (("stream_key_expires_at", "REAL"), ("playback", "TEXT NOT NULL DEFAULT 'public'")):
+            if column not in columns:  # a data dir made by an older version
+                self._db.execute(f"ALTER TABLE shows ADD COLUMN {column} {kind}")
 
     def create_show(self, show: Show) -> None:
         self._db.execute(
-            "INSERT INTO shows VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO shows (id, title, state, stream_key_hash, created_at, started_at, ended_at, end_reason,"
+            " replay_public, stream_key_expires_at, playback) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (show.id, show.title, show.state.value, show.stream_key_hash, show.created_at,
-             show.started_at, show.ended_at, show.end_reason, int(show.replay_public)),
+             show.started_at, show.ended_at, show.end_reason, int(show.replay_public),
+             show.stream_key_expires_at, show.playback),
         )
 
     def get_show(self, show_id: str) -> Show | None:
@@ -124,9 +134,9 @@ class SqliteStore:
     def update_show(self, show: Show) -> None:
         self._db.execute(
             "UPDATE shows SET title=?, state=?, stream_key_hash=?, started_at=?, ended_at=?,"
-            " end_reason=?, replay_public=? WHERE id=?",
+            " end_reason=?, replay_public=?, stream_key_expires_at=?, playback=? WHERE id=?",
             (show.title, show.state.value, show.stream_key_hash, show.started_at, show.ended_at,
-             show.end_reason, int(show.replay_public), show.id),
+             show.end_reason, int(show.replay_public), show.stream_key_expires_at, show.playback, show.id),
         )
 
     def delete_show(self, show_id: str) -> None:

@@ -110,9 +110,10 @@ class Relay:
         return client
 
     async def viewer(self, show_id: str, room: str | None = None, decode: bool = True,
-                     kinds: tuple[str, ...] = ("audio", "video"), data_channel: bool = False) -> WhepClient:
+                     kinds: tuple[str, ...] = ("audio", "video"), data_channel: bool = False,
+                     token: str | None = None) -> WhepClient:
         path = f"/whep/{show_id}" + (f"/{room}" if room else "")
-        client = WhepClient(self.base + path, kinds=kinds, decode=decode, data_channel=data_channel)
+        client = WhepClient(self.base + path, kinds=kinds, decode=decode, data_channel=data_channel, token=token)
         await client.start()
         self.clients.append(client)
         return client

@@ -48,8 +48,9 @@ class TrackCounter:
 
 class WhepClient:
     def __init__(self, url: str, kinds: tuple[str, ...] = ("audio", "video"), decode: bool = True,
-                 data_channel: bool = False) -> None:
+                 data_channel: bool = False, token: str | None = None) -> None:
         self.url = url
+        self.token = token  # a viewer token, for shows whose playback needs one
         self.kinds = kinds
         self.decode = decode
         self.pc: RTCPeerConnection | None = None
@@ -83,7 +84,8 @@ class WhepClient:
             if self.decode:
                 self._tasks.append(asyncio.ensure_future(self._consume(track)))
 
-        self.location = await negotiate(self.pc, self.url)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        self.location = await negotiate(self.pc, self.url, headers)
 
     async def _consume(self, track) -> None:
         counter = self.tracks[track.kind]

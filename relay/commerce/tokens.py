@@ -56,6 +56,21 @@ class ViewerTokens:
             claims["ref"] = identity.sharer
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
+    def issue_replay(self, show_id: str, ttl_s: float) -> tuple[str, int]:
+        """A token that opens a private replay's files until it expires; returns (token, exp)."""
+        exp = int(time.time() + ttl_s)
+        return jwt.encode({"scope": "replay", "show": show_id, "exp": exp}, self._secret, algorithm=ALGORITHM), exp
+
+    def verify_replay(self, token: str, show_id: str) -> None:
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options={"require": ["scope", "exp"]})
+        except jwt.ExpiredSignatureError as exc:
+            raise ApiError(401, "link_expired", "this replay link has expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise ApiError(401, "unauthorized", "invalid replay link") from exc
+        if claims["scope"] != "replay" or claims.get("show") != show_id:
+            raise ApiError(401, "unauthorized", "this link is for another replay")
+
     def verify(self, token: str | None, show_id: str) -> ViewerIdentity:
         """The identity in a valid, unexpired token for `show_id`; 401 otherwise."""
         if not token:
@@ -64,6 +79,8 @@ class ViewerTokens:
         try:
             claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM],
                                 options={"require": ["sub", "show", "room", "exp"]})
+            if claims.get("scope", "viewer") != "viewer":
+                raise jwt.InvalidTokenError("not a viewer token")
         except jwt.ExpiredSignatureError as exc:
             raise ApiError(401, "token_expired", "viewer token has expired; get a new one") from exc
         except jwt.InvalidTokenError as exc:

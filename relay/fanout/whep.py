@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..http_util import not_patchable, options_response, read_sdp, sdp_answer
+from ..http_util import check_viewer_token, not_patchable, options_response, read_sdp, sdp_answer
 from ..models import HQ_ROOM
 from ..shows import ShowService
 from ..webrtc import parse_offer
@@ -20,8 +20,10 @@ async def play(request: web.Request) -> web.Response:
     service: ShowService = request.app[SHOWS]
     show_id = request.match_info["show"]
     room = request.match_info.get("room", HQ_ROOM)
-    service.get_show(show_id)
+    show = service.get_show(show_id)
     service.check_room(show_id, room)
+    if show.playback == "token":
+        check_viewer_token(request, show.id, room)
     offer = parse_offer(await read_sdp(request), sending=False)
     viewer, answer = await service.watch(show_id, room, offer)
     return sdp_answer(answer, f"/whep/{show_id}/{room}/{viewer.id}")

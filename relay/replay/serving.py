@@ -7,7 +7,7 @@ import re
 
 from aiohttp import web
 
-from ..appkeys import REPLAYS, SHELF, SHOWS
+from ..appkeys import REPLAYS, SHELF, SHOWS, TOKENS
 from ..errors import ApiError
 from ..http_util import require_admin
 from ..models import is_slug
@@ -46,11 +46,14 @@ async def chapters_vtt(request: web.Request) -> web.Response:
         lines += [str(i), f"{_vtt_time(chapter['start_s'])} --> {_vtt_time(chapter['end_s'])}",
                   json.dumps({"product": chapter["product"], "title": chapter["title"]}), ""]
     return web.Response(text="\n".join(lines), content_type="text/vtt",
-                        headers={"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"})
+                        headers={"Cache-Control": "no-cache"})
 
 
+@routes.get("/replay/{show}/signed/{token}/{name}")
 @routes.get("/replay/{show}/{name}")
 async def replay_file(request: web.Request) -> web.StreamResponse:
+    """A replay file. Private replays need the admin key, or a signed link: the token is in the
+    path so that the playlist's relative segment URIs carry it too."""
     show_id, name = request.match_info["show"], request.match_info["name"]
     kind = next((v for pattern, v in _FILES.items() if pattern.match(name)), None)
     if not is_slug(show_id) or kind is None:
@@ -59,7 +62,10 @@ async def replay_file(request: web.Request) -> web.StreamResponse:
     show = request.app[SHOWS].store.get_show(show_id)
     if show is None or replays.store.get_replay(show_id) is None:
         raise _not_found()
-    if not show.replay_public:
+    signed = request.match_info.get("token")
+    if signed is not None:
+        request.app[TOKENS].verify_replay(signed, show_id)
+    elif not show.replay_public:
         require_admin(request)
     path = replays.folder(show_id) / name
     if not path.is_file():
@@ -67,7 +73,7 @@ async def replay_file(request: web.Request) -> web.StreamResponse:
     content_type, cache = kind
     if name == "index.m3u8" and replays.store.get_replay(show_id).state.value == "recording":
         cache = "no-cache"
-    response = web.FileResponse(path, headers={"Cache-Control": cache, "Access-Control-Allow-Origin": "*"})
+    response = web.FileResponse(path, headers={"Cache-Control": cache})
     response.content_type = content_type
     return response
 
@@ -82,5 +88,13 @@ async def replay_info(request: web.Request) -> web.Response:
         raise ApiError(404, "replay_not_found", f"show {show.id!r} has not been recorded (it never went live)")
     info["chapters"] = await request.app[SHELF].chapters(show.id, info["duration_s"])
     info["chapters_url"] = f"{request.app[SHOWS].settings.base_url}/replay/{show.id}/chapters.vtt"
+    if not show.replay_public:  # only the operator gets here: links to hand to viewers
+        ttl = request.query.get("link_ttl_s", "86400")
+        if not ttl.isdigit() or not 60 <= int(ttl) <= 30 * 86400:
+            raise ApiError(400, "bad_link_ttl", "link_ttl_s must be a number of seconds from 60 to 2592000")
+        token, exp = request.app[TOKENS].issue_replay(show.id, int(ttl))
+        base = f"{request.app[SHOWS].settings.base_url}/replay/{show.id}/signed/{token}"
+        info["signed_links"] = {"hls_url": f"{base}/index.m3u8",
+                                "mp4_url": f"{base}/show.mp4" if info["mp4_url"] else None, "expires_at": exp}
     return web.json_response(info)
 

@@ -79,8 +79,8 @@ async function exchange(pc, url, token) {
   return location;
 }
 
-/** Play a WHEP URL into `video`; returns {pc, location}. */
-export async function whepPlay(url, video) {
+/** Play a WHEP URL into `video` (with a viewer token when the show needs one); returns {pc, location}. */
+export async function whepPlay(url, video, token) {
   const pc = new RTCPeerConnection();
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.addTransceiver("audio", { direction: "recvonly" });
@@ -90,7 +90,7 @@ export async function whepPlay(url, video) {
     video.srcObject = stream;
   });
   try {
-    return { pc, location: await exchange(pc, url) };
+    return { pc, location: await exchange(pc, url, token) };
   } catch (e) {
     pc.close();
     throw e;

@@ -4,7 +4,9 @@
 import { $, api, connectionLost, endSession, money, randomKey, sleep, whepPlay } from "/static/common.js";
 
 const [, , show, room = "hq"] = location.pathname.split("/");
-const ref = new URLSearchParams(location.search).get("ref");
+const params = new URLSearchParams(location.search);
+const ref = params.get("ref");
+const given = params.get("token"); // a signed viewer token from the brand's site (token playback)
 const video = $("#video");
 const coupons = new Map(); // id -> coupon as this room sees it
 let status = null; // the public show status
@@ -13,6 +15,12 @@ let playing = false;
 
 // -- identity: a signed viewer token that keeps the room this viewer came through -------------
 async function identify() {
+  if (given) {
+    const identity = { token: given };
+    localStorage.setItem(`livecast.viewer.${show}`, JSON.stringify(identity));
+    history.replaceState(null, "", location.pathname + (ref ? `?ref=${encodeURIComponent(ref)}` : ""));
+    return identity;
+  }
   const stored = localStorage.getItem(`livecast.viewer.${show}`);
   const prior = stored ? JSON.parse(stored) : null;
   if (prior && !ref) return prior;
@@ -86,7 +94,7 @@ async function followMedia() {
     }
     let session = null;
     try {
-      session = await whepPlay(whep, video);
+      session = await whepPlay(whep, video, status.playback === "token" ? viewer?.token : undefined);
       playing = true;
       backoff = 1000;
       render();
@@ -208,7 +216,10 @@ function followEvents() {
   let last = null;
   const path = `/events/${show}${room === "hq" ? "" : `/${room}`}`;
   const open = () => {
-    const source = new EventSource(last === null ? path : `${path}?last_event_id=${last}`);
+    const query = new URLSearchParams();
+    if (last !== null) query.set("last_event_id", last);
+    if (status.playback === "token" && viewer?.token) query.set("token", viewer.token);
+    const source = new EventSource(`${path}?${query}`);
     const on = (type, handle) => source.addEventListener(type, (ev) => {
       last = Number(ev.lastEventId);
       handle(JSON.parse(ev.data));
@@ -233,9 +244,9 @@ async function main() {
     if (status) break;
     await sleep(3000);
   }
+  viewer = await identify().catch(() => null); // tried again at the first claim
   followEvents();
   followStatus();
   followMedia();
-  viewer = await identify().catch(() => null); // tried again at the first claim
 }
 main();

@@ -1,0 +1,66 @@
+"""Logging: plain text or one JSON object per line, and an access log that never writes secrets.
+
+Records may carry `show`, `room` and `session` (logging's `extra=`); JSON lines keep them as
+fields. The access log writes the path without its query string (tokens may travel there) and
+never a header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp import web
+
+CONTEXT_FIELDS = ("show", "room", "session")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS + ("method", "path", "status", "bytes", "ms", "remote"):
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: method, path (no query string), status, size, time, peer."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
+        ms = round(duration * 1000, 1)
+        self.logger.info("%s %s %s %sB %sms", request.method, request.path, response.status,
+                         response.body_length, ms,
+                         extra={"method": request.method, "path": request.path, "status": response.status,
+                                "bytes": response.body_length, "ms": ms, "remote": request.remote,
+                                **_context(request)})
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+def _context(request: web.BaseRequest) -> dict[str, str]:
+    info = getattr(request, "match_info", None) or {}
+    return {k: info[k] for k in ("show", "room", "session") if k in info}
