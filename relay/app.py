@@ -33,6 +33,7 @@ from .shows import ShowService
 from .store import SqliteStore
 from .appkeys import ADMIN_KEY, COMMERCE, LIMITS, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS
 from .limits import RateLimiter
+from .metrics import build_registry, metrics_route
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(page_routes)
     app.add_routes(replay_routes)
     app.add_routes(commerce_routes)
+    app.router.add_get("/metrics", metrics_route(build_registry(app)))
 
     async def on_startup(app: web.Application) -> None:
         await commerce.start(events.deliver, events.resync)

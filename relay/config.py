@@ -29,6 +29,7 @@ class ServerSettings:
 class AuthSettings:
     admin_key: str = ""
     token_secret: str = ""
+    metrics_key: str = ""
 
 
 @dataclass

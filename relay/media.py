@@ -23,4 +23,5 @@ class RelayFrame:
     payloads: list[bytes]
     timestamp: int
     keyframe: bool
+    size: int = 0  # bytes of all payloads, counted once per frame for the metrics
     audio_level: None = None

@@ -234,9 +234,10 @@ class ServerProcess:
     """`relay serve` in a subprocess on a free loopback port."""
 
     def __init__(self, data_dir: Path, *, wrapper: str | None = None, env: dict | None = None,
-                 port: int = 0) -> None:
+                 port: int = 0, args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.port = port
+        self.args = args
         self.wrapper = wrapper
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
@@ -246,7 +247,8 @@ class ServerProcess:
     def start(self) -> "ServerProcess":
         cmd = [sys.executable]
         cmd += [self.wrapper] if self.wrapper else ["-m", "relay"]
-        cmd += ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        cmd += ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                *self.args]
         env = {**os.environ, "RELAY_ADMIN_KEY": ADMIN_KEY, "RELAY_ICE_ADDRESSES": "127.0.0.1", **NO_LIMITS,
                "PYTHONPATH": str(REPO), **self.env}
         self._logfh = open(self.log, "ab")

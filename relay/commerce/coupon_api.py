@@ -11,6 +11,7 @@ from ..appkeys import COMMERCE, LIMITS, SHELF, SHOWS, TICKER, TOKENS
 from ..errors import ApiError, invalid_field as _invalid
 from ..http_util import bearer_token, read_json, require_admin
 from ..models import HQ_ROOM, is_slug
+from ..metrics import CLAIMS, store_timer
 from .coupons import ClaimRequest, Coupon
 from .events import EventHub
 from .store import CommerceStore
@@ -157,7 +158,9 @@ async def claim(request: web.Request) -> web.Response:
     if not key or len(key) > 200:
         raise ApiError(400, "missing_idempotency_key", "send an Idempotency-Key header (at most 200 characters)")
     req = ClaimRequest(show.id, request.match_info["coupon"], viewer.viewer_id, viewer.room, viewer.sharer, key)
-    answer = await request.app[COMMERCE].claim(req)
+    with store_timer("claim"):
+        answer = await request.app[COMMERCE].claim(req)
+    CLAIMS.labels(answer["result"]).inc()
     if answer["result"] == "claimed":
         request.app[TICKER].changed(show.id, req.coupon_id)
     return web.json_response(answer)

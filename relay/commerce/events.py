@@ -8,6 +8,7 @@ import time
 from collections import deque
 from typing import Callable
 
+from ..metrics import EVENT_LAG, store_timer
 from .store import CommerceStore, Event
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ class EventHub:
     async def publish(self, show_id: str, type: str, data: dict) -> Event:
         async with self._order:
             wall = time.time()
-            return await self.store.append_event(show_id, type, wall, self._stream_time(show_id, wall), data)
+            with store_timer("append_event"):
+                return await self.store.append_event(show_id, type, wall, self._stream_time(show_id, wall), data)
 
     def publish_soon(self, show_id: str, type: str, data: dict) -> None:
         """publish() from synchronous code; a store failure is logged."""
@@ -83,6 +85,7 @@ class EventHub:
         for e in events:
             if e.seq > self._delivered.get(event.show_id, 0):
                 self._delivered[event.show_id] = e.seq
+                EVENT_LAG.observe(max(0.0, time.time() - e.wall))
                 self._hand_out(e)
 
     async def resync(self) -> None:

@@ -6,6 +6,7 @@ import time
 from typing import Callable
 
 from ..media import CLOCK_RATES, RelayFrame
+from .meter import METER
 from .packetizer import Packetizer
 from .viewer_queue import ViewerQueue
 
@@ -70,7 +71,8 @@ class Forwarder:
                 self._offset = self._last_out + gap - timestamp
             self._new_source = False
         out_ts = (timestamp + self._offset) & 0xFFFFFFFF
-        frame = RelayFrame(self.kind, self.codec or "", data, payloads, out_ts, keyframe)
+        frame = RelayFrame(self.kind, self.codec or "", data, payloads, out_ts, keyframe, sum(map(len, payloads)))
+        METER.frames_received[self.kind] += 1
         self._last_out = out_ts
         self._last_wall = now
         self.frames_in += 1

@@ -6,6 +6,8 @@ import asyncio
 import time
 from typing import Callable
 
+from .meter import METER
+
 
 class KeyframeRequester:
     """Collapses viewers' PLI/FIR into at most one request to the host per `interval` seconds.
@@ -24,6 +26,7 @@ class KeyframeRequester:
 
     def request(self) -> None:
         self.received += 1
+        METER.keyframe_requests_received += 1
         if self._pending is not None:
             return
         wait = self._last + self.interval - time.monotonic()
@@ -37,6 +40,7 @@ class KeyframeRequester:
         self._last = time.monotonic()
         if self._send():
             self.sent += 1
+            METER.keyframe_requests_sent += 1
 
     def cancel(self) -> None:
         if self._pending is not None:

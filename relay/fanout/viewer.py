@@ -12,6 +12,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from .. import aiortc_hooks
 from ..webrtc import Offer, answer_offer, codec_preferences, new_peer_connection, on_connection_end
+from ..metrics import JOIN_SECONDS
 from .viewer_queue import ViewerQueue
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class ViewerSession:
             transceiver.setCodecPreferences(codec_preferences(media.kind, codecs[media.kind]))
             queue = ViewerQueue(self._queue_frames, video=media.kind == "video")
             queue.on_drop = on_keyframe_request
+            if media.kind == "video":
+                queue.on_first = self._joined
             aiortc_hooks.feed_sender(transceiver.sender, queue.get, on_keyframe_request)
             self.queues[media.kind] = queue
         sends = "; ".join(f"{k} {'/'.join(v)}" for k, v in codecs.items() if k in offer.kinds())
@@ -60,6 +63,9 @@ class ViewerSession:
         answer, self.codecs = await answer_offer(self.pc, offer, f" (this show sends {sends})")
         on_connection_end(self.pc, lambda: self.closed or self._on_gone(self))
         return answer
+
+    def _joined(self) -> None:
+        JOIN_SECONDS.observe(time.time() - self.started_at)
 
     @property
     def dropped(self) -> int:

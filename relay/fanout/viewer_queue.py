@@ -9,6 +9,7 @@ from typing import Callable
 from aiortc.mediastreams import MediaStreamError
 
 from ..media import RelayFrame
+from .meter import METER
 
 
 class QueueClosed(MediaStreamError):
@@ -24,7 +25,7 @@ class ViewerQueue:
     """
 
     __slots__ = ("capacity", "needs_keyframe", "dropped", "sent", "_frames", "_waiter",
-                 "_closed", "_video", "on_drop")
+                 "_closed", "_video", "on_drop", "on_first", "_kind")
 
     def __init__(self, capacity: int, video: bool) -> None:
         self.capacity = capacity
@@ -32,6 +33,8 @@ class ViewerQueue:
         self.dropped = 0
         self.sent = 0
         self.on_drop: Callable[[], None] | None = None
+        self.on_first: Callable[[], None] | None = None  # the first frame goes out (join time)
+        self._kind = "video" if video else "audio"
         self._frames: deque[RelayFrame] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
@@ -44,14 +47,17 @@ class ViewerQueue:
         if self.needs_keyframe:
             if not frame.keyframe:
                 self.dropped += 1
+                METER.frames_dropped[self._kind] += 1
                 return
             self.needs_keyframe = False
         if len(self._frames) >= self.capacity:
             self.dropped += len(self._frames)
+            METER.frames_dropped[self._kind] += len(self._frames)
             self._frames.clear()
             if self._video and not frame.keyframe:
                 self.needs_keyframe = True
                 self.dropped += 1
+                METER.frames_dropped[self._kind] += 1
                 if self.on_drop is not None:
                     self.on_drop()
                 return
@@ -74,8 +80,15 @@ class ViewerQueue:
                 await self._waiter
             finally:
                 self._waiter = None
+        frame = self._frames.popleft()
+        if not self.sent and self.on_first is not None:
+            self.on_first()
         self.sent += 1
-        return self._frames.popleft()
+        meter = METER
+        meter.frames_sent[self._kind] += 1
+        meter.packets_sent[self._kind] += len(frame.payloads)
+        meter.bytes_sent[self._kind] += frame.size
+        return frame
 
     def close(self) -> None:
         self._closed = True

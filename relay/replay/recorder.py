@@ -9,6 +9,7 @@ from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 
+from ..metrics import RECORDED_SEGMENTS, RECORDING_ERRORS
 from ..media import RelayFrame
 from .playlist import Playlist, Segment
 from .segment_writer import ClosedSegment, SegmentWriter
@@ -161,6 +162,7 @@ class Recorder:
             uri=seg.name, duration=seg.duration_s, program_date_time=seg.wall_start,
             init=init, discontinuity=first_of_run,
         ))
+        RECORDED_SEGMENTS.inc()
         self._save_playlist()
 
     def _close_run(self) -> None:
@@ -186,6 +188,7 @@ class Recorder:
         """A disk or mux error: log it, drop this run's current segment, keep the show going."""
         log.error("show %s: recording error: %s (retrying in %ds)", self.show_id, reason, RETRY_S)
         self.error = reason
+        RECORDING_ERRORS.inc()
         self._retry_at = time.monotonic() + RETRY_S
         if self._writer is not None:
             self._writer.abandon()
