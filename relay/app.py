@@ -12,7 +12,7 @@ from aiohttp import web
 
 from . import aiortc_hooks
 from .api import routes as api_routes
-from .config import Settings
+from .config import ConfigError, Settings
 from .errors import error_middleware
 from .fanout.whep import routes as whep_routes
 from .http_util import CORS_HEADERS, cors_origin
@@ -31,7 +31,8 @@ from .replay.serving import routes as replay_routes
 from .replay.service import ReplayService
 from .shows import ShowService
 from .store import SqliteStore
-from .appkeys import ADMIN_KEY, COMMERCE, LIMITS, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS
+from .appkeys import ADMIN_KEY, COMMERCE, LIMITS, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS, WEBHOOKS
+from .webhooks import WebhookSender
 from .limits import RateLimiter
 from .metrics import build_registry, metrics_route
 
@@ -108,6 +109,14 @@ def build_app(settings: Settings) -> web.Application:
                               lambda show_id: {m.distributor for m in store.list_mirrors(show_id)},
                               replays.stream_time)
     app[TOKENS] = ViewerTokens(load_secret(settings.auth.token_secret, settings.data_path))
+    hooks = settings.webhooks
+    if hooks.urls and not hooks.secret:
+        raise ConfigError("[webhooks] secret is required when urls are set (RELAY_WEBHOOKS_SECRET)")
+    webhooks = app[WEBHOOKS] = WebhookSender(hooks.urls, hooks.secret, hooks.timeout_s, hooks.max_queue,
+                                             hooks.max_attempts)
+    service.on_webhook = webhooks.emit
+    replays.on_ready = lambda show_id: webhooks.emit(
+        "replay.ready", {"show": show_id, **(replays.describe(show_id, settings.base_url) or {})})
     service.on_state = events.publish_soon
     service.on_viewer_channel = lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel)
     setup_coupons(app, commerce, events)
@@ -121,6 +130,7 @@ def build_app(settings: Settings) -> web.Application:
 
     async def on_startup(app: web.Application) -> None:
         await commerce.start(events.deliver, events.resync)
+        await webhooks.start()
         if not settings.auth.token_secret and isinstance(commerce, RedisCommerceStore):
             # Every process sharing the store signs and checks viewer tokens alike.
             app[TOKENS].use_secret(await commerce.shared_secret("token_secret"))
@@ -137,6 +147,7 @@ def build_app(settings: Settings) -> web.Application:
         await service.shutdown()
         await replays.shutdown()
         await commerce.close()
+        await webhooks.close()
         store.close()
 
     app.on_startup.append(on_startup)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .limits import RateLimiter
     from .replay.service import ReplayService
     from .shows import ShowService
+    from .webhooks import WebhookSender
 
 SETTINGS: "web.AppKey[Settings]" = web.AppKey("settings")
 ADMIN_KEY: web.AppKey[str] = web.AppKey("admin_key", str)
@@ -25,3 +26,4 @@ TOKENS: "web.AppKey[ViewerTokens]" = web.AppKey("tokens")
 COMMERCE: "web.AppKey[CommerceStore]" = web.AppKey("commerce")
 TICKER: "web.AppKey[RemainingTicker]" = web.AppKey("coupon_ticker")
 LIMITS: "web.AppKey[dict[str, RateLimiter]]" = web.AppKey("limits")
+WEBHOOKS: "web.AppKey[WebhookSender]" = web.AppKey("webhooks")

@@ -67,6 +67,15 @@ class LimitSettings:
 
 
 @dataclass
+class WebhookSettings:
+    urls: list[str] = field(default_factory=list)
+    secret: str = ""
+    timeout_s: float = 5.0
+    max_queue: int = 10000
+    max_attempts: int = 8
+
+
+@dataclass
 class StoreSettings:
     redis_url: str = ""
     redis_prefix: str = "relay"
@@ -81,6 +90,7 @@ class Settings:
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @property
     def base_url(self) -> str:

@@ -44,6 +44,7 @@ class ShowService:
         # Set by the app: where show state changes and viewers' data channels go.
         self.on_state: Callable[[str, str, dict], None] = lambda show_id, type, data: None
         self.on_viewer_channel: Callable[[ViewerSession, object], None] | None = None
+        self.on_webhook: Callable[[str, dict], None] = lambda type, data: None
 
     # -- lifecycle -------------------------------------------------------------------------
     def recover(self) -> list[str]:
@@ -114,6 +115,7 @@ class ShowService:
             self.store.update_show(show)
             log.info("show %s ended (%s)", show_id, reason)
             self.on_state(show_id, "show.ended", {"state": "ended", "reason": reason})
+            self.on_webhook("show.ended", {"show": show_id, "reason": reason})
         live = self.live.pop(show_id, None)
         if live is not None:
             await live.close()
@@ -140,10 +142,13 @@ class ShowService:
         if live is None:
             figures = ShowFigures(self.store.load_room_figures(show.id))
             live = LiveShow(show.id, self.settings.media, figures, self._host_gone_for_good,
-                            lambda until: self.on_state(show.id, "show.host_reconnecting",
-                                                        {"state": "live", "reconnecting_until": until}))
+                            lambda until: self._host_lost(show.id, until))
             self.live[show.id] = live
         return live
+
+    def _host_lost(self, show_id: str, until: float) -> None:
+        self.on_state(show_id, "show.host_reconnecting", {"state": "live", "reconnecting_until": until})
+        self.on_webhook("unpublish", {"show": show_id, "reason": "host_lost", "reconnecting_until": until})
 
     async def _host_gone_for_good(self, show_id: str) -> None:
         live = self.live.get(show_id)
@@ -195,7 +200,9 @@ class ShowService:
         await live.attach_publisher(session)
         self.replays.on_publish(show_id, live.forwarders, session.codecs)
         self._mark_live(show)
-        log.info("show %s: publisher %s connected (%s)", show_id, session.id, session.codecs)
+        log.info("show %s: publisher %s connected (%s)", show_id, session.id, session.codecs,
+                 extra={"show": show_id, "session": session.id})
+        self.on_webhook("publish", {"show": show_id, "session": session.id, "codecs": session.codecs})
         return session, answer
 
     async def unpublish(self, show_id: str, session_id: str, key: str | None) -> None:
@@ -205,6 +212,7 @@ class ShowService:
         if live is None or live.publisher is None or live.publisher.id != session_id:
             raise ApiError(404, "session_not_found", "no such publishing session")
         # An explicit DELETE ends the show: the host said it is done.
+        self.on_webhook("unpublish", {"show": show_id, "reason": "host_ended"})
         await self.end_show(show_id, "host_ended")
 
     async def watch(self, show_id: str, room: str, offer: Offer) -> tuple[ViewerSession, str]:

@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from ..appkeys import COMMERCE, LIMITS, SHELF, SHOWS, TICKER, TOKENS
+from ..appkeys import COMMERCE, LIMITS, SHELF, SHOWS, TICKER, TOKENS, WEBHOOKS
 from ..errors import ApiError, invalid_field as _invalid
 from ..http_util import bearer_token, read_json, require_admin
 from ..models import HQ_ROOM, is_slug
@@ -163,6 +163,9 @@ async def claim(request: web.Request) -> web.Response:
     CLAIMS.labels(answer["result"]).inc()
     if answer["result"] == "claimed":
         request.app[TICKER].changed(show.id, req.coupon_id)
+        request.app[WEBHOOKS].emit("coupon.claimed", {
+            "show": show.id, "coupon": req.coupon_id, "viewer_id": req.viewer_id, "room": req.room,
+            "sharer": req.sharer, "remaining": answer["remaining"]})
     return web.json_response(answer)
 
 

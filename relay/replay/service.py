@@ -8,6 +8,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..config import ReplaySettings
 from ..fanout.forwarder import Forwarder
@@ -28,7 +29,8 @@ class ReplayService:
         self.store = store
         self.root = root
         self.recorders: dict[str, Recorder] = {}
-        self._paused: dict[str, Playlist] = {}  # replays of shows that went on after a restart
+        self._paused: dict[str, Playlist] = {}
+        self.on_ready: Callable[[str], None] = lambda show_id: None  # replays of shows that went on after a restart
         self._tasks: set[asyncio.Task] = set()
 
     def folder(self, show_id: str) -> Path:
@@ -98,6 +100,7 @@ class ReplayService:
             self._update(show_id, state=ReplayState.FAILED, error=f"making the MP4 failed: {exc}")
             return
         self._update(show_id, state=ReplayState.READY, mp4_ready=True)
+        self.on_ready(show_id)
         log.info("show %s: replay ready (%.1fs, %d discontinuities)", show_id, playlist.duration,
                  playlist.discontinuities)
 

@@ -1,0 +1,138 @@
+"""Webhooks: signed JSON events to the operator's URLs, delivered in the background.
+
+Each event has an id (kept across retries, so receivers can drop duplicates) and is signed:
+`X-Relay-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>` with the timestamp in
+`X-Relay-Timestamp`; receivers check both and refuse old timestamps (replays). Deliveries go
+through a bounded queue; a failed one is retried with exponential backoff; a slow or dead
+receiver costs a queue slot, never a request's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from .metrics import WEBHOOKS
+
+log = logging.getLogger(__name__)
+
+WORKERS = 4
+FIRST_RETRY_S = 1.0
+MAX_RETRY_S = 60.0
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1=" + mac.hexdigest()
+
+
+def verify(secret: str, body: bytes, timestamp: str, signature: str, tolerance_s: float = 300.0,
+           now: float | None = None) -> bool:
+    """What a receiver does: the signature matches and the timestamp is recent."""
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        return False
+    if abs((now or time.time()) - ts) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, ts, body), signature)
+
+
+@dataclass
+class _Delivery:
+    url: str
+    event: dict
+    body: bytes
+    attempt: int = 0
+
+
+class WebhookSender:
+    def __init__(self, urls: list[str], secret: str, timeout_s: float = 5.0, max_queue: int = 10_000,
+                 max_attempts: int = 8) -> None:
+        self.urls = list(urls)
+        self._secret = secret
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_attempts = max_attempts
+        self._queue: asyncio.Queue[_Delivery] = asyncio.Queue(max_queue)
+        self._workers: list[asyncio.Task] = []
+        self._retries: set[asyncio.TimerHandle] = set()
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.urls)
+
+    def emit(self, type: str, data: dict) -> str | None:
+        """Queue an event for every URL; returns its id (None when webhooks are off)."""
+        if not self.urls:
+            return None
+        event = {"id": "evt_" + secrets.token_hex(12), "type": type, "created_at": time.time(), "data": data}
+        body = json.dumps(event, separators=(",", ":")).encode()
+        for url in self.urls:
+            self._enqueue(_Delivery(url, event, body))
+        return event["id"]
+
+    def _enqueue(self, delivery: _Delivery) -> None:
+        try:
+            self._queue.put_nowait(delivery)
+        except asyncio.QueueFull:
+            WEBHOOKS.labels("dropped").inc()
+            log.error("webhook queue full: %s event %s to %s dropped", delivery.event["type"],
+                      delivery.event["id"], delivery.url)
+
+    async def start(self) -> None:
+        if self.urls:
+            self._http = aiohttp.ClientSession(timeout=self._timeout)
+            self._workers = [asyncio.ensure_future(self._work()) for _ in range(WORKERS)]
+
+    async def close(self) -> None:
+        for handle in self._retries:
+            handle.cancel()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+
+    async def _work(self) -> None:
+        while True:
+            delivery = await self._queue.get()
+            if await self._deliver(delivery):
+                WEBHOOKS.labels("delivered").inc()
+                continue
+            delivery.attempt += 1
+            if delivery.attempt >= self._max_attempts:
+                WEBHOOKS.labels("failed").inc()
+                log.error("webhook %s event %s to %s failed %d times; giving up", delivery.event["type"],
+                          delivery.event["id"], delivery.url, delivery.attempt)
+                continue
+            WEBHOOKS.labels("retried").inc()
+            wait = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** (delivery.attempt - 1))
+            handle = asyncio.get_running_loop().call_later(wait, self._retry, delivery)
+            self._retries.add(handle)
+
+    def _retry(self, delivery: _Delivery) -> None:
+        self._retries = {h for h in self._retries if not h.cancelled() and h.when() > time.monotonic()}
+        self._enqueue(delivery)
+
+    async def _deliver(self, delivery: _Delivery) -> bool:
+        assert self._http is not None
+        ts = int(time.time())  # signed at each attempt: a retry is not a replay of an old request
+        headers = {"Content-Type": "application/json", "X-Relay-Event-Id": delivery.event["id"],
+                   "X-Relay-Timestamp": str(ts), "X-Relay-Signature": sign(self._secret, ts, delivery.body)}
+        try:
+            async with self._http.post(delivery.url, data=delivery.body, headers=headers) as res:
+                if 200 <= res.status < 300:
+                    return True
+                log.warning("webhook %s to %s answered %d", delivery.event["id"], delivery.url, res.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("webhook %s to %s failed: %s", delivery.event["id"], delivery.url, exc or type(exc).__name__)
+        return False
