@@ -13,7 +13,7 @@ from aiohttp import web
 from . import aiortc_hooks
 from .api import routes as api_routes
 from .config import ConfigError, Settings
-from .errors import error_middleware
+from .errors import ApiError, error_middleware
 from .fanout.whep import routes as whep_routes
 from .http_util import CORS_HEADERS, cors_origin
 from .ingest.whip import routes as whip_routes
@@ -39,6 +39,7 @@ from .metrics import build_registry, metrics_route
 log = logging.getLogger(__name__)
 
 RETENTION: web.AppKey[asyncio.Task] = web.AppKey("retention", asyncio.Task)
+DRAINING: web.AppKey[asyncio.Event] = web.AppKey("draining", asyncio.Event)
 
 
 def resolve_admin_key(settings: Settings) -> tuple[str, bool]:
@@ -57,6 +58,14 @@ def resolve_admin_key(settings: Settings) -> tuple[str, bool]:
     with os.fdopen(fd, "w") as fh:
         fh.write(key + "\n")
     return key, True
+
+
+@web.middleware
+async def draining_middleware(request: web.Request, handler):
+    """While the server stops, new media sessions go elsewhere (503 + Retry-After)."""
+    if request.app[DRAINING].is_set() and request.method == "POST" and request.path.startswith(("/whip/", "/whep/")):
+        raise ApiError(503, "server_stopping", "this server is stopping; try again in a moment", {"Retry-After": "2"})
+    return await handler(request)
 
 
 @web.middleware
@@ -84,7 +93,7 @@ def build_app(settings: Settings) -> web.Application:
     aiortc_hooks.set_host_addresses(settings.ice.addresses)
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[cors_middleware, error_middleware],
+        middlewares=[cors_middleware, error_middleware, draining_middleware],
     )
     admin_key, created = resolve_admin_key(settings)
     if created:
@@ -94,6 +103,7 @@ def build_app(settings: Settings) -> web.Application:
     replays = ReplayService(settings.replay, store, settings.data_path / "replays")
     service = ShowService(settings, store, replays)
     app[SETTINGS] = settings
+    app[DRAINING] = asyncio.Event()
     limits = settings.limits
     app[LIMITS] = {"viewers": RateLimiter("viewer registration", limits.viewer_registrations_per_s),
                    "claims": RateLimiter("claim", limits.claims_per_s),
@@ -142,6 +152,15 @@ def build_app(settings: Settings) -> web.Application:
         app[RETENTION] = asyncio.ensure_future(replays.run_retention())
 
     async def on_shutdown(app: web.Application) -> None:
+        # New sessions are refused from here on; readers hear that this server is stopping
+        # (players reconnect, to another process or to this one when it is back).
+        app[DRAINING].set()
+        for show_id in list(service.live):
+            try:
+                await events.publish(show_id, "server.stopping", {"reconnect": True})
+            except ApiError as exc:
+                log.warning("show %s: could not tell readers the server stops: %s", show_id, exc.message)
+        await events.drain(timeout=1.0)
         events.close()  # event streams end now, or the server would wait on them
         app[RETENTION].cancel()
         await service.shutdown()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import signal
+import time
 import sys
 from pathlib import Path
 
@@ -51,7 +53,8 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.redis is not None:
         settings.store.redis_url = args.redis
     app = build_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger)
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger,
+                           shutdown_timeout=settings.server.shutdown_timeout_s / 2)
     await runner.setup()
     # A deep accept queue: a show's start brings thousands of connections at once.
     site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=4096)
@@ -78,7 +81,15 @@ async def _serve(args: argparse.Namespace) -> None:
     await stop.wait()
     if demo is not None:
         await demo.drop()
-    await runner.cleanup()
+    # SIGTERM: stop accepting, tell readers, close peers, finish segments, flush the stores,
+    # all within shutdown_timeout_s.
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(runner.cleanup(), settings.server.shutdown_timeout_s)
+    except TimeoutError:
+        logging.getLogger(__name__).error("shutdown took over %.0fs; stopping anyway",
+                                          settings.server.shutdown_timeout_s)
+    logging.getLogger(__name__).info("stopped in %.1fs", time.monotonic() - started)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ class ServerSettings:
     max_body_bytes: int = 65536
     trust_forwarded_for: bool = False
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    shutdown_timeout_s: float = 10.0
 
 
 @dataclass

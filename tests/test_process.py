@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import REPO, Relay, relay_settings, tracks
@@ -134,3 +135,42 @@ async def test_after_a_restart_a_host_that_never_returns_ends_the_show(server_pr
 
 async def _live(relay, show_id: str) -> bool:
     return (await relay.show(show_id))["state"] == "live"
+
+
+async def test_sigterm_tells_readers_closes_peers_and_keeps_the_recording(server_process, tmp_path, h264_clip):
+    from test_commerce import SseReader
+
+    data = tmp_path / "data"
+    server = server_process(data, env={"RELAY_REPLAY_SEGMENT_TARGET_S": "1"})
+    relay = client_for(server)
+    show = await relay.create_show("bye")
+    await relay.publish(show, tracks(h264_clip, None))
+    viewer = await relay.viewer("bye", kinds=("video",), decode=False)
+    await viewer.first_frame("video")
+    reader = await SseReader(f"{relay.base}/events/bye").start()
+
+    async def two_segments() -> bool:
+        return (await relay.api("GET", "/api/shows/bye/replay"))[1]["duration_s"] >= 2
+
+    await relay.wait_for(two_segments, timeout=15, what="two replay segments")
+    try:
+        started = time.monotonic()
+        assert server.stop() == 0  # SIGTERM
+        stopped_in = time.monotonic() - started
+        assert stopped_in < 10, stopped_in
+        assert "server.stopping" in [e["type"] for e in await reader.wait_for(2)]
+
+        async def peer_closed() -> bool:
+            return viewer.pc.connectionState in ("closed", "failed")
+
+        await relay.wait_for(peer_closed, timeout=10, what="the viewer's peer to be closed by the server")
+    finally:
+        await reader.close()
+        await relay.close_clients()
+    playlist = (data / "replays" / "bye" / "index.m3u8").read_text()
+    assert playlist.count("seg-") >= 2  # the segment being written was finished, not lost
+
+    server = server_process(data)  # the show waits for its host again
+    relay = client_for(server)
+    assert (await relay.show("bye"))["state"] == "live"
+    server.stop()

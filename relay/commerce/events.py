@@ -34,6 +34,10 @@ class Subscription:
         self._wake.set()
         return not self.overflowed
 
+    @property
+    def pending(self) -> int:
+        return len(self._events)
+
     def end(self) -> None:
         """No more events: the reader's next get() returns None (the server is stopping)."""
         self.overflowed = True
@@ -114,6 +118,14 @@ class EventHub:
             subs.discard(sub)
             if not subs:
                 del self._subscribers[show_id]
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most `timeout`) until every reader has taken what was handed to it."""
+        deadline = time.monotonic() + timeout
+        while any(sub.pending for subs in self._subscribers.values() for sub in subs):
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.01)  # readers run on this loop: give them their turn
 
     def close(self) -> None:
         """End every reader's stream (clients reconnect with Last-Event-ID to another process)."""

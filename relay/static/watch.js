@@ -228,6 +228,7 @@ function followEvents() {
     on("product.unpinned", () => { $("#card").hidden = true; });
     for (const type of ["coupon.launched", "coupon.updated", "coupon.ended"]) on(type, (e) => couponChanged(e.coupon));
     for (const type of ["show.live", "show.host_reconnecting", "show.ended"]) on(type, () => refreshStatus());
+    on("server.stopping", () => { $("#badge").textContent = "Reconnecting…"; });
     for (const type of ["shelf.updated"]) on(type, () => {});
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) { // the server answered with an error: try again later
