@@ -128,6 +128,12 @@ def set_host_addresses(addresses: list[str] | None) -> None:
     aioice.ice.get_host_addresses = get_host_addresses
 
 
+def set_consent_timeout(seconds: float) -> None:
+    """A peer that stops answering ICE consent checks (RFC 7675) is closed after about `seconds`
+    (aioice: 6 failed checks, one every 5 s = 30 s), for every peer in this process."""
+    aioice.ice.CONSENT_INTERVAL = max(0.2, seconds / aioice.ice.CONSENT_FAILURES)
+
+
 def check() -> list[str]:
     """The hook points that are missing from the installed aiortc/aioice (empty when all are there)."""
     missing = []
@@ -161,4 +167,7 @@ def check() -> list[str]:
         missing.append("RTCRtpTransceiver._codecs")
     if not callable(getattr(aioice.ice, "get_host_addresses", None)):
         missing.append("aioice.ice.get_host_addresses")
+    consent = aioice.ice.Connection.query_consent.__code__.co_names
+    if "CONSENT_INTERVAL" not in consent or "CONSENT_FAILURES" not in consent:
+        missing.append("aioice.ice.CONSENT_INTERVAL / CONSENT_FAILURES read by query_consent")
     return missing

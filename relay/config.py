@@ -36,6 +36,7 @@ class AuthSettings:
 @dataclass
 class IceSettings:
     addresses: list[str] = field(default_factory=list)
+    consent_timeout_s: float = 30.0
 
 
 @dataclass

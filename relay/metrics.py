@@ -7,6 +7,7 @@ delivery, recording) are observed as they happen. Nothing here runs per packet.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from .appkeys import ADMIN_KEY, SETTINGS, SHOWS
 from .errors import ApiError
 from .fanout.meter import METER
 from .http_util import bearer_token
+from .webrtc import open_peer_count
 
 # Observed where they happen; shared by every app of the process (each registry lists them).
 JOIN_SECONDS = Histogram("relay_join_seconds", "WHEP offer received -> first video frame sent to the viewer",
@@ -69,6 +71,12 @@ class LiveCollector:
         yield publishers
         yield shows
         yield viewers
+        peers = GaugeMetricFamily("relay_peer_connections", "Server peer connections not closed")
+        peers.add_metric([], open_peer_count())
+        yield peers
+        tasks = GaugeMetricFamily("relay_asyncio_tasks", "Tasks on the event loop")
+        tasks.add_metric([], len(asyncio.all_tasks()))
+        yield tasks
         for name, doc, values in (
             ("relay_frames_received", "Frames received from hosts", METER.frames_received),
             ("relay_frames_forwarded", "Frames sent to viewers", METER.frames_sent),

@@ -45,6 +45,7 @@ class ShowService:
         self.on_state: Callable[[str, str, dict], None] = lambda show_id, type, data: None
         self.on_viewer_channel: Callable[[ViewerSession, object], None] | None = None
         self.on_webhook: Callable[[str, dict], None] = lambda type, data: None
+        self._joining: dict[str, int] = {}  # show -> WHEP offers being answered
 
     # -- lifecycle -------------------------------------------------------------------------
     def recover(self) -> list[str]:
@@ -224,8 +225,15 @@ class ShowService:
         live = self._live_show(show)
         viewer = ViewerSession(show_id, room, self.settings.media.viewer_queue_frames, live.remove_viewer,
                                self.on_viewer_channel)
-        answer = await viewer.answer(offer, live.codec_choices(self.settings.media.video_codecs),
-                                     live.keyframes.request)
+        # Joins in progress hold their place, so a burst cannot overshoot the caps.
+        self._joining[show_id] = self._joining.get(show_id, 0) + 1
+        try:
+            answer = await viewer.answer(offer, live.codec_choices(self.settings.media.video_codecs),
+                                         live.keyframes.request)
+        finally:
+            self._joining[show_id] -= 1
+            if not self._joining[show_id]:
+                del self._joining[show_id]
         if self.live.get(show_id) is not live:  # ended meanwhile
             await viewer.close()
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
@@ -236,10 +244,11 @@ class ShowService:
     def _check_capacity(self, show_id: str) -> None:
         limits = self.settings.limits
         live = self.live.get(show_id)
-        if limits.max_viewers_per_show and live is not None and len(live.viewers) >= limits.max_viewers_per_show:
+        joining = self._joining.get(show_id, 0)
+        if limits.max_viewers_per_show and (len(live.viewers) if live else 0) + joining >= limits.max_viewers_per_show:
             raise ApiError(503, "show_full", f"show {show_id!r} has its maximum of {limits.max_viewers_per_show}"
                            " viewers; try again shortly", {"Retry-After": "10"})
-        total = sum(len(s.viewers) for s in self.live.values())
+        total = sum(len(s.viewers) for s in self.live.values()) + sum(self._joining.values())
         if limits.max_viewers_per_process and total >= limits.max_viewers_per_process:
             raise ApiError(503, "server_full", "this server is at its viewer capacity; try again shortly",
                            {"Retry-After": "10"})

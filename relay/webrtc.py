@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field
-
 from typing import Callable
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
@@ -19,9 +19,19 @@ MAX_MEDIA_SECTIONS = 8
 _SDP_LINE = re.compile(r"^[a-z]=")
 
 
+PEERS: "weakref.WeakSet[RTCPeerConnection]" = weakref.WeakSet()  # the server's peers, for /metrics
+
+
 def new_peer_connection() -> RTCPeerConnection:
     # No ICE servers: aiortc would otherwise add a public STUN server.
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    PEERS.add(pc)
+    return pc
+
+
+def open_peer_count() -> int:
+    """Peer connections of the server not closed yet (a leak shows here)."""
+    return sum(1 for pc in list(PEERS) if pc.connectionState != "closed")
 
 
 @dataclass
@@ -53,6 +63,12 @@ def parse_offer(text: str, *, sending: bool) -> Offer:
         raise ApiError(400, "bad_sdp", f"malformed SDP offer: {exc}") from exc
     if len(description.media) > MAX_MEDIA_SECTIONS:
         raise ApiError(400, "bad_sdp", f"SDP offer has more than {MAX_MEDIA_SECTIONS} media sections")
+    mids = [m.rtp.muxId for m in description.media]
+    if len(set(mids)) != len(mids):
+        raise ApiError(400, "bad_sdp", "malformed SDP offer: two media sections share a mid")
+    for group in description.group:
+        if group.semantic == "BUNDLE" and not set(group.items) <= set(mids):
+            raise ApiError(400, "bad_sdp", "malformed SDP offer: the BUNDLE group names a mid no section has")
     offer = Offer(sdp=text)
     unsupported: list[str] = []
     wanted = ("sendonly", "sendrecv") if sending else ("recvonly", "sendrecv")
@@ -114,7 +130,11 @@ async def answer_offer(pc: RTCPeerConnection, offer: Offer, hint: str = "") -> t
         codec = aiortc_hooks.negotiated_codec(transceiver)
         if codec:
             codecs[transceiver.kind] = codec
-    await pc.setLocalDescription(await pc.createAnswer())
+    try:
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as exc:  # an offer aiortc accepted but cannot answer (found by fuzzing)
+        await pc.close()
+        raise ApiError(400, "bad_sdp", f"SDP offer cannot be answered: {exc or type(exc).__name__}{hint}") from exc
     return pc.localDescription.sdp, codecs
 
 
