@@ -52,7 +52,6 @@ import random
 import re
 import resource
 import secrets
-import shutil
 import signal
 import sys
 import tempfile
@@ -73,6 +72,7 @@ from fanout import (
     ServerProcess,
     Worker,
     args_record,
+    end_run,
     begin_run,
     cpu_seconds,
     http_json,
@@ -632,13 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                      if p["phase"] == "throughput" else "")
             print(f"summary: {p['phase']}: {p['claims_per_s']:.0f} claims/s, p99 {p['latency_ms']['p99']:.1f} ms, "
                   f"server CPU {p['server_cpu_pct']:.0f} %, checks {verdict}{extra}", flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-            print(f"results written to {args.json}", flush=True)
-        if args.keep_logs or status == 3:
-            print(f"server log kept in {workdir}", flush=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        end_run(results, args.json, workdir, args.keep_logs or status == 3)
     return status
 
 

@@ -43,7 +43,6 @@ import multiprocessing as mp
 import os
 import re
 import secrets
-import shutil
 import signal
 import statistics
 import sys
@@ -68,6 +67,7 @@ from fanout import (
     http_json,
     percentile,
     args_record,
+    end_run,
     begin_run,
     report_log_problems,
     start_redis,
@@ -611,13 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['complete_subscribers']}/{s['subscribers']} got every event; server CPU "
                   f"{s['server_cpu_pct']:.0f} %; target p99 <= {TARGET_P99_MS:.0f} ms "
                   f"{'MET' if s['meets_target'] else 'NOT MET'}", flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-            print(f"results written to {args.json}", flush=True)
-        if args.keep_logs or status == 3:
-            print(f"server log kept in {workdir}", flush=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        end_run(results, args.json, workdir, args.keep_logs or status == 3)
     return status
 
 

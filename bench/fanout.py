@@ -305,7 +305,7 @@ class _Viewer:
 def viewer_worker(cpus: set[int], conn: Connection) -> None:
     """A process running many WHEP viewers (decode=False) in one event loop.
 
-    Commands: ("connect", [(index, url)], t0, stagger, timeout) -> ("connected", [per viewer]);
+    Commands: ("connect", [(index, url)], t0, stagger, timeout[, kinds]) -> ("connected", [per viewer]);
     ("mark",) -> ("marked", n); ("report",) -> ("report", [per viewer]); ("stop",) -> ("stopped", n);
     ("exit",).
     """
@@ -319,8 +319,9 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
     viewers: list[_Viewer] = []
 
     def counts(viewer: _Viewer) -> tuple[float, int, int, int]:
-        video, audio = viewer.client.tracks["video"], viewer.client.tracks["audio"]
-        return time.monotonic(), video.frames, audio.frames, video.bytes + audio.bytes
+        video, audio = viewer.client.tracks["video"], viewer.client.tracks.get("audio")
+        audio_frames, audio_bytes = (audio.frames, audio.bytes) if audio else (0, 0)
+        return time.monotonic(), video.frames, audio_frames, video.bytes + audio_bytes
 
     async def connect(viewer: _Viewer, start_at: float, timeout: float) -> None:
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
@@ -334,8 +335,9 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
 
     async def handle(command: str, args: tuple) -> Any:
         if command == "connect":
-            assigned, t0, stagger, timeout = args
-            batch = [_Viewer(index, url, WhepClient(url, decode=False)) for index, url in assigned]
+            assigned, t0, stagger, timeout, *rest = args
+            kinds = tuple(rest[0]) if rest else ("audio", "video")
+            batch = [_Viewer(index, url, WhepClient(url, kinds=kinds, decode=False)) for index, url in assigned]
             viewers.extend(batch)
             await asyncio.gather(*(connect(v, t0 + v.index * stagger, timeout) for v in batch))
             return ("connected", [{"index": v.index, "url": v.url, "ok": v.ok, "error": v.error, "ttff": v.ttff}
@@ -949,6 +951,17 @@ def report_log_problems(server: "ServerProcess", label: str, indent: str = "") -
     return problems
 
 
+def end_run(results: dict[str, Any], json_path: Path | None, workdir: Path, keep: bool) -> None:
+    """Write the results (with --json) and keep the work directory (logs) or remove it."""
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"results written to {json_path}", flush=True)
+    if keep:
+        print(f"logs kept in {workdir}", flush=True)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def args_record(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed options as JSON-friendly values."""
     return {k: sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v
@@ -994,13 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n== summary", flush=True)
             for line in summary["lines"]:
                 print(line, flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-            print(f"results written to {args.json}", flush=True)
-        if args.keep_logs or status:
-            print(f"server logs kept in {workdir}", flush=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        end_run(results, args.json, workdir, args.keep_logs or status)
     return status
 
 

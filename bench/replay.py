@@ -83,6 +83,7 @@ from fanout import (  # noqa: E402  (bench/ is put on sys.path just above)
     Worker,
     http_json,
     args_record,
+    end_run,
     begin_run,
     report_log_problems,
     stopped_early,
@@ -760,13 +761,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n== summary", flush=True)
             for line in lines:
                 print(line, flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-            print(f"results written to {args.json}", flush=True)
-        if args.keep_files or status:
-            print(f"work directory kept: {workdir}", flush=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        end_run(results, args.json, workdir, args.keep_files or status)
     return status
 
 

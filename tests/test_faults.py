@@ -12,7 +12,8 @@ import time
 import pytest
 
 from conftest import tracks
-from lossy import make_lossy
+from relay.clients.fuzz import base_offers, mutated_offers
+from relay.clients.lossy import make_lossy
 
 
 async def frames_per_second(viewer, seconds: float) -> list[int]:
@@ -110,66 +111,18 @@ async def test_a_join_storm_over_the_cap_connects_or_refuses_everyone_promptly(m
 
 # -- fuzzed SDP against WHIP and WHEP ---------------------------------------------------------
 
-def _base_offers() -> dict[str, str]:
-    from aiortc import RTCPeerConnection
-
-    async def make(direction: str) -> str:
-        pc = RTCPeerConnection()
-        for kind in ("audio", "video"):
-            pc.addTransceiver(kind, direction=direction)
-        pc.createDataChannel("events")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
-    return {"whip": asyncio.run(make("sendonly")), "whep": asyncio.run(make("recvonly"))}
-
-
-def _mutated(st, base: str):
-    lines = base.strip().split("\r\n")
-    garbage = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80)
-
-    @st.composite
-    def offer(draw) -> str:
-        out = list(lines)
-        for _ in range(draw(st.integers(0, 8))):
-            op = draw(st.sampled_from(["drop", "dup", "garble", "number", "insert", "more_media", "huge"]))
-            i = draw(st.integers(0, max(0, len(out) - 1)))
-            if not out:
-                out.append(draw(garbage))
-            elif op == "drop":
-                del out[i]
-            elif op == "dup":
-                out.insert(i, out[i])
-            elif op == "garble":
-                out[i] = out[i][:2] + draw(garbage)
-            elif op == "number":
-                out[i] = "".join(str(draw(st.integers(-2**40, 2**40))) if c.isdigit() else c for c in out[i][:60])
-            elif op == "insert":
-                out.insert(i, draw(garbage))
-            elif op == "more_media":
-                start = next((j for j, line in enumerate(out) if line.startswith("m=")), len(out))
-                out += out[start:] * draw(st.integers(1, 12))
-            else:
-                out[i] = out[i][:2] + "x" * draw(st.integers(1000, 70000))
-        return draw(st.sampled_from(["\r\n", "\n"])).join(out) + "\r\n"
-
-    return st.one_of(offer(), garbage, st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
-
-
 def test_fuzzed_sdp_never_crashes_leaks_or_500s(server_process, tmp_path):
     import http.client
     import json
     import re
 
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
 
     from conftest import ADMIN_KEY
 
     server = server_process(tmp_path / "data", env={"RELAY_MEDIA_PUBLISHER_TIMEOUT_S": "2"})
     host, port = server.base.removeprefix("http://").split(":")
-    offers = _base_offers()
+    offers = asyncio.run(base_offers())
 
     def call(method: str, path: str, body: bytes | None = None, headers: dict | None = None):
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -219,7 +172,7 @@ def test_fuzzed_sdp_never_crashes_leaks_or_500s(server_process, tmp_path):
     for kind in ("whip", "whep"):
         @settings(max_examples=300, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
-        @given(sdp=_mutated(st, offers[kind]))
+        @given(sdp=mutated_offers(offers[kind]))
         def fuzz(sdp: str) -> None:
             send(kind, sdp)
 

@@ -188,10 +188,14 @@ class ReplayService:
         discontinuities = replay.discontinuities
         error = replay.error
         recorder = self.recorders.get(show_id)
+        paused = self._paused.get(show_id)
         if recorder is not None:
             duration = round(recorder.playlist.duration, 3)
             discontinuities = recorder.playlist.discontinuities
             error = recorder.error
+        elif paused is not None:  # waiting for its host after a restart
+            duration = round(paused.duration, 3)
+            discontinuities = paused.discontinuities
         return {
             "state": replay.state.value,
             "duration_s": duration,

@@ -1,4 +1,4 @@
-"""A lossy wire for the test's own peers: drop a share of the datagrams a client peer sends and
+"""A lossy wire for test and bench peers: drop a share of the datagrams a client peer sends and
 receives after its connection is up, as a bad network between it and the relay would."""
 
 from __future__ import annotations

@@ -1,0 +1,497 @@
+"""Fault and bad-input suite, long part: load held, faults survived, bad inputs tried, nothing lost.
+
+What it runs (each phase against its own `relay serve` subprocess pinned to CPU 0; the host,
+viewers and this script on the other CPUs):
+
+    join     A host at 320x240 30 fps (~250 kbps) and `--join-viewers` (500) WHEP viewers
+             joining within `--join-window` (10 s) from `--processes` worker processes, with the
+             relay's viewer cap at `--cap` (500). Every viewer must connect or get 503, none hang
+             (30 s timeout each); connected viewers must then play (fps over 5 s). Reports TTFF
+             p50/p95, outcome counts, and that peers and viewers go back to zero afterwards.
+    fuzz     `--fuzz-examples` (3000) random fuzzed SDP offers each against WHIP and WHEP
+             (Hypothesis, not derandomized). No 500, the process stays up, no peer connection
+             left open, loop tasks back to where they were, RSS sampled as it goes (flat).
+    loss     5 % and 20 % of RTP/RTCP datagrams dropped between host and relay, then between
+             relay and viewer, `--loss-seconds` (30) each: per-second decoded fps at the viewer
+             (min, mean, seconds under 10 fps) and the keyframe requests the relay sent.
+    restart  A show with three mirror rooms, a recorded stream and a claim storm (1,000 claims
+             for 300 coupons); the relay is SIGKILLed and started again: shows, mirrors, every
+             acknowledged claim, room figures and the replay must be intact; the host
+             republishes and the replay continues.
+
+Run (from the repository root, relay installed with `pip install -e '.[test,bench]'`):
+
+    python bench/faults.py --json faults.json
+    python bench/faults.py --phases fuzz --fuzz-examples 10000
+
+Everything listens on 127.0.0.1; the run stops by itself (`--max-seconds`, default 600).
+Exit status: 0 every check passed, 1 a check failed, 3 the run stopped early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import re
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fanout import (  # noqa: E402  (bench/ is put on sys.path just above)
+    BenchError,
+    Deadline,
+    ServerProcess,
+    Worker,
+    args_record,
+    end_run,
+    begin_run,
+    http_json,
+    percentile,
+    publisher_worker,
+    relay_env,
+    report_log_problems,
+    stopped_early,
+    viewer_worker,
+)
+
+SHOW = "faults"
+
+
+class Relay:
+    """A `relay serve` subprocess for one phase, with its admin calls."""
+
+    def __init__(self, workdir: Path, cpus: set[int], deadline: Deadline, env: dict[str, str] | None = None,
+                 name: str = "relay") -> None:
+        self.admin_key = secrets.token_urlsafe(24)
+        self.data = workdir / f"{name}-data"
+        self.env = {**relay_env(self.admin_key), **(env or {})}
+        self.cpus = cpus
+        self.deadline = deadline
+        self.log = workdir / f"{name}.log"
+        self.server: ServerProcess | None = None
+        self.base = ""
+        self.port = 0
+
+    def start(self) -> "Relay":
+        argv = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                "--data-dir", str(self.data)]
+        self.server = ServerProcess("relay", argv, self.env, self.cpus, self.log,
+                                    re.compile(r"listening on (http://\S+)"))
+        self.base = self.server.start(self.deadline.cap(30))
+        self.port = int(self.base.rsplit(":", 1)[1])
+        return self
+
+    def kill(self) -> None:
+        assert self.server is not None and self.server.proc is not None
+        self.server.proc.send_signal(signal.SIGKILL)
+        self.server.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def api(self, method: str, path: str, body: dict | None = None, expect: int | None = 200) -> Any:
+        status, reply = http_json(method, f"{self.base}{path}", body, self.admin_key, timeout=self.deadline.cap(30))
+        if expect is not None and status != expect:
+            raise BenchError(f"{method} {path} answered {status}: {reply}")
+        return reply
+
+    def gauge(self, name: str) -> float:
+        text = http_json("GET", f"{self.base}/metrics", None, self.admin_key)[1]
+        match = re.search(rf"^{name} (\S+)$", text, re.M)
+        return float(match.group(1)) if match else float("nan")
+
+    def counter(self, name: str, labels: str) -> float:
+        text = http_json("GET", f"{self.base}/metrics", None, self.admin_key)[1]
+        match = re.search(rf"^{name}{{{re.escape(labels)}}} (\S+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def rss_mib(self) -> float:
+        assert self.server is not None
+        status = Path(f"/proc/{self.server.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+
+    def wait_for(self, predicate, timeout: float, what: str) -> None:
+        end = time.monotonic() + self.deadline.cap(timeout)
+        while not predicate():
+            if time.monotonic() > end:
+                raise BenchError(f"timed out waiting for {what}")
+            time.sleep(0.2)  # polling the relay's HTTP API, with a deadline
+
+
+def check(checks: dict[str, bool], name: str, ok: bool) -> None:
+    checks[name] = bool(ok)
+    print(f"  [{'ok' if ok else 'FAIL'}] {name}", flush=True)
+
+
+# -- join storm ---------------------------------------------------------------------------------
+
+def phase_join(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
+    from relay.clients.synthetic import encode_pattern, encode_tone
+
+    print(f"\n== join: {args.join_viewers} viewers within {args.join_window:.0f} s, cap {args.cap}", flush=True)
+    relay = Relay(workdir, run.server_cpus, run.deadline, {"RELAY_LIMITS_MAX_VIEWERS_PER_PROCESS": str(args.cap)},
+                  "join").start()
+    ctx = mp.get_context("spawn")
+    workers: list[Worker] = []
+    checks: dict[str, bool] = {}
+    try:
+        show = relay.api("POST", "/api/shows", {"title": "Join storm", "id": SHOW}, expect=201)
+        video = encode_pattern(320, 240, 30, seconds=2, gop=30, bitrate=args.join_bitrate)
+        publisher = Worker(ctx, "host", publisher_worker,
+                           (run.client_cpus, f"{relay.base}/whip/{SHOW}", show["stream_key"], video, encode_tone()))
+        workers.append(publisher)
+        publisher.call("start", "started", run.deadline.cap(30))
+        viewers = [Worker(ctx, f"viewers-{i}", viewer_worker, (run.client_cpus,)) for i in range(args.processes)]
+        workers += viewers
+        stagger = args.join_window / args.join_viewers
+        t0 = time.monotonic() + 1.0
+        url = f"{relay.base}/whep/{SHOW}"
+        for w, worker in enumerate(viewers):
+            assigned = [(i, url) for i in range(w, args.join_viewers, len(viewers))]
+            worker.send("connect", assigned, t0, stagger, 30.0, ("video",))
+        rows = [row for worker in viewers for row in worker.expect("connected", run.deadline.cap(120))]
+        joined_in = time.monotonic() - t0
+        connected = [r for r in rows if r["ok"]]
+        refused = [r for r in rows if not r["ok"] and r["error"] and "503" in r["error"]]
+        hung = [r for r in rows if not r["ok"] and r["error"] and "Timeout" in r["error"]]
+        other = [r for r in rows if not r["ok"] and r not in refused and r not in hung]
+        ttff = [r["ttff"] for r in connected]
+        for worker in viewers:
+            worker.call("mark", "marked", 30)
+        time.sleep(5.0)  # the measuring window for playback
+        report = [row for worker in viewers for row in worker.call("report", "report", 60)]
+        fps = sorted(r["fps"] for r in report if r["ok"])
+        relay_viewers = relay.api("GET", f"/api/shows/{SHOW}/stats")["rooms"]["hq"]["viewers"]
+        for worker in viewers:
+            worker.call("stop", "stopped", 60)
+        relay.wait_for(lambda: relay.gauge("relay_peer_connections") <= 1, 30, "viewer peers to close")
+        result = {
+            "viewers": args.join_viewers, "cap": args.cap, "window_s": args.join_window,
+            "all_answered_in_s": round(joined_in, 1), "connected": len(connected), "refused_503": len(refused),
+            "hung": len(hung), "other_errors": len(other), "other_examples": [r["error"] for r in other[:3]],
+            "ttff_p50_s": round(percentile(ttff, 50), 3) if ttff else None,
+            "ttff_p95_s": round(percentile(ttff, 95), 3) if ttff else None,
+            "fps_min": round(fps[0], 1) if fps else None, "fps_median": round(percentile(fps, 50), 1) if fps else None,
+            "relay_viewers_while_playing": relay_viewers,
+            "peers_after": relay.gauge("relay_peer_connections"),
+        }
+        print(f"  connected {len(connected)}, refused with 503 {len(refused)}, hung {len(hung)}, "
+              f"other {len(other)}; all answered {joined_in:.1f} s after the first", flush=True)
+        print(f"  TTFF p50 {result['ttff_p50_s']} s, p95 {result['ttff_p95_s']} s; playing fps min "
+              f"{result['fps_min']}, median {result['fps_median']}", flush=True)
+        check(checks, "every viewer connected or got 503", len(connected) + len(refused) == args.join_viewers)
+        check(checks, "none hung", not hung)
+        check(checks, "no more than the cap connected", len(connected) <= args.cap)
+        check(checks, "the relay counted them all", relay_viewers == len(connected))
+        check(checks, "connected viewers play (>= 25 fps median)", bool(fps) and percentile(fps, 50) >= 25)
+        check(checks, "peers back to the host's alone after they left", result["peers_after"] <= 1)
+        result["problems"] = report_log_problems(relay.server, "relay", "  ")
+        return result | {"checks": checks}
+    finally:
+        for worker in workers:
+            worker.close()
+        relay.stop()
+
+
+# -- SDP fuzzing ----------------------------------------------------------------------------------
+
+def phase_fuzz(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
+    import http.client
+
+    from hypothesis import HealthCheck, given, settings
+
+    from relay.clients.fuzz import base_offers, mutated_offers
+
+    print(f"\n== fuzz: {args.fuzz_examples} random offers each against WHIP and WHEP", flush=True)
+    relay = Relay(workdir, run.server_cpus, run.deadline, {"RELAY_MEDIA_PUBLISHER_TIMEOUT_S": "2",
+                                                           "RELAY_MEDIA_GRACE_PERIOD_S": "3600"}, "fuzz").start()
+    checks: dict[str, bool] = {}
+    try:
+        key = relay.api("POST", "/api/shows", {"title": "Fuzz", "id": SHOW}, expect=201)["stream_key"]
+        offers = asyncio.run(base_offers())
+        statuses: dict[str, int] = {}
+        bad: list[str] = []
+        rss: list[tuple[int, float]] = []
+        sent = 0
+
+        def send(kind: str, sdp: str) -> None:
+            nonlocal sent
+            conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=30)
+            headers = {"Content-Type": "application/sdp"}
+            if kind == "whip":
+                headers["Authorization"] = f"Bearer {key}"
+            try:
+                conn.request("POST", f"/{kind}/{SHOW}", sdp.encode("utf-8", "surrogatepass"), headers)
+                res = conn.getresponse()
+                raw = res.read()
+                location = res.getheader("Location")
+            finally:
+                conn.close()
+            statuses[str(res.status)] = statuses.get(str(res.status), 0) + 1
+            if res.status >= 500 and res.status != 503:
+                bad.append(f"{res.status} {raw[:200]!r} for {sdp[:200]!r}")
+            if res.status == 201 and kind == "whep":
+                http_json("DELETE", f"{relay.base}{location}")
+            sent += 1
+            if sent % 250 == 0:
+                rss.append((sent, round(relay.rss_mib(), 1)))
+            if run.deadline.remaining() < 30:
+                raise BenchError("out of time while fuzzing")
+
+        for kind in ("whep", "whip"):
+            for _ in range(10):
+                send(kind, offers[kind])
+        tasks_before = relay.gauge("relay_asyncio_tasks")
+        rss.append((sent, round(relay.rss_mib(), 1)))
+        started = time.monotonic()
+        for kind in ("whip", "whep"):
+            @settings(max_examples=args.fuzz_examples, deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck))
+            @given(sdp=mutated_offers(offers[kind]))
+            def fuzz(sdp: str) -> None:
+                send(kind, sdp)
+
+            fuzz()
+        seconds = time.monotonic() - started
+        relay.api("POST", f"/api/shows/{SHOW}/end")
+        relay.wait_for(lambda: relay.gauge("relay_peer_connections") == 0, 30, "every peer to close")
+        tasks_after = relay.gauge("relay_asyncio_tasks")
+        alive = relay.server.proc.poll() is None
+        first, last = rss[1][1], rss[-1][1]
+        result = {"offers": sent, "seconds": round(seconds, 1), "statuses": statuses, "server_errors": bad[:5],
+                  "rss_mib": rss, "rss_growth_mib": round(last - first, 1), "tasks_before": tasks_before,
+                  "tasks_after": tasks_after, "peers_after": 0, "alive": alive}
+        print(f"  {sent} offers in {seconds:.0f} s; answers {statuses}", flush=True)
+        print(f"  RSS {first} MiB -> {last} MiB (samples every 250: {[m for _, m in rss]})", flush=True)
+        check(checks, "no 5xx other than 503", not bad)
+        check(checks, "the server stayed up", alive)
+        check(checks, "no peer connection left open", True)
+        check(checks, "loop tasks back to where they were (+5)", tasks_after <= tasks_before + 5)
+        check(checks, "memory flat (< 40 MiB growth)", last - first < 40)
+        result["problems"] = report_log_problems(relay.server, "relay", "  ")
+        return result | {"checks": checks}
+    finally:
+        relay.stop()
+
+
+# -- packet loss ------------------------------------------------------------------------------
+
+def phase_loss(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
+    print(f"\n== loss: 5 % and 20 % of RTP/RTCP lost, host side then viewer side, {args.loss_seconds:.0f} s each",
+          flush=True)
+    relay = Relay(workdir, run.server_cpus, run.deadline, None, "loss").start()
+    checks: dict[str, bool] = {}
+    runs: list[dict[str, Any]] = []
+    try:
+        show = relay.api("POST", "/api/shows", {"title": "Loss", "id": SHOW}, expect=201)
+        for side in ("host", "viewer"):
+            for loss in (0.05, 0.2):
+                row = asyncio.run(_lossy_run(relay, show, side, loss, args.loss_seconds))
+                runs.append(row)
+                print(f"  {side:6} {loss:4.0%}: fps min {row['fps_min']}, mean {row['fps_mean']}, "
+                      f"seconds under 10 fps {row['seconds_under_10fps']}, dropped {row['dropped']} datagrams, "
+                      f"keyframe requests to host +{row['keyframe_requests']}", flush=True)
+        for row in runs:
+            floor = 20 if row["loss"] < 0.1 else 8
+            check(checks, f"{row['side']} {row['loss']:.0%}: every second >= {floor} fps", row["fps_min"] >= floor)
+        return {"runs": runs, "checks": checks, "problems": report_log_problems(relay.server, "relay", "  ")}
+    finally:
+        relay.stop()
+
+
+async def _lossy_run(relay: Relay, show: dict, side: str, loss: float, seconds: float) -> dict[str, Any]:
+    from relay import aiortc_hooks
+    from relay.clients.lossy import make_lossy
+    from relay.clients.synthetic import encode_pattern, video_track
+    from relay.clients.whep import WhepClient
+    from relay.clients.whip import WhipClient
+
+    aiortc_hooks.set_host_addresses(["127.0.0.1"])
+    video = encode_pattern(640, 360, 30, seconds=2, gop=30, bitrate=800_000)
+    host = WhipClient(f"{relay.base}/whip/{SHOW}", show["stream_key"], [video_track(video)])
+    await host.start()
+    viewer = WhepClient(f"{relay.base}/whep/{SHOW}", kinds=("video",))
+    try:
+        await viewer.start()
+        await viewer.first_frame("video", timeout=15)
+        requests_before = relay.counter("relay_keyframe_requests_total", 'direction="to_hosts"')
+        counts = make_lossy(host.pc if side == "host" else viewer.pc, loss, seed=11)
+        per_second = []
+        for _ in range(int(seconds)):
+            before = viewer.tracks["video"].frames
+            await asyncio.sleep(1.0)  # the measuring window
+            per_second.append(viewer.tracks["video"].frames - before)
+        return {"side": side, "loss": loss, "seconds": int(seconds), "fps_min": min(per_second),
+                "fps_mean": round(sum(per_second) / len(per_second), 1),
+                "seconds_under_10fps": sum(1 for n in per_second if n < 10),
+                "dropped": counts["dropped_in"] + counts["dropped_out"],
+                "keyframe_requests": relay.counter("relay_keyframe_requests_total", 'direction="to_hosts"')
+                - requests_before}
+    finally:
+        await viewer.stop()
+        await host.drop()
+
+
+# -- SIGKILL and restart ------------------------------------------------------------------------
+
+def phase_restart(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
+    print("\n== restart: claims and a recording, then SIGKILL, then the same data dir again", flush=True)
+    relay = Relay(workdir, run.server_cpus, run.deadline, {"RELAY_REPLAY_SEGMENT_TARGET_S": "1"}, "restart").start()
+    checks: dict[str, bool] = {}
+    try:
+        show = relay.api("POST", "/api/shows", {"title": "Restart", "id": SHOW}, expect=201)
+        for d in ("d1", "d2", "d3"):
+            relay.api("POST", f"/api/shows/{SHOW}/mirrors", {"distributor": d, "name": d.upper()}, expect=201)
+        relay.api("POST", f"/api/shows/{SHOW}/coupons", {"id": "flash", "title": "Flash", "quantity": 300,
+                                                          "duration_s": 600}, expect=201)
+        relay.api("POST", f"/api/shows/{SHOW}/coupons/flash/launch")
+        told, recorded = asyncio.run(_claims_and_recording(relay, show))
+        before = {"show": relay.api("GET", f"/api/shows/{SHOW}"), "coupon": relay.api("GET", f"/api/shows/{SHOW}/coupons/flash"),
+                  "stats": relay.api("GET", f"/api/shows/{SHOW}/stats")}
+        relay.kill()
+        relay.start()  # same port, same data dir
+        after = {"show": relay.api("GET", f"/api/shows/{SHOW}"), "coupon": relay.api("GET", f"/api/shows/{SHOW}/coupons/flash"),
+                 "stats": relay.api("GET", f"/api/shows/{SHOW}/stats")}
+        replay = relay.api("GET", f"/api/shows/{SHOW}/replay")
+        mirrors_same = [m["distributor"] for m in before["show"]["mirrors"]] == [
+            m["distributor"] for m in after["show"]["mirrors"]]
+        claims_same = (after["coupon"]["claimed"] == sum(told.values()) == before["coupon"]["claimed"]
+                       and after["coupon"]["rooms"] == {r: n for r, n in told.items() if n})
+        figures_same = all(after["stats"]["rooms"][r]["claims"] == before["stats"]["rooms"][r]["claims"]
+                           and after["stats"]["rooms"][r]["peak_viewers"] == before["stats"]["rooms"][r]["peak_viewers"]
+                           for r in before["stats"]["rooms"])
+        print(f"  before: {sum(told.values())} claims acknowledged, replay {recorded:.1f} s; after: coupon claimed "
+              f"{after['coupon']['claimed']}, show {after['show']['state']}, replay {replay['state']} "
+              f"{replay['duration_s']} s", flush=True)
+        check(checks, "show and mirror rooms intact", after["show"]["title"] == "Restart" and mirrors_same)
+        check(checks, "every acknowledged claim intact, per room", claims_same)
+        check(checks, "room figures intact", figures_same)
+        check(checks, "the show waits for its host", after["show"]["state"] == "live")
+        check(checks, "the replay kept what was recorded", replay["duration_s"] >= recorded - 1.0)
+        asyncio.run(_republish_and_end(relay, show))
+        relay.wait_for(lambda: relay.api("GET", f"/api/shows/{SHOW}/replay")["state"] == "ready", 30,
+                       "the replay to be ready")
+        final = relay.api("GET", f"/api/shows/{SHOW}/replay")
+        check(checks, "after the host came back the replay went on (1 discontinuity)",
+              final["discontinuities"] == 1 and final["duration_s"] > recorded)
+        return {"claims_acknowledged": sum(told.values()), "told_per_room": told, "recorded_before_kill_s": recorded,
+                "replay_after": final, "checks": checks,
+                "problems": report_log_problems(relay.server, "relay", "  ")}
+    finally:
+        relay.stop()
+
+
+async def _claims_and_recording(relay: Relay, show: dict) -> tuple[dict[str, int], float]:
+    import aiohttp
+
+    from relay import aiortc_hooks
+    from relay.clients.synthetic import encode_pattern, video_track
+    from relay.clients.whip import WhipClient
+
+    aiortc_hooks.set_host_addresses(["127.0.0.1"])
+    host = WhipClient(f"{relay.base}/whip/{SHOW}", show["stream_key"],
+                      [video_track(encode_pattern(320, 240, 30, seconds=2, gop=30, bitrate=250_000))])
+    await host.start()
+    rooms = ("hq", "d1", "d2", "d3")
+    told = {room: 0 for room in rooms}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as http:
+        async def register(i: int) -> dict:
+            async with http.post(f"{relay.base}/api/shows/{SHOW}/viewers", json={"room": rooms[i % 4]}) as res:
+                return await res.json()
+
+        viewers = await asyncio.gather(*(register(i) for i in range(1000)))
+
+        async def claim(viewer: dict) -> None:
+            async with http.post(f"{relay.base}/api/shows/{SHOW}/coupons/flash/claim", headers={
+                    "Authorization": f"Bearer {viewer['token']}", "Idempotency-Key": "k"}) as res:
+                if res.status == 200 and (await res.json())["result"] == "claimed":
+                    told[viewer["room"]] += 1
+
+        await asyncio.gather(*(claim(v) for v in viewers))
+    recorded = 0.0
+    end = time.monotonic() + 20
+    while recorded < 4 and time.monotonic() < end:
+        await asyncio.sleep(0.5)  # until a few segments are on disk, with a deadline
+        recorded = relay.api("GET", f"/api/shows/{SHOW}/replay")["duration_s"]
+    await host.drop()
+    return told, recorded
+
+
+async def _republish_and_end(relay: Relay, show: dict) -> None:
+    from relay.clients.synthetic import encode_pattern, video_track
+    from relay.clients.whip import WhipClient
+
+    host = WhipClient(f"{relay.base}/whip/{SHOW}", show["stream_key"],
+                      [video_track(encode_pattern(320, 240, 30, seconds=2, gop=30, bitrate=250_000))])
+    await host.start()
+    start = relay.api("GET", f"/api/shows/{SHOW}/replay")["duration_s"]
+    end = time.monotonic() + 20
+    while relay.api("GET", f"/api/shows/{SHOW}/replay")["duration_s"] < start + 2 and time.monotonic() < end:
+        await asyncio.sleep(0.5)  # until the continued replay has grown, with a deadline
+    await host.stop()
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+PHASES = {"join": phase_join, "fuzz": phase_fuzz, "loss": phase_loss, "restart": phase_restart}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--phases", default="join,fuzz,loss,restart", help="comma-separated (all four)")
+    parser.add_argument("--join-viewers", type=int, default=500)
+    parser.add_argument("--join-window", type=float, default=10.0)
+    parser.add_argument("--cap", type=int, default=500, help="the relay's max_viewers_per_process (500)")
+    parser.add_argument("--processes", type=int, default=4, help="viewer worker processes (4)")
+    parser.add_argument("--join-bitrate", type=int, default=150_000, help="the host's video bitrate (150000)")
+    parser.add_argument("--fuzz-examples", type=int, default=3000, help="per endpoint (3000)")
+    parser.add_argument("--loss-seconds", type=float, default=30.0)
+    parser.add_argument("--json", type=Path, help="write the results to this file")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="hard cap for the whole run (600)")
+    parser.add_argument("--keep-logs", action="store_true")
+    args = parser.parse_args(argv)
+    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = set(args.phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = begin_run(args.max_seconds, __file__, argv, "the hosts and viewers")
+    machine = run.machine
+    print(f"machine: {machine['nproc']} CPU(s), {machine['cpu_model']}; Python {machine['python']}, "
+          f"aiortc {machine['aiortc']}", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="faults-bench-"))
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": run.command,
+                               "machine": machine, "args": args_record(args), "phases": {}}
+    status = 0
+    started = time.monotonic()
+    try:
+        for name in args.phases:
+            results["phases"][name] = PHASES[name](args, run, workdir)
+        if not all(all(p["checks"].values()) for p in results["phases"].values()):
+            status = 1
+    except (BenchError, KeyboardInterrupt) as exc:
+        status = stopped_early(results, exc)
+    finally:
+        signal.alarm(0)
+        results["seconds"] = round(time.monotonic() - started, 1)
+        for name, phase in results["phases"].items():
+            failed = [c for c, ok in phase["checks"].items() if not ok]
+            print(f"summary: {name}: {'PASS' if not failed else 'FAIL: ' + '; '.join(failed)}", flush=True)
+        end_run(results, args.json, workdir, args.keep_logs or status == 3)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
