@@ -97,8 +97,8 @@ async def create_show(request: web.Request) -> web.Response:
     body = await read_json(request)
     title = _text_field(body, "title")
     show_id = _slug_field(body, "id", required=False)
-    public = body.get("replay_public", True)
-    if not isinstance(public, bool):
+    public = body.get("replay_public")
+    if public is not None and not isinstance(public, bool):
         raise ApiError(422, "invalid_field", "'replay_public' must be true or false")
     playback = body.get("playback", "public")
     if playback not in ("public", "token"):

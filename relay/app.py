@@ -71,8 +71,11 @@ async def draining_middleware(request: web.Request, handler):
 @web.middleware
 async def cors_middleware(request: web.Request, handler):
     """CORS for the origins in [server] cors_origins (browsers elsewhere play, publish, claim)."""
-    response = await handler(request)
     origin = cors_origin(request)
+    if request.method == "OPTIONS" and not request.path.startswith(("/whip/", "/whep/")):
+        response = web.Response(status=204)  # a preflight for the API (WHIP/WHEP answer their own)
+    else:
+        response = await handler(request)
     if origin is not None and not response.prepared:
         response.headers.update(CORS_HEADERS)
         response.headers["Access-Control-Allow-Origin"] = origin

@@ -32,13 +32,13 @@ def require_admin(request: web.Request) -> None:
         raise ApiError(401, "unauthorized", "wrong admin key", {"WWW-Authenticate": "Bearer"})
 
 
-def check_viewer_token(request: web.Request, show_id: str, room: str) -> None:
+def check_viewer_token(request: web.Request, show, room: str) -> None:
     """For shows whose playback needs a token: a valid viewer token of this show and room, from
     the Authorization header or (for EventSource, which cannot set headers) ?token=."""
     from .appkeys import TOKENS
 
     token = bearer_token(request) or request.query.get("token")
-    identity = request.app[TOKENS].verify(token, show_id)
+    identity = request.app[TOKENS].verify(token, show.id, show.created_at)
     if identity.room != room:
         raise ApiError(403, "wrong_room", f"this viewer token is for room {identity.room!r}")
 
@@ -86,7 +86,7 @@ def cors_origin(request: web.Request) -> str | None:
 
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, POST, DELETE, PATCH, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match, Idempotency-Key, Last-Event-ID",
     "Access-Control-Expose-Headers": "Location, Link",
 }
 

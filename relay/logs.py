@@ -50,9 +50,13 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
         ms = round(duration * 1000, 1)
-        self.logger.info("%s %s %s %sB %sms", request.method, request.path, response.status,
+        path = request.path
+        token = (getattr(request, "match_info", None) or {}).get("token")
+        if token:  # a signed replay link carries its token in the path
+            path = path.replace(token, "<token>")
+        self.logger.info("%s %s %s %sB %sms", request.method, path, response.status,
                          response.body_length, ms,
-                         extra={"method": request.method, "path": request.path, "status": response.status,
+                         extra={"method": request.method, "path": path, "status": response.status,
                                 "bytes": response.body_length, "ms": ms, "remote": request.remote,
                                 **_context(request)})
 

@@ -65,7 +65,7 @@ class ShowService:
         self.live.clear()
 
     # -- shows -----------------------------------------------------------------------------
-    def create_show(self, title: str, show_id: str | None, replay_public: bool = True,
+    def create_show(self, title: str, show_id: str | None, replay_public: bool | None = None,
                     stream_key_ttl_s: float | None = None, playback: str = "public") -> tuple[Show, str]:
         if show_id is None:
             show_id = secrets.token_hex(4)
@@ -74,6 +74,8 @@ class ShowService:
         elif self.store.get_show(show_id):
             raise ApiError(409, "show_exists", f"a show with id {show_id!r} already exists")
         key = new_stream_key()
+        if replay_public is None:  # a token-only show's replay is not for everyone either
+            replay_public = playback != "token"
         now = time.time()
         show = Show(show_id, title, ShowState.SCHEDULED, hash_key(key), now, replay_public=replay_public,
                     stream_key_expires_at=now + stream_key_ttl_s if stream_key_ttl_s else None, playback=playback)
@@ -128,10 +130,11 @@ class ShowService:
         live = self.live.pop(show_id, None)
         if live is not None:
             await live.close()
-        self.replays.delete(show_id)
+        await self.replays.delete(show_id)
         self.store.delete_show(show_id)
 
-    def _mark_live(self, show: Show) -> None:
+    def _mark_live(self, show_id: str) -> None:
+        show = self.get_show(show_id)  # fresh: a key rotated meanwhile must not be written back
         if show.state is ShowState.SCHEDULED:
             show.state = ShowState.LIVE
             show.started_at = time.time()
@@ -194,13 +197,20 @@ class ShowService:
         live = self._live_show(show)
         session = PublisherSession(show_id, live.on_frame, live.publisher_gone)
         answer = await session.answer(offer, self.settings.media.video_codecs)
-        # The show may have ended while the answer was being made.
-        if self.store.get_show(show_id) is None or self.get_show(show_id).state is ShowState.ENDED:
+        # The show may have ended, or its key been rotated, while the answer was being made.
+        current = self.store.get_show(show_id)
+        if current is None or current.state is ShowState.ENDED:
             await session.close()
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
+        try:
+            self.check_stream_key(current, key)
+        except ApiError:
+            await session.close()
+            raise
+        session.key_hash = current.stream_key_hash
         await live.attach_publisher(session)
         self.replays.on_publish(show_id, live.forwarders, session.codecs)
-        self._mark_live(show)
+        self._mark_live(show_id)
         log.info("show %s: publisher %s connected (%s)", show_id, session.id, session.codecs,
                  extra={"show": show_id, "session": session.id})
         self.on_webhook("publish", {"show": show_id, "session": session.id, "codecs": session.codecs})
@@ -208,9 +218,14 @@ class ShowService:
 
     async def unpublish(self, show_id: str, session_id: str, key: str | None) -> None:
         show = self.get_show(show_id)
-        self.check_stream_key(show, key)
         live = self.live.get(show_id)
-        if live is None or live.publisher is None or live.publisher.id != session_id:
+        publisher = live.publisher if live is not None else None
+        # The host may end its own session with the key it published with, even if the key
+        # was rotated or has expired since.
+        if not (publisher is not None and publisher.id == session_id and key
+                and hmac.compare_digest(hash_key(key), publisher.key_hash)):
+            self.check_stream_key(show, key)
+        if publisher is None or publisher.id != session_id:
             raise ApiError(404, "session_not_found", "no such publishing session")
         # An explicit DELETE ends the show: the host said it is done.
         self.on_webhook("unpublish", {"show": show_id, "reason": "host_ended"})

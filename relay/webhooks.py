@@ -93,7 +93,13 @@ class WebhookSender:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
             self._workers = [asyncio.ensure_future(self._work()) for _ in range(WORKERS)]
 
-    async def close(self) -> None:
+    async def close(self, drain_s: float = 2.0) -> None:
+        """Deliver what is queued (for at most `drain_s`), then stop; pending retries are dropped."""
+        if self._workers:
+            try:
+                await asyncio.wait_for(self._queue.join(), drain_s)
+            except TimeoutError:
+                log.warning("webhooks: %d deliveries not made before stopping", self._queue.qsize())
         for handle in self._retries:
             handle.cancel()
         for task in self._workers:
@@ -105,19 +111,27 @@ class WebhookSender:
     async def _work(self) -> None:
         while True:
             delivery = await self._queue.get()
-            if await self._deliver(delivery):
-                WEBHOOKS.labels("delivered").inc()
-                continue
-            delivery.attempt += 1
-            if delivery.attempt >= self._max_attempts:
-                WEBHOOKS.labels("failed").inc()
-                log.error("webhook %s event %s to %s failed %d times; giving up", delivery.event["type"],
-                          delivery.event["id"], delivery.url, delivery.attempt)
-                continue
-            WEBHOOKS.labels("retried").inc()
-            wait = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** (delivery.attempt - 1))
-            handle = asyncio.get_running_loop().call_later(wait, self._retry, delivery)
-            self._retries.add(handle)
+            try:
+                await self._attempt(delivery)
+            except Exception:  # a worker must outlive any one delivery
+                log.exception("webhook %s: delivery failed unexpectedly", delivery.event["id"])
+            finally:
+                self._queue.task_done()
+
+    async def _attempt(self, delivery: _Delivery) -> None:
+        if await self._deliver(delivery):
+            WEBHOOKS.labels("delivered").inc()
+            return
+        delivery.attempt += 1
+        if delivery.attempt >= self._max_attempts:
+            WEBHOOKS.labels("failed").inc()
+            log.error("webhook %s event %s to %s failed %d times; giving up", delivery.event["type"],
+                      delivery.event["id"], delivery.url, delivery.attempt)
+            return
+        WEBHOOKS.labels("retried").inc()
+        wait = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** (delivery.attempt - 1))
+        handle = asyncio.get_running_loop().call_later(wait, self._retry, delivery)
+        self._retries.add(handle)
 
     def _retry(self, delivery: _Delivery) -> None:
         self._retries = {h for h in self._retries if not h.cancelled() and h.when() > time.monotonic()}

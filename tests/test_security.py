@@ -33,18 +33,24 @@ async def test_a_rotated_stream_key_stops_new_publishes_and_keeps_the_host_on_ai
     assert (await relay.api("POST", "/api/shows/keys/stream-key", {"ttl_s": 5}))[0] == 422
     assert (await relay.request("POST", "/api/shows/keys/stream-key"))[0] == 401
     await host.drop()
-    await relay.publish({**show, "stream_key": rotated["stream_key"]}, tracks(h264_clip, None))
+    second = await relay.publish({**show, "stream_key": rotated["stream_key"]}, tracks(h264_clip, None))
+    # Rotated again while this host is on air: it can still end its own session with its key.
+    await relay.api("POST", "/api/shows/keys/stream-key")
+    await second.stop()
+    assert (await relay.show("keys"))["end_reason"] == "host_ended"
 
     # An expired key is refused with its own error; the show itself is untouched.
+    await relay.create_show("keys2")
+    rotated = (await relay.api("POST", "/api/shows/keys2/stream-key", {"ttl_s": 3600}))[1]
     service = relay.app[SHOWS]
-    stored = service.get_show("keys")
+    stored = service.get_show("keys2")
     stored.stream_key_expires_at = time.time() - 1  # as if its hour had passed
     service.store.update_show(stored)
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{relay.base}/whip/keys", data="v=0\r\n", headers={
+        async with http.post(f"{relay.base}/whip/keys2", data="v=0\r\n", headers={
                 "Authorization": f"Bearer {rotated['stream_key']}", "Content-Type": "application/sdp"}) as res:
             assert res.status == 401 and (await res.json())["error"] == "stream_key_expired"
-    assert (await relay.show("keys"))["state"] == "live"
+    assert (await relay.show("keys2"))["state"] == "scheduled"
 
 
 async def test_token_playback_needs_a_viewer_token_of_the_room(relay, h264_clip):
@@ -69,6 +75,15 @@ async def test_token_playback_needs_a_viewer_token_of_the_room(relay, h264_clip)
             assert res.status == 200 and res.content_type == "text/event-stream"
     stats = (await relay.api("GET", "/api/shows/vip/stats"))[1]
     assert stats["rooms"]["d1"]["viewers"] == 1 and stats["rooms"]["hq"]["total_sessions"] == 0
+    assert (await relay.show("vip"))["replay_public"] is False  # its replay is not public either
+    # A later show that reuses the id does not accept this show's tokens.
+    await relay.close_clients()
+    assert (await relay.api("DELETE", "/api/shows/vip"))[0] == 204
+    await relay.api("POST", "/api/shows", {"title": "VIP 2", "id": "vip", "playback": "token"})
+    await relay.api("POST", "/api/shows/vip/mirrors", {"distributor": "d1", "name": "D1"})
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{relay.base}/events/vip/d1?token={issued['token']}") as res:
+            assert res.status == 401
 
 
 async def status_of(url: str) -> int:
@@ -99,7 +114,11 @@ async def test_private_replays_open_with_signed_expiring_links_only(relay, h264_
     token = base.rsplit("/", 1)[1]
     assert (await relay.request("GET", f"/replay/other/signed/{token}/index.m3u8"))[0] in (401, 404)
     assert (await relay.request("GET", f"/replay/private/signed/{token[:-2]}xx/index.m3u8"))[0] == 401
-    assert (await relay.request("GET", "/api/shows/private/replay?link_ttl_s=5", headers=relay.admin))[0] == 400
+    for bad in ("5", "²", "x"):
+        assert (await relay.request("GET", f"/api/shows/private/replay?link_ttl_s={bad}",
+                                    headers=relay.admin))[0] == 400
+    assert await status_of(f"{relay.base}{base}/chapters.vtt") == 200
+    assert await status_of(f"{relay.base}{base}/show.mp4") in (200, 404)  # 404 until the MP4 is made
 
 
 async def test_viewers_beyond_the_show_cap_get_503_with_retry_after(make_relay, h264_clip):
@@ -126,6 +145,11 @@ async def test_cors_answers_only_the_configured_origins(make_relay):
                 assert res.headers.get("Access-Control-Allow-Origin") == expected
             async with http.get(f"{relay.base}/api/shows/cors/status", headers={"Origin": origin}) as res:
                 assert res.headers.get("Access-Control-Allow-Origin") == expected
+        async with http.options(f"{relay.base}/api/shows/cors/coupons/c/claim", headers={
+                "Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, idempotency-key"}) as res:
+            assert res.status == 204  # a shop's page may claim from the browser
+            assert "Idempotency-Key" in res.headers["Access-Control-Allow-Headers"]
 
 
 async def test_no_secret_or_token_reaches_the_log(server_process, tmp_path, h264_clip):

@@ -153,7 +153,7 @@ async def stop(request: web.Request) -> web.Response:
 async def claim(request: web.Request) -> web.Response:
     request.app[LIMITS]["claims"].check(request)
     show = request.app[SHOWS].get_show(request.match_info["show"])
-    viewer = request.app[TOKENS].verify(bearer_token(request), show.id)
+    viewer = request.app[TOKENS].verify(bearer_token(request), show.id, show.created_at)
     key = request.headers.get("Idempotency-Key", "")
     if not key or len(key) > 200:
         raise ApiError(400, "missing_idempotency_key", "send an Idempotency-Key header (at most 200 characters)")

@@ -23,7 +23,7 @@ async def play(request: web.Request) -> web.Response:
     show = service.get_show(show_id)
     service.check_room(show_id, room)
     if show.playback == "token":
-        check_viewer_token(request, show.id, room)
+        check_viewer_token(request, show, room)
     offer = parse_offer(await read_sdp(request), sending=False)
     viewer, answer = await service.watch(show_id, room, offer)
     return sdp_answer(answer, f"/whep/{show_id}/{room}/{viewer.id}")

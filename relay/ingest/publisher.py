@@ -29,6 +29,7 @@ class PublisherSession:
         self.started_at = time.time()
         self.last_frame_at = time.monotonic()
         self.frames = 0
+        self.key_hash = ""  # of the stream key this session published with
         self.closed = False
         self._on_frame = on_frame
         self._on_gone = on_gone

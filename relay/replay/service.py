@@ -138,10 +138,14 @@ class ReplayService:
         await self._process(show_id, playlist, error)
 
     # -- retention -------------------------------------------------------------------------
-    def delete(self, show_id: str) -> None:
+    async def delete(self, show_id: str) -> None:
         recorder = self.recorders.pop(show_id, None)
-        if recorder is not None:
-            recorder.finish()
+        self._paused.pop(show_id, None)
+        if recorder is not None:  # its thread stops writing before the files go
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(recorder.finish()), 10)
+            except Exception as exc:
+                log.warning("show %s: the recording ended badly while being deleted: %s", show_id, exc)
         self.store.delete_replay(show_id)
         shutil.rmtree(self.folder(show_id), ignore_errors=True)
 

@@ -31,6 +31,7 @@ def _vtt_time(seconds: float) -> str:
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
 
 
+@routes.get("/replay/{show}/signed/{token}/chapters.vtt")
 @routes.get("/replay/{show}/chapters.vtt")
 async def chapters_vtt(request: web.Request) -> web.Response:
     """WebVTT chapters: one cue per product card, over the time it was pinned."""
@@ -39,7 +40,10 @@ async def chapters_vtt(request: web.Request) -> web.Response:
     info = request.app[REPLAYS].describe(show_id, "") if show else None
     if info is None:
         raise _not_found()
-    if not show.replay_public:
+    signed = request.match_info.get("token")
+    if signed is not None:
+        request.app[TOKENS].verify_replay(signed, show_id, show.created_at)
+    elif not show.replay_public:
         require_admin(request)
     lines = ["WEBVTT", ""]
     for i, chapter in enumerate(await request.app[SHELF].chapters(show_id, info["duration_s"]), 1):
@@ -64,7 +68,7 @@ async def replay_file(request: web.Request) -> web.StreamResponse:
         raise _not_found()
     signed = request.match_info.get("token")
     if signed is not None:
-        request.app[TOKENS].verify_replay(signed, show_id)
+        request.app[TOKENS].verify_replay(signed, show_id, show.created_at)
     elif not show.replay_public:
         require_admin(request)
     path = replays.folder(show_id) / name
@@ -73,6 +77,8 @@ async def replay_file(request: web.Request) -> web.StreamResponse:
     content_type, cache = kind
     if name == "index.m3u8" and replays.store.get_replay(show_id).state.value == "recording":
         cache = "no-cache"
+    if not show.replay_public:  # a shared cache must never keep what a key or a link unlocked
+        cache = cache.replace("public", "private")
     response = web.FileResponse(path, headers={"Cache-Control": cache})
     response.content_type = content_type
     return response
@@ -89,12 +95,16 @@ async def replay_info(request: web.Request) -> web.Response:
     info["chapters"] = await request.app[SHELF].chapters(show.id, info["duration_s"])
     info["chapters_url"] = f"{request.app[SHOWS].settings.base_url}/replay/{show.id}/chapters.vtt"
     if not show.replay_public:  # only the operator gets here: links to hand to viewers
-        ttl = request.query.get("link_ttl_s", "86400")
-        if not ttl.isdigit() or not 60 <= int(ttl) <= 30 * 86400:
+        try:
+            ttl = int(request.query.get("link_ttl_s", "86400"))
+        except ValueError:
+            ttl = 0
+        if not 60 <= ttl <= 30 * 86400:
             raise ApiError(400, "bad_link_ttl", "link_ttl_s must be a number of seconds from 60 to 2592000")
-        token, exp = request.app[TOKENS].issue_replay(show.id, int(ttl))
+        token, exp = request.app[TOKENS].issue_replay(show.id, show.created_at, ttl)
         base = f"{request.app[SHOWS].settings.base_url}/replay/{show.id}/signed/{token}"
         info["signed_links"] = {"hls_url": f"{base}/index.m3u8",
-                                "mp4_url": f"{base}/show.mp4" if info["mp4_url"] else None, "expires_at": exp}
+                                "mp4_url": f"{base}/show.mp4" if info["mp4_url"] else None,
+                                "chapters_url": f"{base}/chapters.vtt", "expires_at": exp}
     return web.json_response(info)
 

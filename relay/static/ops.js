@@ -129,6 +129,7 @@ $("#end-show").addEventListener("click", () => act(async () => {
 }));
 
 // -- one show: rooms, figures, shelf, coupons ---------------------------------------------------
+let shown = "";
 async function refresh() {
   const showId = current;
   if (!showId || !adminKey) return;
@@ -139,6 +140,11 @@ async function refresh() {
     call("GET", `/api/shows/${showId}/coupons`),
   ]);
   if (showId !== current) return;
+  // Rebuild only when something changed: focus, clicks and "Copied" survive the 2 s refresh.
+  const { tracks, keyframe_requests, publisher, ...stable } = show;
+  const fingerprint = JSON.stringify([stable, !!publisher, stats.rooms, shelf, coupons]);
+  if (fingerprint === shown) return;
+  shown = fingerprint;
   $("#show-name").textContent = show.title;
   $("#show-state").textContent = show.state === "live" && !show.publisher ? "host reconnecting" : show.state;
   $("#show-state").classList.toggle("live", show.state === "live");

@@ -47,18 +47,27 @@ async function main() {
     document.title = `${status.title} · Replay`;
   }
   let source = null;
+  let renderedChapters = "";
   for (;;) {
     let info;
     try {
       info = await api("GET", `/api/shows/${show}/replay`);
+      showError($("#error"), null);
     } catch (e) {
-      $("#state").textContent = "Unavailable";
       showError($("#error"), e.status === 401 ? new Error("This replay is private.") : e);
+      if (e.status === 0 || e.status >= 500) { // a network blip or a restart: try again
+        await sleep(3000);
+        continue;
+      }
+      $("#state").textContent = "Unavailable";
       return;
     }
     $("#state").textContent = STATES[info.state] || info.state;
     if (info.error) showError($("#error"), new Error(`Recording problem: ${info.error}`));
-    renderChapters(info.chapters);
+    if (JSON.stringify(info.chapters) !== renderedChapters) {
+      renderedChapters = JSON.stringify(info.chapters);
+      renderChapters(info.chapters);
+    }
     const hls = video.canPlayType("application/vnd.apple.mpegurl") ? info.hls_url : null;
     const wanted = info.mp4_url || (info.state !== "recording" ? hls : null);
     if (wanted && wanted !== source) {

@@ -63,8 +63,8 @@ function setLive(live, text) {
   $("#badge").classList.toggle("live", live);
   $("#live-button").disabled = live;
   $("#stop-button").disabled = !live;
-  $("#key").disabled = live;
-  $("#source").disabled = live;
+  // While on air the tracks being sent must stay: no new capture until the host stops.
+  for (const id of ["#key", "#source", "#camera", "#microphone", "#preview-button"]) $(id).disabled = live;
 }
 
 async function goLive(event) {
@@ -76,7 +76,7 @@ async function goLive(event) {
     $("#key").focus();
     return;
   }
-  if (!stream && !(await startPreview())) return;
+  if (!stream && !(await startPreview())) return; // the preview shows what goes out
   setLive(true, "Connecting…");
   try {
     session = await whipPublish(whipUrl, key, stream);
@@ -146,7 +146,9 @@ async function followStatus() {
 $("#preview-button").addEventListener("click", startPreview);
 $("#setup").addEventListener("submit", goLive);
 $("#stop-button").addEventListener("click", stop);
-$("#source").addEventListener("change", () => stream && startPreview());
+for (const id of ["#source", "#camera", "#microphone"]) {
+  $(id).addEventListener("change", () => { if (!session) startPreview(); });
+}
 listDevices();
 measure();
 followStatus();

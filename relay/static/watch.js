@@ -14,20 +14,23 @@ let viewer = null; // {viewer_id, token}
 let playing = false;
 
 // -- identity: a signed viewer token that keeps the room this viewer came through -------------
+// Per show (credit stays with the first room); a token given for token playback is per room.
+const storageKey = () => `livecast.viewer.${show}${given ? `.${room}` : ""}`;
+
 async function identify() {
   if (given) {
     const identity = { token: given };
-    localStorage.setItem(`livecast.viewer.${show}`, JSON.stringify(identity));
+    localStorage.setItem(storageKey(), JSON.stringify(identity));
     history.replaceState(null, "", location.pathname + (ref ? `?ref=${encodeURIComponent(ref)}` : ""));
     return identity;
   }
-  const stored = localStorage.getItem(`livecast.viewer.${show}`);
+  const stored = localStorage.getItem(storageKey());
   const prior = stored ? JSON.parse(stored) : null;
   if (prior && !ref) return prior;
   try {
     const body = { room, ...(ref ? { ref } : {}) };
     const fresh = await api("POST", `/api/shows/${show}/viewers`, { body, token: prior?.token });
-    localStorage.setItem(`livecast.viewer.${show}`, JSON.stringify(fresh));
+    localStorage.setItem(storageKey(), JSON.stringify(fresh));
     return fresh;
   } catch (e) {
     if (prior) return prior; // keep watching as before; claims will say what is wrong
@@ -101,6 +104,11 @@ async function followMedia() {
       await connectionLost(session.pc);
     } catch (e) {
       $("#error").textContent = e.message;
+      if (e.status === 401 || e.status === 403) { // this viewer may not watch this room: say so
+        $("#state").hidden = false;
+        $("#state-text").textContent = e.message;
+        backoff = 30000;
+      }
       if (e.status === 404 || e.status === 409) await refreshStatus(); // not live (any more)
     }
     playing = false;
@@ -109,8 +117,8 @@ async function followMedia() {
       endSession(session.location);
     }
     render();
-    await sleep(backoff);
-    backoff = Math.min(backoff * 2, 8000);
+    await sleep(backoff * (0.8 + 0.4 * Math.random())); // jittered: viewers do not retry in lockstep
+    backoff = Math.min(backoff * 2, 30000);
   }
 }
 
@@ -143,7 +151,9 @@ function currentCoupon() {
   const now = Date.now() / 1000;
   let chosen = null;
   for (const c of coupons.values()) {
-    const open = c.state === "live" && (!c.ends_at || c.ends_at > now) && (!c.starts_at || c.starts_at <= now);
+    // "scheduled" was the state when the event was made; it opens at starts_at without a new event.
+    const open = (c.state === "live" || c.state === "scheduled") && (!c.ends_at || c.ends_at > now)
+      && (!c.starts_at || c.starts_at <= now);
     if (open && (!chosen || c.ends_at < chosen.ends_at)) chosen = c;
   }
   return chosen;
@@ -214,12 +224,14 @@ $("#claim").addEventListener("click", async () => {
 
 function followEvents() {
   let last = null;
+  let retry = 2000;
   const path = `/events/${show}${room === "hq" ? "" : `/${room}`}`;
   const open = () => {
     const query = new URLSearchParams();
     if (last !== null) query.set("last_event_id", last);
     if (status.playback === "token" && viewer?.token) query.set("token", viewer.token);
     const source = new EventSource(`${path}?${query}`);
+    source.onopen = () => { retry = 2000; };
     const on = (type, handle) => source.addEventListener(type, (ev) => {
       last = Number(ev.lastEventId);
       handle(JSON.parse(ev.data));
@@ -232,7 +244,8 @@ function followEvents() {
     for (const type of ["shelf.updated"]) on(type, () => {});
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) { // the server answered with an error: try again later
-        setTimeout(open, 3000);
+        setTimeout(open, retry * (0.8 + 0.4 * Math.random()));
+        retry = Math.min(retry * 2, 60000);
       }
     };
   };
