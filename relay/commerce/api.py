@@ -58,11 +58,11 @@ async def register_viewer(request: web.Request) -> web.Response:
             identity = ViewerIdentity(show.id, identity.room, identity.viewer_id, ref)
             await store.record_sharer(show.id, identity.viewer_id, ref)
         return web.json_response({"viewer_id": identity.viewer_id, "room": identity.room,
-                                  "token": tokens.issue(identity, show.created_at)}, status=200)
+                                  "token": tokens.issue(identity)}, status=200)
     identity = ViewerIdentity(show.id, room, "v" + secrets.token_hex(8), ref)
     await store.register_viewer(show.id, identity.viewer_id, room, ref, time.time())
     return web.json_response({"viewer_id": identity.viewer_id, "room": room,
-                              "token": tokens.issue(identity, show.created_at)},
+                              "token": tokens.issue(identity)},
                              status=201)
 
 

@@ -16,11 +16,6 @@ ALGORITHM = "HS256"
 TOKEN_TTL_S = 7 * 86400
 
 
-def _epoch(created_at: float) -> int:
-    """A show's incarnation, in microseconds: a deleted show's tokens never open its successor."""
-    return int(created_at * 1_000_000)
-
-
 @dataclass(frozen=True)
 class ViewerIdentity:
     show_id: str
@@ -53,45 +48,49 @@ class ViewerTokens:
         """Sign and check with `secret` from now on (the one shared through the Redis store)."""
         self._secret = secret
 
-    def issue(self, identity: ViewerIdentity, epoch: float) -> str:
-        """`epoch`: the show's created_at, so a token never opens a later show with the same id."""
+    def issue(self, identity: ViewerIdentity) -> str:
         now = int(time.time())
+        # "t": when it was made, finer than iat, to tell it from a show made later with the same id
         claims = {"sub": identity.viewer_id, "show": identity.show_id, "room": identity.room,
-                  "epoch": _epoch(epoch), "iat": now, "exp": now + int(self._ttl)}
+                  "iat": now, "t": time.time(), "exp": now + int(self._ttl)}
         if identity.sharer:
             claims["ref"] = identity.sharer
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
-    def issue_replay(self, show_id: str, epoch: float, ttl_s: float) -> tuple[str, int]:
+    def issue_replay(self, show_id: str, ttl_s: float) -> tuple[str, int]:
         """A token that opens a private replay's files until it expires; returns (token, exp)."""
-        exp = int(time.time() + ttl_s)
-        claims = {"scope": "replay", "show": show_id, "epoch": _epoch(epoch), "exp": exp}
+        now = int(time.time())
+        exp = int(now + ttl_s)
+        claims = {"scope": "replay", "show": show_id, "iat": now, "t": time.time(), "exp": exp}
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM), exp
 
-    def verify_replay(self, token: str, show_id: str, epoch: float) -> None:
+    def verify_replay(self, token: str, show_id: str, show_created_at: float) -> None:
+        """Valid for this show, unexpired, and made after the show was (a deleted show's links
+        never open a later show with the same id)."""
         try:
-            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options={"require": ["scope", "exp"]})
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM],
+                                options={"require": ["scope", "t", "exp"]})
         except jwt.ExpiredSignatureError as exc:
             raise ApiError(401, "link_expired", "this replay link has expired") from exc
         except jwt.InvalidTokenError as exc:
             raise ApiError(401, "unauthorized", "invalid replay link") from exc
-        if claims["scope"] != "replay" or claims.get("show") != show_id or claims.get("epoch") != _epoch(epoch):
+        if claims["scope"] != "replay" or claims.get("show") != show_id or claims["t"] < show_created_at:
             raise ApiError(401, "unauthorized", "this link is for another replay")
 
-    def verify(self, token: str | None, show_id: str, epoch: float) -> ViewerIdentity:
+    def verify(self, token: str | None, show_id: str, show_created_at: float) -> ViewerIdentity:
         """The identity in a valid, unexpired token for `show_id`; 401 otherwise."""
         if not token:
             raise ApiError(401, "unauthorized", "missing viewer token: send Authorization: Bearer <token>",
                            {"WWW-Authenticate": "Bearer"})
         try:
             claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM],
-                                options={"require": ["sub", "show", "room", "exp"]})
+                                options={"require": ["sub", "show", "room", "t", "exp"]})
             if claims.get("scope", "viewer") != "viewer":
                 raise jwt.InvalidTokenError("not a viewer token")
         except jwt.ExpiredSignatureError as exc:
             raise ApiError(401, "token_expired", "viewer token has expired; get a new one") from exc
         except jwt.InvalidTokenError as exc:
             raise ApiError(401, "unauthorized", "invalid viewer token") from exc
-        if claims["show"] != show_id or claims.get("epoch") != _epoch(epoch):
+        if claims["show"] != show_id or claims["t"] < show_created_at:
             raise ApiError(401, "unauthorized", "viewer token is for another show")
         return ViewerIdentity(claims["show"], claims["room"], claims["sub"], claims.get("ref"))

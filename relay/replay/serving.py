@@ -101,7 +101,7 @@ async def replay_info(request: web.Request) -> web.Response:
             ttl = 0
         if not 60 <= ttl <= 30 * 86400:
             raise ApiError(400, "bad_link_ttl", "link_ttl_s must be a number of seconds from 60 to 2592000")
-        token, exp = request.app[TOKENS].issue_replay(show.id, show.created_at, ttl)
+        token, exp = request.app[TOKENS].issue_replay(show.id, ttl)
         base = f"{request.app[SHOWS].settings.base_url}/replay/{show.id}/signed/{token}"
         info["signed_links"] = {"hls_url": f"{base}/index.m3u8",
                                 "mp4_url": f"{base}/show.mp4" if info["mp4_url"] else None,
