@@ -49,9 +49,7 @@ import math
 import multiprocessing as mp
 import os
 import random
-import re
 import resource
-import secrets
 import signal
 import sys
 import tempfile
@@ -66,20 +64,17 @@ from typing import Any, Self
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fanout import (
-    relay_env,
+    RelayUnderTest,
     BenchError,
     Deadline,
-    ServerProcess,
     Worker,
     args_record,
     end_run,
     begin_run,
     cpu_seconds,
-    http_json,
     percentile,
     serve_commands,
     report_log_problems,
-    start_redis,
     stopped_early,
 )
 
@@ -301,29 +296,10 @@ class CouponBench:
         self.workdir = workdir
         self.ctx = mp.get_context("spawn")
         self.workers: list[Worker] = []
-        self.server: ServerProcess | None = None
-        self.redis: ServerProcess | None = None
-        self.base = ""
-        self.admin_key = secrets.token_urlsafe(24)
+        self.relay = RelayUnderTest(workdir, server_cpus, deadline, store=args.store)
         self.viewers: list[Viewer] = []
 
     # -- setup / teardown --------------------------------------------------------------------
-    @property
-    def server_pid(self) -> int:
-        if self.server is None:
-            raise BenchError("the server is not running")
-        return self.server.pid
-
-    def start_server(self) -> None:
-        env = relay_env(self.admin_key)
-        if self.args.store == "redis":
-            self.redis, env["RELAY_STORE_REDIS_URL"] = start_redis(self.workdir, self.server_cpus, self.deadline)
-        argv = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", "0",
-                "--data-dir", str(self.workdir / "data")]
-        self.server = ServerProcess("relay", argv, env, self.server_cpus, self.workdir / "relay.log",
-                                    re.compile(r"listening on (http://\S+)"))
-        self.base = self.server.start(self.deadline.cap(30))
-
     def spawn_workers(self) -> None:
         for i in range(self.args.processes):
             self.workers.append(Worker(self.ctx, f"loadgen-{i}", load_worker, (self.client_cpus,)))
@@ -332,21 +308,12 @@ class CouponBench:
         for worker in self.workers:
             worker.close()
         self.workers.clear()
-        if self.server is not None:
-            self.server.stop()
-        if self.redis is not None:
-            self.redis.stop()
-
-    def admin(self, method: str, path: str, body: dict | None = None, expect: int = 200) -> Any:
-        status, reply = http_json(method, f"{self.base}{path}", body, self.admin_key, timeout=self.deadline.cap(30))
-        if status != expect:
-            raise BenchError(f"{method} {path} answered {status}: {reply}")
-        return reply
+        self.relay.stop()
 
     def setup_show(self) -> None:
-        self.admin("POST", "/api/shows", {"title": "Coupon bench", "id": SHOW_ID}, expect=201)
+        self.relay.api("POST", "/api/shows", {"title": "Coupon bench", "id": SHOW_ID}, expect=201)
         for distributor in MIRRORS:
-            self.admin("POST", f"/api/shows/{SHOW_ID}/mirrors", {"distributor": distributor,
+            self.relay.api("POST", f"/api/shows/{SHOW_ID}/mirrors", {"distributor": distributor,
                                                                   "name": distributor.upper()}, expect=201)
 
     def register_viewers(self) -> float:
@@ -358,7 +325,7 @@ class CouponBench:
         per_worker = max(1, min(50, self.args.concurrency // len(self.workers)))
         t = time.monotonic()
         for worker, chunk in zip(self.workers, chunks):
-            worker.send("register", self.base, SHOW_ID, chunk, per_worker)
+            worker.send("register", self.relay.base, SHOW_ID, chunk, per_worker)
         rows = [row for worker in self.workers for row in expect(worker, "registered", self.deadline.cap(120))]
         elapsed = time.monotonic() - t
         failed = [row for row in rows if row[1] is None]
@@ -370,10 +337,10 @@ class CouponBench:
     # -- one phase ---------------------------------------------------------------------------
     def run_phase(self, phase: str, coupon_id: str, quantity: int, limit: int, caps: dict[str, int],
                   requests: list[tuple[Viewer, str]], concurrency: int) -> PhaseResult:
-        self.admin("POST", f"/api/shows/{SHOW_ID}/coupons", {
+        self.relay.api("POST", f"/api/shows/{SHOW_ID}/coupons", {
             "id": coupon_id, "title": f"{phase} bench", "quantity": quantity, "per_viewer_limit": limit,
             "duration_s": 3600, "room_caps": caps}, expect=201)
-        self.admin("POST", f"/api/shows/{SHOW_ID}/coupons/{coupon_id}/launch")
+        self.relay.api("POST", f"/api/shows/{SHOW_ID}/coupons/{coupon_id}/launch")
 
         workers = self.workers[:max(1, min(len(self.workers), concurrency))]
         chunks: list[list[tuple[int, str, str]]] = [[] for _ in workers]
@@ -382,15 +349,15 @@ class CouponBench:
         slots = [concurrency // len(workers) + (1 if i < concurrency % len(workers) else 0)
                  for i in range(len(workers))]
         for worker, slot in zip(workers, slots):
-            worker.send("prepare", slot, not self.args.cold, self.base)
+            worker.send("prepare", slot, not self.args.cold, self.relay.base)
         warm = max(expect(worker, "prepared", self.deadline.cap(120)) for worker in workers)
         if not self.args.cold:
             print(f"{phase}: opened {concurrency} connections in {warm:.2f} s", flush=True)
         start_at = time.time() + 0.3
         for worker, chunk, slot in zip(workers, chunks, slots):
-            worker.send("claim", self.base, SHOW_ID, coupon_id, chunk, slot, start_at)
-        sampler = CpuSampler({"server": [self.server_pid], "loadgen": [w.pid for w in workers],
-                              "redis": [self.redis.pid] if self.redis is not None else []})
+            worker.send("claim", self.relay.base, SHOW_ID, coupon_id, chunk, slot, start_at)
+        sampler = CpuSampler({"server": [self.relay.pid], "loadgen": [w.pid for w in workers],
+                              "redis": [self.relay.redis.pid] if self.relay.redis is not None else []})
         with sampler:
             replies = [expect(worker, "claimed", self.deadline.cap(600)) for worker in workers]
         t0, t1 = min(r["t0"] for r in replies), max(r["t1"] for r in replies)
@@ -399,13 +366,13 @@ class CouponBench:
         _, loadgen_share = sampler.share("loadgen", t0, t1)
         _, redis_share = sampler.share("redis", t0, t1)
         rows = sorted((row for r in replies for row in r["rows"]), key=lambda row: row[0])
-        server = self.admin("GET", f"/api/shows/{SHOW_ID}/coupons/{coupon_id}")
-        stats = self.admin("GET", f"/api/shows/{SHOW_ID}/stats")
+        server = self.relay.api("GET", f"/api/shows/{SHOW_ID}/coupons/{coupon_id}")
+        stats = self.relay.api("GET", f"/api/shows/{SHOW_ID}/stats")
         server["stats_claims"] = {room: view.get("claims_by_coupon", {}).get(coupon_id, 0)
                                   for room, view in stats.get("rooms", {}).items()}
         result = self.judge(phase, coupon_id, quantity, limit, caps, requests, rows, server, concurrency,
                             len(workers), seconds, server_share, loadgen_share, server_cpu)
-        if self.redis is not None:
+        if self.relay.redis is not None:
             result.redis_cpu_pct = 100 * redis_share
         return result
 
@@ -596,9 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         bench.spawn_workers()
-        bench.start_server()
+        bench.relay.start()
         bench.setup_show()
-        print(f"relay pid {bench.server_pid} at {bench.base}", flush=True)
+        print(f"relay pid {bench.relay.pid} at {bench.relay.base}", flush=True)
         rate = bench.register_viewers()
         results["registrations_per_s"] = rate
         print(f"registered {len(bench.viewers)} viewers over {', '.join(ROOMS)} ({rate:.0f}/s)", flush=True)
@@ -622,8 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
         bench.close()
         results["seconds"] = round(time.monotonic() - started, 1)
-        if bench.server is not None:
-            results["log_problems"] = report_log_problems(bench.server, "relay")
+        if bench.relay.server is not None:
+            results["log_problems"] = report_log_problems(bench.relay.server, "relay")
         for p in results["phases"]:
             verdict = "PASS" if p["passed"] else "FAIL"
             target = TARGET_CLAIMS_PER_S[args.store]

@@ -42,7 +42,6 @@ import math
 import multiprocessing as mp
 import os
 import re
-import secrets
 import signal
 import statistics
 import sys
@@ -59,18 +58,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from coupons import CpuSampler, expect, raise_fd_limit
 from fanout import serve_commands
 from fanout import (
-    relay_env,
+    RelayUnderTest,
     BenchError,
     Deadline,
-    ServerProcess,
     Worker,
-    http_json,
     percentile,
     args_record,
     end_run,
     begin_run,
     report_log_problems,
-    start_redis,
     stopped_early,
 )
 
@@ -322,39 +318,14 @@ class EventBench:
         self.workdir = workdir
         self.ctx = mp.get_context("spawn")
         self.workers: list[Worker] = []
-        self.server: ServerProcess | None = None
-        self.redis: ServerProcess | None = None
-        self.base = ""
-        self.admin_key = secrets.token_urlsafe(24)
+        self.relay = RelayUnderTest(workdir, server_cpus, deadline, store=args.store)
         self.pinned: str | None = None  # the product on the card now
         self.pins = 0
 
-    @property
-    def server_pid(self) -> int:
-        if self.server is None:
-            raise BenchError("the server is not running")
-        return self.server.pid
-
-    def start_server(self) -> None:
-        env = relay_env(self.admin_key)
-        if self.args.store == "redis":  # events then travel through Redis pub/sub
-            self.redis, env["RELAY_STORE_REDIS_URL"] = start_redis(self.workdir, self.server_cpus, self.deadline)
-        argv = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", "0",
-                "--data-dir", str(self.workdir / "data")]
-        self.server = ServerProcess("relay", argv, env, self.server_cpus, self.workdir / "relay.log",
-                                    re.compile(r"listening on (http://\S+)"))
-        self.base = self.server.start(self.deadline.cap(30))
-
-    def admin(self, method: str, path: str, body: dict | None = None, expect_status: int = 200) -> Any:
-        status, reply = http_json(method, f"{self.base}{path}", body, self.admin_key, timeout=self.deadline.cap(30))
-        if status != expect_status:
-            raise BenchError(f"{method} {path} answered {status}: {reply}")
-        return reply
-
     def setup_show(self) -> None:
-        self.admin("POST", "/api/shows", {"title": "Event bench", "id": SHOW_ID}, 201)
+        self.relay.api("POST", "/api/shows", {"title": "Event bench", "id": SHOW_ID}, 201)
         for distributor in MIRRORS:
-            self.admin("POST", f"/api/shows/{SHOW_ID}/mirrors", {"distributor": distributor,
+            self.relay.api("POST", f"/api/shows/{SHOW_ID}/mirrors", {"distributor": distributor,
                                                                   "name": distributor.upper()}, 201)
         for i, product in enumerate(PRODUCTS):
             body: dict[str, Any] = {"id": product, "title": f"Product {i + 1}", "price": 10 + i,
@@ -362,7 +333,7 @@ class EventBench:
                                     "link": f"https://shop.example/{product}"}
             if i == 0:
                 body["rooms"] = {"d1": {"price": 8.5, "hidden": False}}
-            self.admin("POST", f"/api/shows/{SHOW_ID}/products", body, 201)
+            self.relay.api("POST", f"/api/shows/{SHOW_ID}/products", body, 201)
 
     def ensure_workers(self, count: int) -> None:
         while len(self.workers) < count:
@@ -373,10 +344,7 @@ class EventBench:
         for worker in self.workers:
             worker.close()
         self.workers.clear()
-        if self.server is not None:
-            self.server.stop()
-        if self.redis is not None:
-            self.redis.stop()
+        self.relay.stop()
 
     def run_step(self, n: int) -> StepResult:
         args = self.args
@@ -384,7 +352,7 @@ class EventBench:
         self.ensure_workers(math.ceil(n / per))
         used = self.workers[:math.ceil(n / per)]
         paths = [f"/events/{SHOW_ID}"] + [f"/events/{SHOW_ID}/{d}" for d in MIRRORS]
-        parts = urlsplit(self.base)
+        parts = urlsplit(self.relay.base)
         t = time.monotonic()
         for w, worker in enumerate(used):
             assigned = [(k, paths[k % len(paths)]) for k in range(w * per, min(n, (w + 1) * per))]
@@ -402,9 +370,9 @@ class EventBench:
               f"({len(used)} process(es)); events so far: seq {baseline}", flush=True)
         self.deadline.sleep(args.settle)
 
-        operator = Operator(self.base, self.admin_key)
+        operator = Operator(self.relay.base, self.relay.admin_key)
         calls: list[Call] = []
-        sampler = CpuSampler({"server": [self.server_pid], "loadgen": [w.pid for w in used]})
+        sampler = CpuSampler({"server": [self.relay.pid], "loadgen": [w.pid for w in used]})
         try:
             with sampler:
                 start = time.monotonic()
@@ -589,8 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     started = time.monotonic()
     try:
-        bench.start_server()
-        print(f"relay pid {bench.server_pid} at {bench.base}", flush=True)
+        bench.relay.start()
+        print(f"relay pid {bench.relay.pid} at {bench.relay.base}", flush=True)
         bench.setup_show()
         for n in args.ladder:
             print(f"\n== {n} subscribers, {args.events} operator calls {args.interval_ms:.0f} ms apart", flush=True)
@@ -603,8 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
         bench.close()
         results["seconds"] = round(time.monotonic() - started, 1)
-        if bench.server is not None:
-            results["log_problems"] = report_log_problems(bench.server, "relay")
+        if bench.relay.server is not None:
+            results["log_problems"] = report_log_problems(bench.relay.server, "relay")
         for s in results["steps"]:
             print(f"summary: {s['subscribers']} subscribers: p50 {s['latency_ms']['p50']:.1f} ms, "
                   f"p99 {s['latency_ms']['p99']:.1f} ms, max {s['latency_ms']['max']:.1f} ms; "

@@ -244,6 +244,79 @@ def start_redis(workdir: Path, cpus: set[int], deadline: "Deadline") -> tuple[Se
     return redis, f"redis://127.0.0.1:{port}/0"
 
 
+class RelayUnderTest:
+    """A `relay serve` subprocess a bench drives (on the embedded store or a Redis it starts),
+    with its admin API and its metrics. Started again, it keeps its port and data dir."""
+
+    def __init__(self, workdir: Path, cpus: set[int], deadline: "Deadline", *, name: str = "relay",
+                 store: str = "embedded", env: dict[str, str] | None = None) -> None:
+        self.admin_key = secrets.token_urlsafe(24)
+        self.workdir = workdir
+        self.data = workdir / f"{name}-data"
+        self.log = workdir / f"{name}.log"
+        self.env = {**relay_env(self.admin_key), **(env or {})}
+        self.cpus = cpus
+        self.deadline = deadline
+        self.store = store
+        self.server: ServerProcess | None = None
+        self.redis: ServerProcess | None = None
+        self.base = ""
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        if self.server is None:
+            raise BenchError("the server is not running")
+        return self.server.pid
+
+    def start(self) -> "RelayUnderTest":
+        if self.store == "redis" and self.redis is None:
+            self.redis, self.env["RELAY_STORE_REDIS_URL"] = start_redis(self.workdir, self.cpus, self.deadline)
+        argv = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                "--data-dir", str(self.data)]
+        self.server = ServerProcess("relay", argv, self.env, self.cpus, self.log,
+                                    re.compile(r"listening on (http://\S+)"))
+        self.base = self.server.start(self.deadline.cap(30))
+        self.port = int(self.base.rsplit(":", 1)[1])
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        assert self.server is not None and self.server.proc is not None
+        self.server.proc.send_signal(signal.SIGKILL)
+        self.server.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+    def api(self, method: str, path: str, body: dict | None = None, expect: int | None = 200) -> Any:
+        status, reply = http_json(method, f"{self.base}{path}", body, self.admin_key, timeout=self.deadline.cap(30))
+        if expect is not None and status != expect:
+            raise BenchError(f"{method} {path} answered {status}: {reply}")
+        return reply
+
+    def metric(self, name: str, labels: str = "") -> float | None:
+        """One sample of /metrics (`labels` as written there, e.g. 'kind="video"'); None if absent."""
+        text = http_json("GET", f"{self.base}/metrics", None, self.admin_key)[1]
+        selector = f"{{{re.escape(labels)}}}" if labels else ""
+        match = re.search(rf"^{name}{selector} (\S+)$", text, re.M)
+        return float(match.group(1)) if match else None
+
+    def rss_mib(self) -> float:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        end = time.monotonic() + self.deadline.cap(timeout)
+        while not predicate():
+            if time.monotonic() > end:
+                raise BenchError(f"timed out waiting for {what}")
+            time.sleep(0.2)  # polling the relay's HTTP API, with a deadline
+
+
 # -- worker processes (viewers, host) ---------------------------------------------------------
 
 def serve_commands(conn: Connection, handle: Callable[[str, tuple], Any]) -> None:

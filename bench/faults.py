@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import re
-import secrets
 import signal
 import sys
 import tempfile
@@ -46,8 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fanout import (  # noqa: E402  (bench/ is put on sys.path just above)
     BenchError,
-    Deadline,
-    ServerProcess,
     Worker,
     args_record,
     end_run,
@@ -55,75 +51,13 @@ from fanout import (  # noqa: E402  (bench/ is put on sys.path just above)
     http_json,
     percentile,
     publisher_worker,
-    relay_env,
+    RelayUnderTest,
     report_log_problems,
     stopped_early,
     viewer_worker,
 )
 
 SHOW = "faults"
-
-
-class Relay:
-    """A `relay serve` subprocess for one phase, with its admin calls."""
-
-    def __init__(self, workdir: Path, cpus: set[int], deadline: Deadline, env: dict[str, str] | None = None,
-                 name: str = "relay") -> None:
-        self.admin_key = secrets.token_urlsafe(24)
-        self.data = workdir / f"{name}-data"
-        self.env = {**relay_env(self.admin_key), **(env or {})}
-        self.cpus = cpus
-        self.deadline = deadline
-        self.log = workdir / f"{name}.log"
-        self.server: ServerProcess | None = None
-        self.base = ""
-        self.port = 0
-
-    def start(self) -> "Relay":
-        argv = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                "--data-dir", str(self.data)]
-        self.server = ServerProcess("relay", argv, self.env, self.cpus, self.log,
-                                    re.compile(r"listening on (http://\S+)"))
-        self.base = self.server.start(self.deadline.cap(30))
-        self.port = int(self.base.rsplit(":", 1)[1])
-        return self
-
-    def kill(self) -> None:
-        assert self.server is not None and self.server.proc is not None
-        self.server.proc.send_signal(signal.SIGKILL)
-        self.server.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-
-    def api(self, method: str, path: str, body: dict | None = None, expect: int | None = 200) -> Any:
-        status, reply = http_json(method, f"{self.base}{path}", body, self.admin_key, timeout=self.deadline.cap(30))
-        if expect is not None and status != expect:
-            raise BenchError(f"{method} {path} answered {status}: {reply}")
-        return reply
-
-    def gauge(self, name: str) -> float:
-        text = http_json("GET", f"{self.base}/metrics", None, self.admin_key)[1]
-        match = re.search(rf"^{name} (\S+)$", text, re.M)
-        return float(match.group(1)) if match else float("nan")
-
-    def counter(self, name: str, labels: str) -> float:
-        text = http_json("GET", f"{self.base}/metrics", None, self.admin_key)[1]
-        match = re.search(rf"^{name}{{{re.escape(labels)}}} (\S+)$", text, re.M)
-        return float(match.group(1)) if match else 0.0
-
-    def rss_mib(self) -> float:
-        assert self.server is not None
-        status = Path(f"/proc/{self.server.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
-
-    def wait_for(self, predicate, timeout: float, what: str) -> None:
-        end = time.monotonic() + self.deadline.cap(timeout)
-        while not predicate():
-            if time.monotonic() > end:
-                raise BenchError(f"timed out waiting for {what}")
-            time.sleep(0.2)  # polling the relay's HTTP API, with a deadline
 
 
 def check(checks: dict[str, bool], name: str, ok: bool) -> None:
@@ -137,8 +71,8 @@ def phase_join(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
     from relay.clients.synthetic import encode_pattern, encode_tone
 
     print(f"\n== join: {args.join_viewers} viewers within {args.join_window:.0f} s, cap {args.cap}", flush=True)
-    relay = Relay(workdir, run.server_cpus, run.deadline, {"RELAY_LIMITS_MAX_VIEWERS_PER_PROCESS": str(args.cap)},
-                  "join").start()
+    relay = RelayUnderTest(workdir, run.server_cpus, run.deadline, name="join",
+                           env={"RELAY_LIMITS_MAX_VIEWERS_PER_PROCESS": str(args.cap)}).start()
     ctx = mp.get_context("spawn")
     workers: list[Worker] = []
     checks: dict[str, bool] = {}
@@ -172,7 +106,7 @@ def phase_join(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
         relay_viewers = relay.api("GET", f"/api/shows/{SHOW}/stats")["rooms"]["hq"]["viewers"]
         for worker in viewers:
             worker.call("stop", "stopped", 60)
-        relay.wait_for(lambda: relay.gauge("relay_peer_connections") <= 1, 30, "viewer peers to close")
+        relay.wait_for(lambda: relay.metric("relay_peer_connections") <= 1, 30, "viewer peers to close")
         result = {
             "viewers": args.join_viewers, "cap": args.cap, "window_s": args.join_window,
             "all_answered_in_s": round(joined_in, 1), "connected": len(connected), "refused_503": len(refused),
@@ -181,7 +115,7 @@ def phase_join(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
             "ttff_p95_s": round(percentile(ttff, 95), 3) if ttff else None,
             "fps_min": round(fps[0], 1) if fps else None, "fps_median": round(percentile(fps, 50), 1) if fps else None,
             "relay_viewers_while_playing": relay_viewers,
-            "peers_after": relay.gauge("relay_peer_connections"),
+            "peers_after": relay.metric("relay_peer_connections"),
         }
         print(f"  connected {len(connected)}, refused with 503 {len(refused)}, hung {len(hung)}, "
               f"other {len(other)}; all answered {joined_in:.1f} s after the first", flush=True)
@@ -211,8 +145,8 @@ def phase_fuzz(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
     from relay.clients.fuzz import base_offers, mutated_offers
 
     print(f"\n== fuzz: {args.fuzz_examples} random offers each against WHIP and WHEP", flush=True)
-    relay = Relay(workdir, run.server_cpus, run.deadline, {"RELAY_MEDIA_PUBLISHER_TIMEOUT_S": "2",
-                                                           "RELAY_MEDIA_GRACE_PERIOD_S": "3600"}, "fuzz").start()
+    relay = RelayUnderTest(workdir, run.server_cpus, run.deadline, name="fuzz",
+                           env={"RELAY_MEDIA_PUBLISHER_TIMEOUT_S": "2", "RELAY_MEDIA_GRACE_PERIOD_S": "3600"}).start()
     checks: dict[str, bool] = {}
     try:
         key = relay.api("POST", "/api/shows", {"title": "Fuzz", "id": SHOW}, expect=201)["stream_key"]
@@ -249,7 +183,7 @@ def phase_fuzz(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
         for kind in ("whep", "whip"):
             for _ in range(10):
                 send(kind, offers[kind])
-        tasks_before = relay.gauge("relay_asyncio_tasks")
+        tasks_before = relay.metric("relay_asyncio_tasks")
         rss.append((sent, round(relay.rss_mib(), 1)))
         started = time.monotonic()
         for kind in ("whip", "whep"):
@@ -262,8 +196,8 @@ def phase_fuzz(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
             fuzz()
         seconds = time.monotonic() - started
         relay.api("POST", f"/api/shows/{SHOW}/end")
-        relay.wait_for(lambda: relay.gauge("relay_peer_connections") == 0, 30, "every peer to close")
-        tasks_after = relay.gauge("relay_asyncio_tasks")
+        relay.wait_for(lambda: relay.metric("relay_peer_connections") == 0, 30, "every peer to close")
+        tasks_after = relay.metric("relay_asyncio_tasks")
         alive = relay.server.proc.poll() is None
         first, last = rss[1][1], rss[-1][1]
         result = {"offers": sent, "seconds": round(seconds, 1), "statuses": statuses, "server_errors": bad[:5],
@@ -287,7 +221,7 @@ def phase_fuzz(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
 def phase_loss(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
     print(f"\n== loss: 5 % and 20 % of RTP/RTCP lost, host side then viewer side, {args.loss_seconds:.0f} s each",
           flush=True)
-    relay = Relay(workdir, run.server_cpus, run.deadline, None, "loss").start()
+    relay = RelayUnderTest(workdir, run.server_cpus, run.deadline, name="loss").start()
     checks: dict[str, bool] = {}
     runs: list[dict[str, Any]] = []
     try:
@@ -307,7 +241,7 @@ def phase_loss(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
         relay.stop()
 
 
-async def _lossy_run(relay: Relay, show: dict, side: str, loss: float, seconds: float) -> dict[str, Any]:
+async def _lossy_run(relay: RelayUnderTest, show: dict, side: str, loss: float, seconds: float) -> dict[str, Any]:
     from relay import aiortc_hooks
     from relay.clients.lossy import make_lossy
     from relay.clients.synthetic import encode_pattern, video_track
@@ -322,7 +256,7 @@ async def _lossy_run(relay: Relay, show: dict, side: str, loss: float, seconds: 
     try:
         await viewer.start()
         await viewer.first_frame("video", timeout=15)
-        requests_before = relay.counter("relay_keyframe_requests_total", 'direction="to_hosts"')
+        requests_before = (relay.metric("relay_keyframe_requests_total", 'direction="to_hosts"') or 0.0)
         counts = make_lossy(host.pc if side == "host" else viewer.pc, loss, seed=11)
         per_second = []
         for _ in range(int(seconds)):
@@ -333,7 +267,7 @@ async def _lossy_run(relay: Relay, show: dict, side: str, loss: float, seconds: 
                 "fps_mean": round(sum(per_second) / len(per_second), 1),
                 "seconds_under_10fps": sum(1 for n in per_second if n < 10),
                 "dropped": counts["dropped_in"] + counts["dropped_out"],
-                "keyframe_requests": relay.counter("relay_keyframe_requests_total", 'direction="to_hosts"')
+                "keyframe_requests": (relay.metric("relay_keyframe_requests_total", 'direction="to_hosts"') or 0.0)
                 - requests_before}
     finally:
         await viewer.stop()
@@ -344,7 +278,8 @@ async def _lossy_run(relay: Relay, show: dict, side: str, loss: float, seconds: 
 
 def phase_restart(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
     print("\n== restart: claims and a recording, then SIGKILL, then the same data dir again", flush=True)
-    relay = Relay(workdir, run.server_cpus, run.deadline, {"RELAY_REPLAY_SEGMENT_TARGET_S": "1"}, "restart").start()
+    relay = RelayUnderTest(workdir, run.server_cpus, run.deadline, name="restart",
+                           env={"RELAY_REPLAY_SEGMENT_TARGET_S": "1"}).start()
     checks: dict[str, bool] = {}
     try:
         show = relay.api("POST", "/api/shows", {"title": "Restart", "id": SHOW}, expect=201)
@@ -389,7 +324,7 @@ def phase_restart(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any
         relay.stop()
 
 
-async def _claims_and_recording(relay: Relay, show: dict) -> tuple[dict[str, int], float]:
+async def _claims_and_recording(relay: RelayUnderTest, show: dict) -> tuple[dict[str, int], float]:
     import aiohttp
 
     from relay import aiortc_hooks
@@ -425,7 +360,7 @@ async def _claims_and_recording(relay: Relay, show: dict) -> tuple[dict[str, int
     return told, recorded
 
 
-async def _republish_and_end(relay: Relay, show: dict) -> None:
+async def _republish_and_end(relay: RelayUnderTest, show: dict) -> None:
     from relay.clients.synthetic import encode_pattern, video_track
     from relay.clients.whip import WhipClient
 

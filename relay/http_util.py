@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from .errors import ApiError
-from .appkeys import ADMIN_KEY
+from .appkeys import ADMIN_KEY, SETTINGS, TOKENS
 
 SDP_TYPE = "application/sdp"
 
@@ -35,8 +35,6 @@ def require_admin(request: web.Request) -> None:
 def check_viewer_token(request: web.Request, show, room: str) -> None:
     """For shows whose playback needs a token: a valid viewer token of this show and room, from
     the Authorization header or (for EventSource, which cannot set headers) ?token=."""
-    from .appkeys import TOKENS
-
     token = bearer_token(request) or request.query.get("token")
     identity = request.app[TOKENS].verify(token, show.id, show.created_at)
     if identity.room != room:
@@ -75,8 +73,6 @@ def sdp_answer(answer: str, location: str) -> web.Response:
 
 def cors_origin(request: web.Request) -> str | None:
     """The Access-Control-Allow-Origin for this request ([server] cors_origins), None if not allowed."""
-    from .appkeys import SETTINGS
-
     allowed = request.app[SETTINGS].server.cors_origins
     if "*" in allowed:
         return "*"

@@ -285,14 +285,19 @@ def _claim(db: sqlite3.Connection, req: ClaimRequest) -> dict:
     return response
 
 
+def add_claims(figures: dict, room: str, coupon_id: str, sharer: str | None, n: int) -> None:
+    """Count `n` claims into figures: room -> {"claims", "claims_by_coupon", "claims_by_sharer"}."""
+    view = figures.setdefault(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}})
+    view["claims"] += n
+    view["claims_by_coupon"][coupon_id] = view["claims_by_coupon"].get(coupon_id, 0) + n
+    if sharer:
+        view["claims_by_sharer"][sharer] = view["claims_by_sharer"].get(sharer, 0) + n
+
+
 def claim_figures(db: sqlite3.Connection, show_id: str) -> dict:
     """Claims per room, per coupon and per (room, sharer)."""
     figures: dict = {}
     for row in db.execute("SELECT room, coupon_id, sharer, COUNT(*) AS n FROM claims WHERE show_id=?"
                           " GROUP BY room, coupon_id, sharer", (show_id,)):
-        room = figures.setdefault(row["room"], {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}})
-        room["claims"] += row["n"]
-        room["claims_by_coupon"][row["coupon_id"]] = room["claims_by_coupon"].get(row["coupon_id"], 0) + row["n"]
-        if row["sharer"]:
-            room["claims_by_sharer"][row["sharer"]] = room["claims_by_sharer"].get(row["sharer"], 0) + row["n"]
+        add_claims(figures, row["room"], row["coupon_id"], row["sharer"], row["n"])
     return figures

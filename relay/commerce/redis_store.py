@@ -23,7 +23,7 @@ from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
 
 from ..errors import ApiError, StoreUnavailable
 from . import redis_scripts
-from .coupons import ClaimRequest, Coupon
+from .coupons import ClaimRequest, Coupon, add_claims
 from .store import Event, EventListener, Pin, Product
 
 log = logging.getLogger(__name__)
@@ -328,12 +328,8 @@ class RedisCommerceStore:
         counts = await self._do(self._redis.hgetall(self._key(show_id, "claim_figures")))
         figures: dict = {}
         for key, n in counts.items():
-            room_id, coupon_id, sharer = key.split("\n")
-            room = figures.setdefault(room_id, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}})
-            room["claims"] += int(n)
-            room["claims_by_coupon"][coupon_id] = room["claims_by_coupon"].get(coupon_id, 0) + int(n)
-            if sharer:
-                room["claims_by_sharer"][sharer] = room["claims_by_sharer"].get(sharer, 0) + int(n)
+            room, coupon_id, sharer = key.split("\n")
+            add_claims(figures, room, coupon_id, sharer, int(n))
         return figures
 
 

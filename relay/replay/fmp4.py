@@ -113,6 +113,13 @@ def read_init(data: bytes) -> dict[int, Track]:
     return tracks
 
 
+def _optional(data: bytes, pos: int, present: int, default: int | None = None, fmt: str = ">I") -> tuple:
+    """A field that is there when `present`: (its value, else `default`; the position after it)."""
+    if not present:
+        return default, pos
+    return struct.unpack_from(fmt, data, pos)[0], pos + struct.calcsize(fmt)
+
+
 def read_fragments(data: bytes) -> Iterator[Sample]:
     """Samples of every moof/mdat pair in a media segment (written with default-base-is-moof)."""
     for kind, start, end in boxes(data):
@@ -127,21 +134,11 @@ def read_fragments(data: bytes) -> Iterator[Sample]:
             flags = int.from_bytes(data[hs + 1:hs + 4], "big")
             track_id = struct.unpack_from(">I", data, hs + 4)[0]
             pos = hs + 8
-            base = moof_start
-            if flags & 0x01:
-                base = struct.unpack_from(">Q", data, pos)[0]
-                pos += 8
-            if flags & 0x02:
-                pos += 4
-            default_duration = default_size = default_flags = 0
-            if flags & 0x08:
-                default_duration = struct.unpack_from(">I", data, pos)[0]
-                pos += 4
-            if flags & 0x10:
-                default_size = struct.unpack_from(">I", data, pos)[0]
-                pos += 4
-            if flags & 0x20:
-                default_flags = struct.unpack_from(">I", data, pos)[0]
+            base, pos = _optional(data, pos, flags & 0x01, moof_start, ">Q")
+            _, pos = _optional(data, pos, flags & 0x02)  # sample description index
+            default_duration, pos = _optional(data, pos, flags & 0x08, 0)
+            default_size, pos = _optional(data, pos, flags & 0x10, 0)
+            default_flags, pos = _optional(data, pos, flags & 0x20, 0)
             decode_time = 0
             if "tfdt" in traf:
                 ds, _ = traf["tfdt"]
@@ -151,29 +148,14 @@ def read_fragments(data: bytes) -> Iterator[Sample]:
                     continue
                 tflags = int.from_bytes(data[rs + 1:rs + 4], "big")
                 count = struct.unpack_from(">I", data, rs + 4)[0]
-                pos = rs + 8
-                offset = 0
-                first_flags = None
-                if tflags & 0x001:
-                    offset = struct.unpack_from(">i", data, pos)[0]
-                    pos += 4
-                if tflags & 0x004:
-                    first_flags = struct.unpack_from(">I", data, pos)[0]
-                    pos += 4
+                offset, pos = _optional(data, rs + 8, tflags & 0x001, 0, ">i")
+                first_flags, pos = _optional(data, pos, tflags & 0x004)
                 cursor = base + offset
                 for i in range(count):
-                    duration, size, sample_flags = default_duration, default_size, default_flags
-                    if tflags & 0x100:
-                        duration = struct.unpack_from(">I", data, pos)[0]
-                        pos += 4
-                    if tflags & 0x200:
-                        size = struct.unpack_from(">I", data, pos)[0]
-                        pos += 4
-                    if tflags & 0x400:
-                        sample_flags = struct.unpack_from(">I", data, pos)[0]
-                        pos += 4
-                    if tflags & 0x800:
-                        pos += 4
+                    duration, pos = _optional(data, pos, tflags & 0x100, default_duration)
+                    size, pos = _optional(data, pos, tflags & 0x200, default_size)
+                    sample_flags, pos = _optional(data, pos, tflags & 0x400, default_flags)
+                    _, pos = _optional(data, pos, tflags & 0x800)  # composition time offset
                     if i == 0 and first_flags is not None:
                         sample_flags = first_flags
                     yield Sample(track_id, decode_time, duration, not sample_flags & SAMPLE_NON_SYNC,

@@ -10,7 +10,7 @@ from aiohttp import web
 from ..appkeys import REPLAYS, SHELF, SHOWS, TOKENS
 from ..errors import ApiError
 from ..http_util import require_admin
-from ..models import is_slug
+from ..models import Show, is_slug
 
 routes = web.RouteTableDef()
 
@@ -31,6 +31,16 @@ def _vtt_time(seconds: float) -> str:
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
 
 
+def check_access(request: web.Request, show: Show) -> None:
+    """A private replay's files open with the admin key or a signed link (token in the path, so
+    that the playlist's relative segment URIs carry it too)."""
+    signed = request.match_info.get("token")
+    if signed is not None:
+        request.app[TOKENS].verify_replay(signed, show.id, show.created_at)
+    elif not show.replay_public:
+        require_admin(request)
+
+
 @routes.get("/replay/{show}/signed/{token}/chapters.vtt")
 @routes.get("/replay/{show}/chapters.vtt")
 async def chapters_vtt(request: web.Request) -> web.Response:
@@ -40,11 +50,7 @@ async def chapters_vtt(request: web.Request) -> web.Response:
     info = request.app[REPLAYS].describe(show_id, "") if show else None
     if info is None:
         raise _not_found()
-    signed = request.match_info.get("token")
-    if signed is not None:
-        request.app[TOKENS].verify_replay(signed, show_id, show.created_at)
-    elif not show.replay_public:
-        require_admin(request)
+    check_access(request, show)
     lines = ["WEBVTT", ""]
     for i, chapter in enumerate(await request.app[SHELF].chapters(show_id, info["duration_s"]), 1):
         lines += [str(i), f"{_vtt_time(chapter['start_s'])} --> {_vtt_time(chapter['end_s'])}",
@@ -56,8 +62,7 @@ async def chapters_vtt(request: web.Request) -> web.Response:
 @routes.get("/replay/{show}/signed/{token}/{name}")
 @routes.get("/replay/{show}/{name}")
 async def replay_file(request: web.Request) -> web.StreamResponse:
-    """A replay file. Private replays need the admin key, or a signed link: the token is in the
-    path so that the playlist's relative segment URIs carry it too."""
+    """A replay file: the playlist, an init or media segment, or the MP4."""
     show_id, name = request.match_info["show"], request.match_info["name"]
     kind = next((v for pattern, v in _FILES.items() if pattern.match(name)), None)
     if not is_slug(show_id) or kind is None:
@@ -66,11 +71,7 @@ async def replay_file(request: web.Request) -> web.StreamResponse:
     show = request.app[SHOWS].store.get_show(show_id)
     if show is None or replays.store.get_replay(show_id) is None:
         raise _not_found()
-    signed = request.match_info.get("token")
-    if signed is not None:
-        request.app[TOKENS].verify_replay(signed, show_id, show.created_at)
-    elif not show.replay_public:
-        require_admin(request)
+    check_access(request, show)
     path = replays.folder(show_id) / name
     if not path.is_file():
         raise _not_found()
