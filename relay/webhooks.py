@@ -134,7 +134,8 @@ class WebhookSender:
         self._retries.add(handle)
 
     def _retry(self, delivery: _Delivery) -> None:
-        self._retries = {h for h in self._retries if not h.cancelled() and h.when() > time.monotonic()}
+        now = asyncio.get_running_loop().time()  # the clock of TimerHandle.when()
+        self._retries = {h for h in self._retries if not h.cancelled() and h.when() > now}
         self._enqueue(delivery)
 
     async def _deliver(self, delivery: _Delivery) -> bool:

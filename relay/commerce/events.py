@@ -85,7 +85,6 @@ class EventHub:
         events = [event]
         if last is not None and event.seq > last + 1:  # missed some (a dropped pub/sub link)
             events = await self.store.events_after(event.show_id, last, limit=event.seq - last)
-            last = self._delivered.get(event.show_id, last)
         for e in events:
             if e.seq > self._delivered.get(event.show_id, 0):
                 self._delivered[event.show_id] = e.seq
