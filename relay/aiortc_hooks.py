@@ -10,11 +10,13 @@ aiortc upgrade that moves one fails loudly. Verified against aiortc 1.16 and aio
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from typing import Any, Awaitable, Callable, Iterable
 
 import aioice.ice
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcdtlstransport import RTCCertificate, State as DtlsState
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.jitterbuffer import JitterFrame
@@ -105,6 +107,56 @@ def negotiated_codec(transceiver: Any) -> str | None:
     return codecs[0].name if codecs else None
 
 
+def answer_as_dtls_server(pc: RTCPeerConnection) -> None:
+    """Answer `a=setup:passive` to an offer's `actpass`: the relay waits for the peer's DTLS
+    ClientHello, so a peer with an RSA certificate (GStreamer) negotiates a suite with ours.
+    Call between setRemoteDescription and createAnswer; roles the offer fixed are kept."""
+    transports = {t.receiver.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport)
+    for transport in transports:
+        if transport._role == "auto":
+            transport._set_role("server")
+
+
+# aiortc offers ECDSA suites only: as the DTLS client it cannot talk to a server whose
+# certificate is RSA. Our own certificate stays ECDSA, so as the server nothing changes.
+DTLS_CIPHERS = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:"
+                b"ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:"
+                b"ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA")
+_original_ssl_context = RTCCertificate._create_ssl_context
+_original_set_state = RTCDtlsTransport._set_state
+
+
+def _ssl_context_with_rsa(self: RTCCertificate, srtp_profiles: list) -> Any:
+    context = _original_ssl_context(self, srtp_profiles)
+    context.set_cipher_list(DTLS_CIPHERS)
+    return context
+
+
+def _set_state_noting_failure(self: RTCDtlsTransport, state: DtlsState) -> None:
+    # aiortc swallows the handshake error; it is still the exception being handled here.
+    if state == DtlsState.FAILED and getattr(self, "relay_failure", None) is None:
+        error = sys.exc_info()[1]
+        self.relay_failure = f"{type(error).__name__}: {error}" if error is not None else "handshake failed"
+    _original_set_state(self, state)
+
+
+def install_dtls_hooks() -> None:
+    """Let the DTLS client offer RSA suites too, and keep why a DTLS handshake failed."""
+    RTCCertificate._create_ssl_context = _ssl_context_with_rsa  # type: ignore[method-assign]
+    RTCDtlsTransport._set_state = _set_state_noting_failure  # type: ignore[method-assign]
+
+
+def dtls_failure(pc: RTCPeerConnection) -> str | None:
+    """Why the DTLS handshake of `pc` failed (the OpenSSL error or alert), if it did."""
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport.state == "failed":
+            return getattr(transport, "relay_failure", None) or "handshake failed"
+    return None
+
+
 _original_get_host_addresses = aioice.ice.get_host_addresses
 
 
@@ -167,6 +219,14 @@ def check() -> list[str]:
         missing.append("RTCRtpTransceiver._codecs")
     if not callable(getattr(aioice.ice, "get_host_addresses", None)):
         missing.append("aioice.ice.get_host_addresses")
+    if "set_cipher_list" not in _original_ssl_context.__code__.co_names:
+        missing.append("RTCCertificate._create_ssl_context setting the cipher list")
+    if not callable(getattr(RTCDtlsTransport, "_set_role", None)):
+        missing.append("RTCDtlsTransport._set_role")
+    if "_role" not in RTCDtlsTransport.__init__.__code__.co_names:
+        missing.append("RTCDtlsTransport._role")
+    if "_set_state" not in RTCDtlsTransport._do_handshake.__code__.co_names:
+        missing.append("RTCDtlsTransport._do_handshake calling _set_state")
     consent = aioice.ice.Connection.query_consent.__code__.co_names
     if "CONSENT_INTERVAL" not in consent or "CONSENT_FAILURES" not in consent:
         missing.append("aioice.ice.CONSENT_INTERVAL / CONSENT_FAILURES read by query_consent")

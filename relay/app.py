@@ -95,6 +95,7 @@ def open_commerce_store(settings: Settings) -> CommerceStore:
 def build_app(settings: Settings) -> web.Application:
     aiortc_hooks.set_host_addresses(settings.ice.addresses)
     aiortc_hooks.set_consent_timeout(settings.ice.consent_timeout_s)
+    aiortc_hooks.install_dtls_hooks()
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[cors_middleware, error_middleware, draining_middleware],

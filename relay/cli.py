@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
+import os
 import signal
+import socket
 import time
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import uvloop
@@ -20,12 +24,30 @@ from .logs import AccessLogger, setup_logging
 DEFAULT_CONFIG = "config/relay.toml"
 
 
+def _version() -> str:
+    try:
+        return version("livecast-relay")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535; 0 picks a free one)")
+    return port
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="relay", description="livecast relay: live-commerce stream relay")
+    parser.add_argument("--version", action="version", version=f"relay {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default 8080; 0 picks a free one)")
+    serve.add_argument("--port", type=_port, help="port to bind (default 8080; 0 picks a free one)")
     serve.add_argument("--data-dir", help="where shows and recordings are kept (default ./data)")
     serve.add_argument("--config", help="a TOML settings file (default: ./config/relay.toml if present)")
     serve.add_argument("--redis", metavar="URL",
@@ -52,15 +74,17 @@ async def _serve(args: argparse.Namespace) -> None:
         settings.server.data_dir = args.data_dir
     if args.redis is not None:
         settings.store.redis_url = args.redis
+    # The port and the data dir are checked before anything is created (keys, database).
+    listener = _listen(settings.server.host, settings.server.port)
+    settings.server.port = listener.getsockname()[1]
+    _check_data_dir(settings.data_path)
     app = build_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger,
                            shutdown_timeout=settings.server.shutdown_timeout_s / 2)
     await runner.setup()
     # A deep accept queue: a show's start brings thousands of connections at once.
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=4096)
+    site = web.SockSite(runner, listener, backlog=4096)
     await site.start()
-    if settings.server.port == 0:
-        settings.server.port = runner.addresses[0][1]
     # Long-lived state (sessions, readers) would otherwise be rescanned by full collections
     # that stall the loop for tens of ms; start-up objects are frozen, and young objects get
     # more room to die before they are promoted.
@@ -90,6 +114,36 @@ async def _serve(args: argparse.Namespace) -> None:
         logging.getLogger(__name__).error("shutdown took over %.0fs; stopping anyway",
                                           settings.server.shutdown_timeout_s)
     logging.getLogger(__name__).info("stopped in %.1fs", time.monotonic() - started)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port, or a ConfigError saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = " (another server is using it; pick another with --port)" if exc.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+    return sock
+
+
+def _check_data_dir(path: Path) -> None:
+    """The data dir exists (created if missing) and is a writable folder, or a ConfigError."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"data dir {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"data dir {path}: {exc.strerror or exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

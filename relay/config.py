@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ class AuthSettings:
 class IceSettings:
     addresses: list[str] = field(default_factory=list)
     consent_timeout_s: float = 30.0
+    connect_timeout_s: float = 15.0  # a WHIP/WHEP session not connected by then is closed
 
 
 @dataclass
@@ -105,23 +109,59 @@ class Settings:
         return Path(self.server.data_dir)
 
 
+# Settings that must be more than zero (zero elsewhere means "off" or "no limit").
+POSITIVE = {"ice.consent_timeout_s", "ice.connect_timeout_s", "media.publisher_timeout_s",
+            "media.viewer_queue_frames", "media.gop_cache_max_frames", "replay.segment_target_s",
+            "replay.retention_check_interval_s", "replay.max_queued_frames", "server.max_body_bytes",
+            "server.shutdown_timeout_s", "webhooks.timeout_s", "webhooks.max_queue", "webhooks.max_attempts"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
+    expected = type(default).__name__
     if isinstance(default, bool):
-        if isinstance(value, str):
-            return value.strip().lower() in ("1", "true", "yes", "on")
-        return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
     try:
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
         if isinstance(default, list):
+            if isinstance(value, str) and value.strip().startswith("["):
+                value = json.loads(value)  # a JSON list, as a TOML-minded user writes it
             if isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]
-            return [str(v) for v in value]
-        return str(value)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return list(value)
+        if isinstance(value, bool):
+            raise ValueError(value)
+        if isinstance(default, int):
+            number: float = int(value)
+        elif isinstance(default, float):
+            number = float(value)
+        else:
+            return str(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}") from exc
+        raise ConfigError(f"{where}: expected {'a list of strings' if expected == 'list' else expected}, "
+                          f"got {value!r}") from exc
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"{where}: must be a finite number of 0 or more, got {value!r}")
+    return number
+
+
+def _check(settings: Settings, source: str) -> None:
+    for name in POSITIVE:
+        section, key = name.split(".")
+        if getattr(getattr(settings, section), key) <= 0:
+            raise ConfigError(f"{source}: {name} must be more than 0")
+    if not 0 <= settings.server.port <= 65535:
+        raise ConfigError(f"{source}: server.port must be 0-65535, got {settings.server.port}")
+    for address in settings.ice.addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"{source}: ice.addresses: {address!r} is not an IP address") from None
 
 
 def _apply(settings: Settings, data: Mapping[str, Any], source: str) -> None:
@@ -163,4 +203,5 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             raise ConfigError(f"{path}: {exc}") from exc
         _apply(settings, data, str(path))
     _from_env(settings, os.environ if env is None else env)
+    _check(settings, "settings")
     return settings

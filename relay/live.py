@@ -37,6 +37,7 @@ class LiveShow:
         self.media = media
         self.figures = figures
         self.publisher: PublisherSession | None = None
+        self.pending: dict[str, PublisherSession] = {}  # answered, ICE/DTLS not done yet
         self.viewers: dict[str, ViewerSession] = {}
         self.reconnecting_until: float | None = None
         self.keyframes = KeyframeRequester(media.keyframe_request_interval_s, self._send_keyframe_request)
@@ -54,8 +55,8 @@ class LiveShow:
         if session is self.publisher:
             self.forwarders[kind].push(data, timestamp)
 
-    async def attach_publisher(self, session: PublisherSession) -> None:
-        """Make `session` the show's publisher, taking over from any previous one."""
+    def attach_publisher(self, session: PublisherSession) -> None:
+        """Make `session` (connected) the show's publisher, taking over from any previous one."""
         previous, self.publisher = self.publisher, session
         self._cancel_grace()
         for kind, codec in session.codecs.items():
@@ -71,7 +72,7 @@ class LiveShow:
             self._watchdog = asyncio.ensure_future(self._watch_publisher())
         if previous is not None:
             log.info("show %s: publisher %s takes over from %s", self.show_id, session.id, previous.id)
-            await previous.close()
+            asyncio.ensure_future(previous.close())
 
     def publisher_gone(self, session: PublisherSession) -> None:
         """The host's connection ended or failed: keep the show for the grace period."""
@@ -153,6 +154,8 @@ class LiveShow:
         if self.publisher is not None:
             sessions.append(self.publisher)
             self.publisher = None
+        sessions += self.pending.values()
+        self.pending.clear()
         for room in self.figures.rooms.values():
             room.viewers = 0
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)

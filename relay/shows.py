@@ -22,7 +22,7 @@ from .live import LiveShow
 from .models import HQ_ROOM, Mirror, RoomFigures, Show, ShowFigures, ShowState, is_slug
 from .replay.service import ReplayService
 from .store import ShowStore
-from .webrtc import Offer
+from .webrtc import Offer, watch_handshake
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,8 @@ class ShowService:
 
     # -- media sessions --------------------------------------------------------------------
     async def publish(self, show_id: str, key: str | None, offer: Offer) -> tuple[PublisherSession, str]:
+        """Answer a host's offer. The session becomes the show's publisher (taking over from any
+        other) once ICE and DTLS are done; a handshake that fails leaves the show as it was."""
         show = self.get_show(show_id)
         self.check_stream_key(show, key)
         if show.state is ShowState.ENDED:
@@ -199,7 +201,7 @@ class ShowService:
         answer = await session.answer(offer, self.settings.media.video_codecs)
         # The show may have ended, or its key been rotated, while the answer was being made.
         current = self.store.get_show(show_id)
-        if current is None or current.state is ShowState.ENDED:
+        if current is None or current.state is ShowState.ENDED or self.live.get(show_id) is not live:
             await session.close()
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
         try:
@@ -208,13 +210,33 @@ class ShowService:
             await session.close()
             raise
         session.key_hash = current.stream_key_hash
-        await live.attach_publisher(session)
-        self.replays.on_publish(show_id, live.forwarders, session.codecs)
-        self._mark_live(show_id)
-        log.info("show %s: publisher %s connected (%s)", show_id, session.id, session.codecs,
+        live.pending[session.id] = session
+        log.info("show %s: publisher %s answered, connecting", show_id, session.id,
                  extra={"show": show_id, "session": session.id})
-        self.on_webhook("publish", {"show": show_id, "session": session.id, "codecs": session.codecs})
+        watch_handshake(session.pc, self.settings.ice.connect_timeout_s,
+                        lambda: self._publisher_connected(live, session),
+                        lambda reason: self._publisher_failed(live, session, reason))
         return session, answer
+
+    def _publisher_connected(self, live: LiveShow, session: PublisherSession) -> None:
+        live.pending.pop(session.id, None)
+        current = self.store.get_show(live.show_id)
+        if session.closed or current is None or current.state is ShowState.ENDED or self.live.get(live.show_id) is not live:
+            self._publisher_failed(live, session, "the show ended while the host connected")
+            return
+        live.attach_publisher(session)
+        self.replays.on_publish(live.show_id, live.forwarders, session.codecs)
+        self._mark_live(live.show_id)
+        log.info("show %s: publisher %s connected (%s)", live.show_id, session.id, session.codecs,
+                 extra={"show": live.show_id, "session": session.id})
+        self.on_webhook("publish", {"show": live.show_id, "session": session.id, "codecs": session.codecs})
+
+    def _publisher_failed(self, live: LiveShow, session: PublisherSession, reason: str) -> None:
+        live.pending.pop(session.id, None)
+        if not session.closed:
+            log.warning("show %s: publish attempt %s failed: %s; the show is unchanged", live.show_id,
+                        session.id, reason, extra={"show": live.show_id, "session": session.id})
+        asyncio.ensure_future(session.close())
 
     async def unpublish(self, show_id: str, session_id: str, key: str | None) -> None:
         show = self.get_show(show_id)
@@ -225,6 +247,10 @@ class ShowService:
         if not (publisher is not None and publisher.id == session_id and key
                 and hmac.compare_digest(hash_key(key), publisher.key_hash)):
             self.check_stream_key(show, key)
+        pending = live.pending.pop(session_id, None) if live is not None else None
+        if pending is not None:  # a host giving up before it connected: the show is unchanged
+            await pending.close()
+            return
         if publisher is None or publisher.id != session_id:
             raise ApiError(404, "session_not_found", "no such publishing session")
         # An explicit DELETE ends the show: the host said it is done.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class OfferMedia:
     kind: str
     direction: str
     codecs: list[str]
+    dtls_role: str = "auto"  # the offerer's a=setup: auto (actpass), client (active), server (passive)
 
 
 @dataclass
@@ -89,7 +91,7 @@ def parse_offer(text: str, *, sending: bool) -> Offer:
         allowed = VIDEO_CODECS if media.kind == "video" else AUDIO_CODECS
         if not any(n.lower() in (a.lower() for a in allowed) for n in names):
             unsupported.append(f"{media.kind} offers {', '.join(names) or 'no codec'}")
-        offer.media.append(OfferMedia(media.kind, media.direction, names))
+        offer.media.append(OfferMedia(media.kind, media.direction, names, media.dtls.role or "auto"))
     if not offer.media:
         raise ApiError(400, "bad_sdp", "malformed SDP offer: no audio or video section")
     kinds = offer.kinds()
@@ -125,6 +127,8 @@ async def answer_offer(pc: RTCPeerConnection, offer: Offer, hint: str = "") -> t
     except Exception as exc:  # aiortc raises ValueError, OperationError, InternalError...
         await pc.close()
         raise ApiError(400, "bad_sdp", f"SDP offer rejected: {exc or type(exc).__name__}{hint}") from exc
+    if all(m.dtls_role == "auto" for m in offer.media):
+        aiortc_hooks.answer_as_dtls_server(pc)
     codecs = {}
     for transceiver in pc.getTransceivers():
         codec = aiortc_hooks.negotiated_codec(transceiver)
@@ -136,6 +140,49 @@ async def answer_offer(pc: RTCPeerConnection, offer: Offer, hint: str = "") -> t
         await pc.close()
         raise ApiError(400, "bad_sdp", f"SDP offer cannot be answered: {exc or type(exc).__name__}{hint}") from exc
     return pc.localDescription.sdp, codecs
+
+
+def watch_handshake(pc: RTCPeerConnection, timeout: float, on_connected: Callable[[], None],
+                    on_failed: Callable[[str], None]) -> None:
+    """Call `on_connected()` once `pc` is connected (ICE and DTLS done; called before any media
+    is handled), or `on_failed(reason)` if it fails, closes or is not connected within `timeout`.
+    The reason says what went wrong: ICE, the DTLS error or alert, or how far it got."""
+    timer: asyncio.TimerHandle | None = None
+
+    def finish(failure: str | None) -> None:
+        pc.remove_listener("connectionstatechange", changed)
+        if timer is not None:
+            timer.cancel()
+        if failure is None:
+            on_connected()
+        else:
+            on_failed(failure)
+
+    def changed() -> None:
+        if pc.connectionState == "connected":
+            finish(None)
+        elif pc.connectionState in ("failed", "closed"):
+            finish(handshake_failure(pc))
+
+    def expired() -> None:
+        if pc.connectionState != "connected":
+            finish(handshake_failure(pc, timeout))
+
+    pc.on("connectionstatechange", changed)
+    timer = asyncio.get_running_loop().call_later(timeout, expired)
+
+
+def handshake_failure(pc: RTCPeerConnection, timeout: float | None = None) -> str:
+    """Why `pc` did not connect."""
+    dtls = aiortc_hooks.dtls_failure(pc)
+    if dtls:
+        return f"DTLS handshake failed ({dtls})"
+    if pc.iceConnectionState == "failed":
+        return "ICE failed: no candidate pair answered connectivity checks"
+    if timeout is not None:
+        return (f"not connected within {timeout:g}s (ICE {pc.iceConnectionState}, "
+                f"connection {pc.connectionState})")
+    return f"connection {pc.connectionState} before it was established"
 
 
 def on_connection_end(pc: RTCPeerConnection, callback: Callable[[], None]) -> None:

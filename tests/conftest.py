@@ -107,6 +107,7 @@ class Relay:
         client = WhipClient(f"{self.base}/whip/{show['id']}", show["stream_key"], tracks)
         await client.start()
         self.clients.append(client)
+        await client.connected()
         return client
 
     async def viewer(self, show_id: str, room: str | None = None, decode: bool = True,

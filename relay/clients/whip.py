@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpSender
 
 from .signaling import SignalingError, delete_session, negotiate
@@ -27,6 +29,17 @@ class WhipClient:
                 transceiver.setCodecPreferences(
                     [c for c in caps if c.name == self.video_codec] + [c for c in caps if c.name == "rtx"])
         self.location = await negotiate(self.pc, self.url, self._auth)
+
+    async def connected(self, timeout: float = 10.0) -> None:
+        """Wait until ICE and DTLS are done: from then on the host is on air."""
+        pc = self.pc
+        assert pc is not None
+        done = asyncio.Event()
+        pc.on("connectionstatechange", lambda: pc.connectionState != "connecting" and done.set())
+        if pc.connectionState in ("new", "connecting"):
+            await asyncio.wait_for(done.wait(), timeout)
+        if pc.connectionState != "connected":
+            raise ConnectionError(f"the host's connection is {pc.connectionState}")
 
     @property
     def _auth(self) -> dict[str, str]:
