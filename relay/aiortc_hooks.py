@@ -138,7 +138,8 @@ def _set_state_noting_failure(self: RTCDtlsTransport, state: DtlsState) -> None:
     # aiortc swallows the handshake error; it is still the exception being handled here.
     if state == DtlsState.FAILED and getattr(self, "relay_failure", None) is None:
         error = sys.exc_info()[1]
-        self.relay_failure = f"{type(error).__name__}: {error}" if error is not None else "handshake failed"
+        self.relay_failure = (f"{type(error).__name__}: {error}" if error is not None
+                              else "the certificate does not match the fingerprint, or no SRTP profile in common")
     _original_set_state(self, state)
 
 

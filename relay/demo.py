@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 
+from .api import delete_show_and_data
 from .clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
 from .clients.whip import WhipClient
 from .shows import ShowService
@@ -20,7 +21,7 @@ DEMO_SHOW = "demo"
 async def start_demo(app: web.Application) -> WhipClient:
     service: ShowService = app[SHOWS]
     if service.store.get_show(DEMO_SHOW):
-        await service.delete_show(DEMO_SHOW)
+        await delete_show_and_data(app, DEMO_SHOW)  # a fresh show: no coupons or claims of the last run
     _, key = service.create_show("Demo show", DEMO_SHOW)
     base = app[SETTINGS].base_url
     loop = asyncio.get_running_loop()
@@ -28,5 +29,6 @@ async def start_demo(app: web.Application) -> WhipClient:
     audio = await loop.run_in_executor(None, encode_tone)
     client = WhipClient(f"{base}/whip/{DEMO_SHOW}", key, [audio_track(audio), video_track(video)])
     await client.start()
+    await client.connected()
     print(f"relay: demo show is live; watch it at {base}/watch/{DEMO_SHOW}", flush=True)
     return client

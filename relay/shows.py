@@ -102,6 +102,8 @@ class ShowService:
         """A new stream key; the old one stops working for new publishes (a host already live
         stays on air)."""
         show = self.get_show(show_id)
+        if show.state is ShowState.ENDED:
+            raise ApiError(409, "show_ended", f"show {show_id!r} has ended; its stream key cannot be used again")
         key = new_stream_key()
         show.stream_key_hash = hash_key(key)
         show.stream_key_expires_at = time.time() + ttl_s if ttl_s else None
@@ -125,11 +127,15 @@ class ShowService:
         self.replays.on_show_end(show_id)
         return show
 
-    async def delete_show(self, show_id: str) -> None:
-        self.get_show(show_id)
+    async def close_live(self, show_id: str) -> None:
+        """Close the show's sessions here (host and viewers), as a deletion begins."""
         live = self.live.pop(show_id, None)
         if live is not None:
             await live.close()
+
+    async def delete_show(self, show_id: str) -> None:
+        self.get_show(show_id)
+        await self.close_live(show_id)
         await self.replays.delete(show_id)
         self.store.delete_show(show_id)
 

@@ -248,3 +248,40 @@ async def test_redis_stopped_mid_storm_answers_503_and_loses_or_doubles_nothing(
     finally:
         await relay.close_clients()
         server.stop()
+
+
+async def test_deleting_a_show_deletes_its_commerce_data_and_a_new_show_with_the_id_inherits_nothing(relay):
+    await relay.create_show("again", mirrors=("d1",))
+    assert (await relay.api("POST", "/api/shows/again/products", {"id": "p", "title": "P", "price": 10}))[0] == 201
+    assert (await relay.api("POST", "/api/shows/again/products/p/pin"))[0] == 200
+    await relay.api("POST", "/api/shows/again/coupons", {"id": "flash", "title": "F", "quantity": 50,
+                                                         "per_viewer_limit": 1, "duration_s": 600})
+    await relay.api("POST", "/api/shows/again/coupons/flash/launch")
+    reader = await SseReader(f"{relay.base}/events/again").start()
+    async with aiohttp.ClientSession() as http:
+        viewers = [await register(http, relay.base, "again", "d1", "amy") for _ in range(5)]
+        for i, v in enumerate(viewers):
+            assert (await claim(http, relay.base, "again", "flash", v["token"], f"k{i}"))[1]["result"] == "claimed"
+        status, _ = await relay.api("DELETE", "/api/shows/again")
+        assert status == 204
+        await asyncio.wait_for(reader._task, 5)  # the old show's event stream ended
+        await reader.close()
+
+        await relay.create_show("again", mirrors=("d1",))
+        assert (await relay.request("GET", "/api/shows/again/products"))[1]["products"] == []
+        assert (await relay.api("GET", "/api/shows/again/coupons"))[1]["coupons"] == []
+        assert (await relay.api("GET", "/api/shows/again/coupons/flash"))[0] == 404
+        stats = (await relay.api("GET", "/api/shows/again/stats"))[1]
+        assert all(room["claims"] == 0 and room["unique_viewers"] == 0 for room in stats["rooms"].values())
+        # An old viewer's token belongs to the old show.
+        status, _ = await claim(http, relay.base, "again", "flash", viewers[0]["token"], "k-old")
+        assert status in (401, 403)
+        # A new reader gets no card or coupon of the old show, then the new show's events.
+        reader = await SseReader(f"{relay.base}/events/again").start()
+        try:
+            await relay.api("POST", "/api/shows/again/products", {"id": "q", "title": "Q", "price": 5})
+            events = await reader.wait_for(1)
+            assert [e["type"] for e in events] == ["shelf.updated"], events
+            assert events[0]["product"]["id"] == "q", events
+        finally:
+            await reader.close()

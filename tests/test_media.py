@@ -4,7 +4,12 @@ viewers playing the HQ room and mirror rooms over WHEP."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+
+import aiohttp
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from conftest import HEIGHT, WIDTH, tracks
 
@@ -239,3 +244,64 @@ async def test_vp8_host_and_viewers_who_waited_with_another_codec(relay):
     await viewer.first_frame("video")
     await relay.wait_for(lambda: _at_least(viewer.tracks["video"], 30), what="30 VP8 frames decoded")
     assert (viewer.tracks["video"].width, viewer.tracks["video"].height) == (320, 240)
+
+
+async def _offer_sdp(h264_clip, rewrite) -> tuple[object, str]:
+    """A host's offer, changed by `rewrite` (what a broken or unreachable host sends)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for track in tracks(h264_clip, None):
+        pc.addTransceiver(track, direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, rewrite(pc.localDescription.sdp)
+
+
+@pytest.mark.parametrize("failure, rewrite, reason", [
+    # ICE: a candidate nobody answers on, and the host never starts its checks
+    ("ice", lambda sdp: re.sub(r"a=candidate:(\S+) (\d) (\S+) (\d+) 127\.0\.0\.1 \d+",
+                               r"a=candidate:\1 \2 \3 \4 127.0.0.1 9", sdp), "not connected within"),
+    # DTLS: the certificate the host presents is not the one its offer named
+    ("dtls", lambda sdp: re.sub(r"a=fingerprint:sha-256 \S+", "a=fingerprint:sha-256 " + ":".join(["AB"] * 32), sdp),
+     "DTLS handshake failed"),
+])
+async def test_a_failed_publish_handshake_leaves_the_show_as_it_was(make_relay, h264_clip, caplog, failure,
+                                                                     rewrite, reason):
+    relay = await make_relay(configure=lambda s: setattr(s.ice, "connect_timeout_s", 2.0))
+    show = await relay.create_show("retry")
+    pc, offer = await _offer_sdp(h264_clip, rewrite)
+    status, answer = await relay.request("POST", "/whip/retry", data=offer, headers={
+        "Content-Type": "application/sdp", "Authorization": f"Bearer {show['stream_key']}"})
+    assert status == 201
+    if failure == "dtls":  # ICE completes, then the relay sees a certificate it was not told of
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+
+    async def failure_logged() -> bool:
+        return any("publish attempt" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+
+    await relay.wait_for(failure_logged, timeout=10, what=f"the {failure} failure to be logged")
+    await pc.close()
+    detail = await relay.show("retry")
+    assert detail["state"] == "scheduled" and detail["publisher"] is None and detail["end_reason"] is None
+    # The host tries again with the same key: on air.
+    await relay.publish(show, tracks(h264_clip, None))
+    detail = await relay.show("retry")
+    assert detail["state"] == "live" and detail["publisher"]["connection"] == "connected"
+
+
+async def test_a_host_that_gives_up_before_connecting_does_not_end_the_show(relay, h264_clip):
+    show = await relay.create_show("pending")
+    auth = {"Authorization": f"Bearer {show['stream_key']}"}
+    pc, offer = await _offer_sdp(h264_clip, lambda sdp: re.sub(
+        r"a=candidate:(\S+) (\d) (\S+) (\d+) 127\.0\.0\.1 \d+", r"a=candidate:\1 \2 \3 \4 127.0.0.1 9", sdp))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{relay.base}/whip/pending", data=offer,
+                             headers={"Content-Type": "application/sdp", **auth}) as res:
+            assert res.status == 201
+            location = res.headers["Location"]
+        detail = await relay.show("pending")
+        assert detail["state"] == "scheduled" and detail["publisher"] is None  # answered, not on air
+        async with http.delete(relay.base + location, headers=auth) as res:
+            assert res.status == 200
+    await pc.close()
+    assert (await relay.show("pending"))["state"] == "scheduled"
+    await relay.publish(show, tracks(h264_clip, None))
+    assert (await relay.show("pending"))["state"] == "live"

@@ -38,6 +38,9 @@ async def test_a_rotated_stream_key_stops_new_publishes_and_keeps_the_host_on_ai
     await relay.api("POST", "/api/shows/keys/stream-key")
     await second.stop()
     assert (await relay.show("keys"))["end_reason"] == "host_ended"
+    # An ended show's key cannot be renewed: it would publish nothing.
+    status, error = await relay.api("POST", "/api/shows/keys/stream-key")
+    assert status == 409 and error["error"] == "show_ended"
 
     # An expired key is refused with its own error; the show itself is untouched.
     await relay.create_show("keys2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -120,3 +121,22 @@ def test_environment_overrides_and_bad_settings(tmp_path):
         load_settings(bad, env={})
     with pytest.raises(ConfigError, match="grace_period_s"):
         load_settings(None, env={"RELAY_MEDIA_GRACE_PERIOD_S": "soon"})
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RELAY_MEDIA_GRACE_PERIOD_S": "-5"}, "media.grace_period_s: must be a finite number of 0 or more"),
+    ({"RELAY_MEDIA_GRACE_PERIOD_S": "inf"}, "media.grace_period_s: must be a finite number"),
+    ({"RELAY_ICE_CONNECT_TIMEOUT_S": "0"}, "ice.connect_timeout_s must be more than 0"),
+    ({"RELAY_ICE_ADDRESSES": "1.2.3.4, not-an-ip"}, "'not-an-ip' is not an IP address"),
+    ({"RELAY_ICE_ADDRESSES": '["1.2.3.4", 5]'}, "ice.addresses: expected a list of strings"),
+    ({"RELAY_SERVER_PORT": "99999"}, "server.port must be 0-65535"),
+    ({"RELAY_REPLAY_ENABLED": "maybe"}, "replay.enabled: expected true or false"),
+])
+def test_settings_out_of_range_are_refused_with_their_name(env, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(None, env=env)
+
+
+def test_a_json_list_in_the_environment_is_a_list():
+    settings = load_settings(None, env={"RELAY_ICE_ADDRESSES": '["1.2.3.4", "::1"]'})
+    assert settings.ice.addresses == ["1.2.3.4", "::1"]

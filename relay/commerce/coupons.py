@@ -285,6 +285,15 @@ def _claim(db: sqlite3.Connection, req: ClaimRequest) -> dict:
     return response
 
 
+SHOW_TABLES = ("claim_requests", "claims", "coupon_rooms", "coupons", "events", "pins", "products", "viewers")
+
+
+def purge_show(db: sqlite3.Connection, show_id: str) -> None:
+    """Every commerce row of the show, in one transaction with the claims around it."""
+    for table in SHOW_TABLES:
+        db.execute(f"DELETE FROM {table} WHERE show_id=?", (show_id,))
+
+
 def add_claims(figures: dict, room: str, coupon_id: str, sharer: str | None, n: int) -> None:
     """Count `n` claims into figures: room -> {"claims", "claims_by_coupon", "claims_by_sharer"}."""
     view = figures.setdefault(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}})

@@ -118,6 +118,12 @@ class EventHub:
             if not subs:
                 del self._subscribers[show_id]
 
+    def forget(self, show_id: str) -> None:
+        """The show was deleted: its readers' streams end and its sequence starts anew."""
+        for sub in self._subscribers.pop(show_id, ()):
+            sub.end()
+        self._delivered.pop(show_id, None)
+
     async def drain(self, timeout: float) -> None:
         """Wait (at most `timeout`) until every reader has taken what was handed to it."""
         deadline = time.monotonic() + timeout

@@ -157,6 +157,18 @@ class RedisCommerceStore:
                 await asyncio.sleep(RECONNECT_S)
 
     # -- viewers ---------------------------------------------------------------------------
+    async def purge_show(self, show_id: str) -> None:
+        # The event counter stays: sequence numbers keep growing for a new show with this id,
+        # so no process mistakes its first events for ones already delivered.
+        keep = self._key(show_id, "seq")
+
+        async def keys() -> list[str]:  # glob specials in a show id are excluded by the slug rule
+            return [k async for k in self._redis.scan_iter(match=self._key(show_id, "*"), count=500) if k != keep]
+
+        doomed = await self._do(keys())
+        for start in range(0, len(doomed), 500):
+            await self._do(self._redis.unlink(*doomed[start:start + 500]))
+
     async def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None,
                               now: float) -> None:
         record = json.dumps({"room": room, "first_sharer": sharer, "last_sharer": sharer, "created_at": now})

@@ -57,6 +57,10 @@ class CommerceStore(Protocol):
 
     async def close(self) -> None: ...
 
+    async def purge_show(self, show_id: str) -> None:
+        """Forget everything kept for the show (its id may be used again by a new show)."""
+        ...
+
     # viewers
     async def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None,
                               now: float) -> None: ...
