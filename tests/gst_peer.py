@@ -1,7 +1,8 @@
 """A GStreamer `webrtcbin` WHIP host or WHEP viewer, driven by tests/test_interop.py.
 
 Runs under the system Python (Debian's python3-gi), not the project's venv. Prints one JSON
-object per line on stdout: {"event": "answer"|"state"|"frames"|"error"|"done", ...}.
+object per line on stdout: {"event": "answer"|"state"|"frames"|"error"|"done", ...}. It ends
+after --seconds, or when a line "stop" (or end of file) arrives on stdin.
 
   gst_peer.py whip URL --token KEY [--codec h264|vp8] [--seconds N]
   gst_peer.py whep URL [--seconds N]
@@ -53,6 +54,7 @@ class Peer:
         self.counts = {"video": 0, "audio": 0}
         self.location: str | None = None
         self.exit_code = 0
+        self.finished = False
         if args.role == "whip":
             self.pipe = Gst.parse_launch(
                 "webrtcbin name=wb bundle-policy=max-bundle "
@@ -167,6 +169,9 @@ class Peer:
         return False
 
     def _finish(self) -> bool:
+        if self.finished:
+            return False
+        self.finished = True
         if self.location and self.args.role == "whip" and self.args.delete:
             url = urllib.parse.urljoin(self.args.url, self.location)
             headers = {"Authorization": f"Bearer {self.args.token}"} if self.args.token else {}
@@ -178,7 +183,15 @@ class Peer:
         self.loop.quit()
         return False
 
+    def _on_stdin(self, source, _condition) -> bool:
+        line = source.readline()
+        if not line or line.strip() == "stop":  # told to stop, or the test went away
+            self._finish()
+            return False
+        return True
+
     def run(self) -> int:
+        GLib.io_add_watch(sys.stdin, GLib.IO_IN | GLib.IO_HUP, self._on_stdin)
         self.pipe.set_state(Gst.State.PLAYING)
         GLib.timeout_add(500, self._report)
         GLib.timeout_add(int(self.args.seconds * 1000), self._finish)
