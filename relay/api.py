@@ -8,7 +8,7 @@ from .appkeys import COMMERCE, REPLAYS, SHELF
 from .config import Settings
 from .errors import ApiError
 from .http_util import read_json, require_admin
-from .models import HQ_ROOM, Mirror, Show, ShowState, is_slug
+from .models import HQ_ROOM, Mirror, Show, ShowState, is_currency, is_slug
 from .shows import ShowService
 from .appkeys import SHOWS
 
@@ -55,6 +55,7 @@ def show_view(service: ShowService, show: Show, detail: bool = False) -> dict:
         "end_reason": show.end_reason,
         "replay_public": show.replay_public,
         "playback": show.playback,
+        "currency": show.currency,
         "stream_key_expires_at": show.stream_key_expires_at,
     }
     if detail:
@@ -104,7 +105,10 @@ async def create_show(request: web.Request) -> web.Response:
     if playback not in ("public", "token"):
         raise ApiError(422, "invalid_field", "'playback' must be 'public' or 'token'")
     ttl = _ttl_field(body, "stream_key_ttl_s")
-    show, key = service.create_show(title, show_id, public, ttl, playback)
+    currency = body.get("currency", "CNY")
+    if not is_currency(currency):
+        raise ApiError(422, "invalid_field", "'currency' must be an ISO 4217 code such as CNY, USD or EUR")
+    show, key = service.create_show(title, show_id, public, ttl, playback, currency)
     return web.json_response({**show_view(service, show), "stream_key": key}, status=201)
 
 
@@ -232,13 +236,17 @@ async def public_status(request: web.Request) -> web.Response:
         host = "live"
     else:
         host = "reconnecting"
-    viewers = sum(r.viewers for r in service.figures(show.id).rooms.values()) if live else 0
+    figures = service.figures(show.id)
+    viewers = sum(r.viewers for r in figures.rooms.values()) if live else 0
     replay = request.app[REPLAYS].store.get_replay(show.id) if show.replay_public else None
     room = request.query.get("room", HQ_ROOM)
     mirror = service.store.get_mirror(show.id, room) if room != HQ_ROOM and is_slug(room) else None
+    known_room = room == HQ_ROOM or mirror is not None
+    room_viewers = figures.rooms[room].viewers if live and known_room and room in figures.rooms else 0
     return web.json_response({
         "id": show.id, "title": show.title, "state": show.state.value, "host": host, "viewers": viewers,
-        "room_name": mirror.name if mirror else None, "playback": show.playback,
+        "room_viewers": room_viewers, "room_name": mirror.name if mirror else None, "playback": show.playback,
+        "currency": show.currency,
         "started_at": show.started_at, "ended_at": show.ended_at,
         "replay_page": f"/replay/{show.id}" if replay is not None else None,
     }, headers={"Cache-Control": "no-cache"})

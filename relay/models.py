@@ -10,6 +10,14 @@ HQ_ROOM = "hq"
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def is_currency(value: object) -> bool:
+    """An ISO 4217 alphabetic code (CNY, USD, EUR ...)."""
+    return isinstance(value, str) and bool(_CURRENCY.match(value))
+
+
 def is_slug(value: object) -> bool:
     return isinstance(value, str) and bool(_SLUG.match(value))
 
@@ -33,6 +41,7 @@ class Show:
     replay_public: bool = True
     stream_key_expires_at: float | None = None
     playback: str = "public"  # public | token (WHEP and events need a signed viewer token)
+    currency: str = "CNY"  # ISO 4217 code the shelf's prices are in
 
 
 @dataclass

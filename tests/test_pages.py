@@ -91,8 +91,13 @@ async def test_studio_watch_ops_and_replay_pages_in_chromium(make_relay, browser
     d1 = await pages.open("/watch/launch/d1?ref=amy")
     await playing(hq)
     await playing(d1)
-    await expect(hq.locator("#viewers")).to_have_text("2 watching", timeout=10_000)
+    # Each room counts its own viewers; the studio sees them all.
+    await expect(hq.locator("#viewers")).to_have_text("1 watching", timeout=10_000)
+    await expect(d1.locator("#viewers")).to_have_text("1 watching", timeout=10_000)
     await expect(studio.locator("#viewers")).to_have_text("2", timeout=10_000)
+    await expect(d1.locator("#room")).to_have_text("D1")  # the distributor's room is named
+    await expect(hq.locator("#room")).to_be_hidden()
+    await expect(hq.locator("#unmute")).to_be_visible()
     assert int(await studio.locator("#bitrate").inner_text()) > 50  # kbit/s going out
 
     # The operator stocks the shelf and pins the card; it shows on both watch pages within 1 s.
@@ -112,8 +117,8 @@ async def test_studio_watch_ops_and_replay_pages_in_chromium(make_relay, browser
     await asyncio.gather(expect(hq.locator("#card")).to_be_visible(timeout=1000),
                          expect(d1.locator("#card")).to_be_visible(timeout=1000))
     assert time.monotonic() - pinned_at < 1.0
-    await expect(hq.locator("#card-price")).to_have_text("100.00")
-    await expect(d1.locator("#card-price")).to_have_text("80.00")  # the mirror room's own price
+    await expect(hq.locator("#card-price")).to_have_text("¥100.00")  # the show's currency, CNY by default
+    await expect(d1.locator("#card-price")).to_have_text("¥80.00")  # the mirror room's own price
     await expect(hq.locator("#card-title")).to_have_text("Glow serum")
 
     # A flash coupon: the banner appears; claim, then claim again.
@@ -127,6 +132,10 @@ async def test_studio_watch_ops_and_replay_pages_in_chromium(make_relay, browser
     await expect(hq.locator("#coupon-remaining")).to_have_text("5 left")
     await hq.get_by_role("button", name="Claim").click()
     await expect(hq.locator("#coupon-result")).to_have_text("Claimed! It is yours.")
+    await expect(hq.get_by_role("button", name="Claim")).to_be_disabled()  # nothing more to claim
+    await hq.reload()  # the same viewer again: the server remembers
+    await playing(hq)
+    await expect(hq.locator("#coupon")).to_be_visible(timeout=5000)
     await hq.get_by_role("button", name="Claim").click()
     await expect(hq.locator("#coupon-result")).to_have_text("Already claimed.")
     await d1.get_by_role("button", name="Claim").click()
@@ -137,6 +146,14 @@ async def test_studio_watch_ops_and_replay_pages_in_chromium(make_relay, browser
 
     for page, name in ((studio, "studio"), (hq, "watch-hq"), (d1, "watch-mirror"), (ops, "ops")):
         await screenshots(page, name)
+
+    # A closed tab stops counting at once (its session is ended, not left to time out).
+    await d1.context.close()
+
+    async def d1_left() -> bool:
+        return (await relay.api("GET", "/api/shows/launch/stats"))[1]["rooms"]["d1"]["viewers"] == 0
+
+    await relay.wait_for(d1_left, timeout=3, what="the closed tab's session to end")
 
     # The host stops: the watch page shows the ended state and links the replay.
     await studio.get_by_role("button", name="Stop").click()
@@ -176,6 +193,7 @@ async def test_ops_page_shows_api_errors_and_watch_page_knows_a_show_not_started
     watch = await pages.open("/watch/later", PHONE)
     await expect(watch.locator("#state-text")).to_have_text(
         "The show has not started yet. It will play here as soon as it does.")
+    await expect(watch.locator("#unmute")).to_be_hidden()  # nothing to hear yet
     await screenshots(watch, "watch-not-started")
     # The browser logs every 4xx answer itself; the two provoked here (401, 422) are expected.
     provoked = ("status of 401", "status of 422")
@@ -209,3 +227,40 @@ async def test_watch_page_plays_again_by_itself_after_a_server_restart(server_pr
     await expect(watch.locator("#state")).to_be_hidden()
     await relay.close_clients()
     server.stop()
+
+
+async def test_studio_hears_at_once_that_the_operator_ended_the_show(make_relay, browser):
+    relay = await make_relay()
+    show = await relay.create_show("cutoff")
+    pages = Pages(browser, relay.base)
+    studio = await pages.open("/studio/cutoff", PHONE)
+    await studio.get_by_label("Stream key").fill(show["stream_key"])
+    await studio.get_by_role("button", name="Go live").click()
+    await expect(studio.locator("#badge")).to_have_text("LIVE", timeout=15_000)
+    await relay.api("POST", "/api/shows/cutoff/end")
+    await expect(studio.locator("#badge")).to_have_text("Ended", timeout=3000)
+    await expect(studio.locator("#error")).to_have_text(
+        "The operator ended the show. Ask for a new show to go live again.")
+    await expect(studio.get_by_role("button", name="Go live")).to_be_disabled()
+    await expect(studio.locator("#bitrate")).to_have_text("–", timeout=3000)  # nothing is sent any more
+    await screenshots(studio, "studio-ended")
+    assert pages.errors == []
+
+
+async def test_ops_page_follows_the_show_state_and_fits_a_phone(make_relay, browser, h264_clip):
+    relay = await make_relay()
+    show = await relay.create_show("picker", mirrors=("d1", "d2"))
+    pages = Pages(browser, relay.base)
+    ops = await pages.open("/ops?show=picker", PHONE)
+    await ops.get_by_label("Admin key").fill(ADMIN_KEY)
+    await ops.get_by_role("button", name="Sign in").click()
+    picked = ops.locator("#show-select option:checked")
+    await expect(picked).to_have_text("Show picker (picker, scheduled)")
+    await relay.publish(show, tracks(h264_clip, None))
+    await expect(picked).to_have_text("Show picker (picker, live)", timeout=5000)
+    await relay.api("POST", "/api/shows/picker/end")
+    await expect(picked).to_have_text("Show picker (picker, ended)", timeout=5000)
+    copy = ops.get_by_role("button", name="Copy the watch link of D2")
+    await expect(copy).to_be_visible()
+    box = await copy.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box

@@ -38,8 +38,15 @@ export function showError(el, error) {
   el.textContent = error ? error.message || String(error) : "";
 }
 
-export function money(value) {
-  return typeof value === "number" ? value.toFixed(2) : "";
+/** A price with its currency's symbol (CNY shows as ¥). */
+export function money(value, currency = "CNY") {
+  if (typeof value !== "number") return "";
+  try {
+    return new Intl.NumberFormat(undefined, { style: "currency", currency, currencyDisplay: "narrowSymbol" })
+      .format(value);
+  } catch {
+    return `${value.toFixed(2)} ${currency}`;
+  }
 }
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -87,11 +87,13 @@ $("#signin-form").addEventListener("submit", (ev) => {
 $("#sign-out").addEventListener("click", signOut);
 
 // -- shows --------------------------------------------------------------------------------------
+const showLabel = (s) => `${s.title} (${s.id}, ${s.state})`;
+
 function fillShows(shows, select) {
   const list = $("#show-select");
   list.length = 0;
   list.add(new Option("Choose a show…", ""));
-  for (const s of shows) list.add(new Option(`${s.title} (${s.id}, ${s.state})`, s.id));
+  for (const s of shows) list.add(new Option(showLabel(s), s.id));
   const wanted = select ?? current ?? new URLSearchParams(location.search).get("show");
   if (wanted && shows.some((s) => s.id === wanted)) list.value = wanted;
   choose(list.value || null);
@@ -140,6 +142,8 @@ async function refresh() {
     call("GET", `/api/shows/${showId}/coupons`),
   ]);
   if (showId !== current) return;
+  const option = [...$("#show-select").options].find((o) => o.value === showId);
+  if (option) option.textContent = showLabel(show); // scheduled -> live -> ended as it happens
   // Rebuild only when something changed: focus, clicks and "Copied" survive the 2 s refresh.
   const { tracks, keyframe_requests, publisher, ...stable } = show;
   const fingerprint = JSON.stringify([stable, !!publisher, stats.rooms, shelf, coupons]);
@@ -163,11 +167,11 @@ async function refresh() {
   for (const [room, f] of Object.entries(stats.rooms)) {
     const tr = document.createElement("tr");
     tr.dataset.room = room;
-    tr.append(cell(names[room] || room), cell(f.viewers, "num"), cell(f.peak_viewers, "num"),
+    // The link's Copy button sits under the room's name: the table fits a phone's width.
+    const name = cell(names[room] || room);
+    name.append(document.createElement("br"), copyButton(links[room], `the watch link of ${names[room] || room}`));
+    tr.append(name, cell(f.viewers, "num"), cell(f.peak_viewers, "num"),
       cell(f.unique_viewers, "num"), cell(f.claims, "num"));
-    const td = document.createElement("td");
-    td.append(copyButton(links[room], `the watch link of ${names[room] || room}`));
-    tr.append(td);
     rooms.append(tr);
   }
 

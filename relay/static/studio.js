@@ -129,17 +129,28 @@ async function measure() {
   }
 }
 
+/** The show ended without the host (the operator ended it): stop sending and say so. */
+function endedByOperator() {
+  const ending = session;
+  session = null;
+  liveSince = null;
+  if (ending) ending.pc.close();
+  setLive(false, "Ended");
+  $("#live-button").disabled = true; // an ended show cannot go live again
+  showError($("#error"), new Error("The operator ended the show. Ask for a new show to go live again."));
+}
+
 async function followStatus() {
   for (;;) {
     try {
       const status = await api("GET", `/api/shows/${show}/status`);
       $("#title").textContent = `Studio · ${status.title}`;
       $("#viewers").textContent = status.viewers;
-      if (!session && status.state === "ended") setLive(false, "Ended");
+      if (status.state === "ended" && $("#badge").textContent !== "Ended") endedByOperator();
     } catch (e) {
       if (e.status === 404) showError($("#error"), e);
     }
-    await sleep(2000);
+    await sleep(session ? 1000 : 2000); // on air: notice an operator's end within a second
   }
 }
 

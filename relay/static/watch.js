@@ -12,6 +12,20 @@ const coupons = new Map(); // id -> coupon as this room sees it
 let status = null; // the public show status
 let viewer = null; // {viewer_id, token}
 let playing = false;
+let current = null; // the WHEP session playing now
+
+// A closed tab or a page left behind ends its session at once, so room counts stay true.
+addEventListener("pagehide", () => {
+  if (!current) return;
+  current.pc.close();
+  fetch(current.location, { method: "DELETE", keepalive: true }).catch(() => {});
+  current = null;
+});
+
+// A landscape picture fills the width with its own frames blurred behind; a portrait one fills the screen.
+video.addEventListener("resize", () => {
+  $("#watch").classList.toggle("portrait-video", video.videoHeight > video.videoWidth);
+});
 
 // -- identity: a signed viewer token that keeps the room this viewer came through -------------
 // Per show (credit stays with the first room); a token given for token playback is per room.
@@ -45,12 +59,15 @@ function render() {
   badge.textContent = !status ? "Connecting…" : live ? (status.host === "live" ? "LIVE" : "Reconnecting…")
     : status.state === "ended" ? "Ended" : "Soon";
   badge.classList.toggle("live", live && status.host === "live");
-  $("#viewers").textContent = `${status?.viewers ?? 0} watching`;
+  $("#viewers").textContent = `${status?.room_viewers ?? 0} watching`; // this room's own count
   if (status) {
     $("#title").textContent = status.title;
-    $("#room").textContent = status.room_name ? `· ${status.room_name}` : "";
-    document.title = `${status.title} · Live`;
+    $("#room").textContent = status.room_name || "";
+    $("#room").hidden = !status.room_name;
+    document.title = `${status.room_name ? `${status.room_name} · ` : ""}${status.title} · Live`;
   }
+  // Sound can only be turned on while the show plays.
+  $("#unmute").hidden = !(live && playing && video.muted);
   let text = "";
   if (status?.state === "scheduled") text = "The show has not started yet. It will play here as soon as it does.";
   else if (status?.state === "live" && status.host !== "live") text = "The host is reconnecting…";
@@ -98,6 +115,8 @@ async function followMedia() {
     let session = null;
     try {
       session = await whepPlay(whep, video, status.playback === "token" ? viewer?.token : undefined);
+      current = session;
+      $("#backdrop").srcObject = video.srcObject; // the same decoded frames, blurred behind
       playing = true;
       backoff = 1000;
       render();
@@ -112,6 +131,7 @@ async function followMedia() {
       if (e.status === 404 || e.status === 409) await refreshStatus(); // not live (any more)
     }
     playing = false;
+    current = null;
     if (session) {
       session.pc.close();
       endSession(session.location);
@@ -125,13 +145,13 @@ async function followMedia() {
 $("#unmute").addEventListener("click", () => {
   video.muted = false;
   video.play().catch(() => {});
-  $("#unmute").hidden = true;
+  render();
 });
 
 // -- events: card, coupons, show state --------------------------------------------------------
 function showCard(product) {
   $("#card-title").textContent = product.title;
-  $("#card-price").textContent = money(product.price);
+  $("#card-price").textContent = money(product.price, status?.currency);
   const image = $("#card-image");
   image.hidden = !product.image_url;
   if (product.image_url) image.src = product.image_url;
@@ -160,6 +180,8 @@ function currentCoupon() {
 }
 
 let shownCoupon = null;
+const decided = new Set(); // coupons this viewer has had a final answer for
+let claiming = false;
 function renderCoupon() {
   const coupon = currentCoupon();
   $("#coupon").hidden = !coupon || status?.state === "ended";
@@ -167,8 +189,8 @@ function renderCoupon() {
   if (shownCoupon !== coupon.id) {
     shownCoupon = coupon.id;
     $("#coupon-result").textContent = "";
-    $("#claim").disabled = false;
   }
+  $("#claim").disabled = decided.has(coupon.id) || claiming;
   $("#coupon-title").textContent = coupon.title;
   $("#coupon-remaining").textContent = coupon.remaining > 0 ? `${coupon.remaining} left` : "Sold out";
   const left = Math.max(0, Math.round(coupon.ends_at - Date.now() / 1000));
@@ -191,6 +213,15 @@ $("#claim").addEventListener("click", async () => {
   const button = $("#claim");
   const result = $("#coupon-result");
   button.disabled = true;
+  claiming = true;
+  try {
+    await claimOnce(coupon, button, result);
+  } finally {
+    claiming = false;
+  }
+});
+
+async function claimOnce(coupon, button, result) {
   if (!viewer) {
     viewer = await identify().catch((e) => {
       result.textContent = e.message;
@@ -213,14 +244,15 @@ $("#claim").addEventListener("click", async () => {
     if (!answer) throw new Error("Could not reach the shop. Try again.");
     result.textContent = RESULTS[answer.result] || answer.result;
     result.dataset.result = answer.result;
+    // Claimed, already claimed, sold out...: another tap would change nothing.
+    if (answer.result !== "not_started") decided.add(coupon.id);
     couponChanged({ id: coupon.id, remaining: answer.remaining });
   } catch (e) {
     result.textContent = e.message;
     result.dataset.result = "error";
-  } finally {
-    button.disabled = false;
+    button.disabled = false; // could not reach the shop: try again
   }
-});
+}
 
 function followEvents() {
   let last = null;
