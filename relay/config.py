@@ -70,6 +70,7 @@ class LimitSettings:
     claims_per_s: float = 20.0
     whep_per_s: float = 10.0
     whip_per_s: float = 2.0
+    max_pending_sessions_per_address: int = 10
 
 
 @dataclass

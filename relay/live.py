@@ -38,7 +38,8 @@ class LiveShow:
         self.figures = figures
         self.publisher: PublisherSession | None = None
         self.pending: dict[str, PublisherSession] = {}  # answered, ICE/DTLS not done yet
-        self.viewers: dict[str, ViewerSession] = {}
+        self.viewers: dict[str, ViewerSession] = {}  # connected: they count and receive frames
+        self.joining: dict[str, ViewerSession] = {}  # answered, ICE/DTLS not done yet
         self.reconnecting_until: float | None = None
         self.keyframes = KeyframeRequester(media.keyframe_request_interval_s, self._send_keyframe_request)
         self.forwarders = {
@@ -63,11 +64,12 @@ class LiveShow:
             self.forwarders[kind].start_source(codec)
         # Viewers who negotiated another codec while waiting cannot play this host: close
         # them so their players reconnect and negotiate the host's codec.
-        for viewer in list(self.viewers.values()):
+        for viewer in list(self.viewers.values()) + list(self.joining.values()):
             if any(viewer.codecs.get(k, c) != c for k, c in session.codecs.items()):
                 log.info("show %s: viewer %s has %s, host sends %s; closing it", self.show_id,
                          viewer.id, viewer.codecs, session.codecs)
-                self.remove_viewer(viewer)
+                if not self.remove_viewer(viewer):
+                    asyncio.ensure_future(viewer.close())
         if self._watchdog is None:
             self._watchdog = asyncio.ensure_future(self._watch_publisher())
         if previous is not None:
@@ -138,6 +140,11 @@ class LiveShow:
         asyncio.ensure_future(viewer.close())
         return True
 
+    @property
+    def audience(self) -> int:
+        """Viewers connected plus those still connecting: what capacity is measured in."""
+        return len(self.viewers) + len(self.joining)
+
     def room_viewers(self, room: str) -> list[ViewerSession]:
         return [v for v in self.viewers.values() if v.room == room]
 
@@ -149,8 +156,9 @@ class LiveShow:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        sessions: list = list(self.viewers.values())
+        sessions: list = list(self.viewers.values()) + list(self.joining.values())
         self.viewers.clear()
+        self.joining.clear()
         if self.publisher is not None:
             sessions.append(self.publisher)
             self.publisher = None

@@ -35,6 +35,33 @@ def new_stream_key() -> str:
     return secrets.token_urlsafe(24)
 
 
+class PendingSessions:
+    """Sessions answered but not yet connected, per client address: one address may hold at most
+    `limit` (0: no limit), so half-open offers cannot take every slot and socket."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._by_address: dict[str, int] = {}
+
+    def open(self, address: str) -> None:
+        held = self._by_address.get(address, 0)
+        if self.limit and held >= self.limit:
+            raise ApiError(429, "too_many_pending_sessions",
+                           f"this address has {held} sessions still connecting; finish or end those first",
+                           {"Retry-After": "5"})
+        self._by_address[address] = held + 1
+
+    def close(self, address: str) -> None:
+        held = self._by_address.get(address, 0) - 1
+        if held > 0:
+            self._by_address[address] = held
+        else:
+            self._by_address.pop(address, None)
+
+    def held(self, address: str) -> int:
+        return self._by_address.get(address, 0)
+
+
 class ShowService:
     def __init__(self, settings: Settings, store: ShowStore, replays: ReplayService) -> None:
         self.settings = settings
@@ -45,7 +72,7 @@ class ShowService:
         self.on_state: Callable[[str, str, dict], None] = lambda show_id, type, data: None
         self.on_viewer_channel: Callable[[ViewerSession, object], None] | None = None
         self.on_webhook: Callable[[str, dict], None] = lambda type, data: None
-        self._joining: dict[str, int] = {}  # show -> WHEP offers being answered
+        self.pending = PendingSessions(settings.limits.max_pending_sessions_per_address)
 
     # -- lifecycle -------------------------------------------------------------------------
     def recover(self) -> list[str]:
@@ -189,6 +216,8 @@ class ShowService:
         if live is not None:
             for viewer in live.room_viewers(distributor):
                 live.remove_viewer(viewer)
+            for viewer in [v for v in live.joining.values() if v.room == distributor]:
+                await viewer.close()  # its handshake watch lets go of it
             live.figures.rooms.pop(distributor, None)
         self.store.delete_mirror(show_id, distributor)
 
@@ -197,7 +226,8 @@ class ShowService:
             self.get_mirror(show_id, room)
 
     # -- media sessions --------------------------------------------------------------------
-    async def publish(self, show_id: str, key: str | None, offer: Offer) -> tuple[PublisherSession, str]:
+    async def publish(self, show_id: str, key: str | None, offer: Offer,
+                      client: str = "") -> tuple[PublisherSession, str]:
         """Answer a host's offer. The session becomes the show's publisher (taking over from any
         other) once ICE and DTLS are done; a handshake that fails leaves the show as it was."""
         show = self.get_show(show_id)
@@ -205,16 +235,23 @@ class ShowService:
         if show.state is ShowState.ENDED:
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended; create a new show")
         live = self._live_show(show)
+        self.pending.open(client)
         session = PublisherSession(show_id, live.on_frame, live.publisher_gone)
-        answer = await session.answer(offer, self.settings.media.video_codecs)
+        try:
+            answer = await session.answer(offer, self.settings.media.video_codecs)
+        except BaseException:
+            self.pending.close(client)
+            raise
         # The show may have ended, or its key been rotated, while the answer was being made.
         current = self.store.get_show(show_id)
         if current is None or current.state is ShowState.ENDED or self.live.get(show_id) is not live:
+            self.pending.close(client)
             await session.close()
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
         try:
             self.check_stream_key(current, key)
         except ApiError:
+            self.pending.close(client)
             await session.close()
             raise
         session.key_hash = current.stream_key_hash
@@ -222,16 +259,17 @@ class ShowService:
         log.info("show %s: publisher %s answered, connecting", show_id, session.id,
                  extra={"show": show_id, "session": session.id})
         watch_handshake(session.pc, self.settings.ice.connect_timeout_s,
-                        lambda: self._publisher_connected(live, session),
-                        lambda reason: self._publisher_failed(live, session, reason))
+                        lambda: self._publisher_connected(live, session, client),
+                        lambda reason: self._publisher_failed(live, session, client, reason))
         return session, answer
 
-    def _publisher_connected(self, live: LiveShow, session: PublisherSession) -> None:
-        live.pending.pop(session.id, None)
+    def _publisher_connected(self, live: LiveShow, session: PublisherSession, client: str) -> None:
         current = self.store.get_show(live.show_id)
         if session.closed or current is None or current.state is ShowState.ENDED or self.live.get(live.show_id) is not live:
-            self._publisher_failed(live, session, "the show ended while the host connected")
+            self._publisher_failed(live, session, client, "the show ended while the host connected")
             return
+        self.pending.close(client)
+        live.pending.pop(session.id, None)
         live.attach_publisher(session)
         self.replays.on_publish(live.show_id, live.forwarders, session.codecs)
         self._mark_live(live.show_id)
@@ -239,7 +277,8 @@ class ShowService:
                  extra={"show": live.show_id, "session": session.id})
         self.on_webhook("publish", {"show": live.show_id, "session": session.id, "codecs": session.codecs})
 
-    def _publisher_failed(self, live: LiveShow, session: PublisherSession, reason: str) -> None:
+    def _publisher_failed(self, live: LiveShow, session: PublisherSession, client: str, reason: str) -> None:
+        self.pending.close(client)
         live.pending.pop(session.id, None)
         if not session.closed:
             log.warning("show %s: publish attempt %s failed: %s; the show is unchanged", live.show_id,
@@ -265,49 +304,72 @@ class ShowService:
         self.on_webhook("unpublish", {"show": show_id, "reason": "host_ended"})
         await self.end_show(show_id, "host_ended")
 
-    async def watch(self, show_id: str, room: str, offer: Offer) -> tuple[ViewerSession, str]:
+    async def watch(self, show_id: str, room: str, offer: Offer, client: str = "") -> tuple[ViewerSession, str]:
+        """Answer a viewer's offer. The viewer counts (figures, caps) once ICE and DTLS are done;
+        until then it holds a slot, for at most [ice] connect_timeout_s."""
         show = self.get_show(show_id)
         self.check_room(show_id, room)
         self._check_capacity(show_id)
         if show.state is ShowState.ENDED:
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
+        self.pending.open(client)
         live = self._live_show(show)
         viewer = ViewerSession(show_id, room, self.settings.media.viewer_queue_frames, live.remove_viewer,
                                self.on_viewer_channel)
-        # Joins in progress hold their place, so a burst cannot overshoot the caps.
-        self._joining[show_id] = self._joining.get(show_id, 0) + 1
+        live.joining[viewer.id] = viewer  # joins in progress hold their place: a burst cannot overshoot
         try:
             answer = await viewer.answer(offer, live.codec_choices(self.settings.media.video_codecs),
                                          live.keyframes.request)
-        finally:
-            self._joining[show_id] -= 1
-            if not self._joining[show_id]:
-                del self._joining[show_id]
+        except BaseException:
+            live.joining.pop(viewer.id, None)
+            self.pending.close(client)
+            raise
         if self.live.get(show_id) is not live:  # ended meanwhile
+            live.joining.pop(viewer.id, None)
+            self.pending.close(client)
             await viewer.close()
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
-        live.add_viewer(viewer)
-        self.store.save_room_figures(show_id, room, live.figures.room(room))
+        watch_handshake(viewer.pc, self.settings.ice.connect_timeout_s,
+                        lambda: self._viewer_connected(live, viewer, client),
+                        lambda reason: self._viewer_failed(live, viewer, client, reason))
         return viewer, answer
+
+    def _viewer_connected(self, live: LiveShow, viewer: ViewerSession, client: str) -> None:
+        self.pending.close(client)
+        if live.joining.pop(viewer.id, None) is None or viewer.closed or self.live.get(live.show_id) is not live:
+            asyncio.ensure_future(viewer.close())
+            return
+        live.add_viewer(viewer)
+        self.store.save_room_figures(live.show_id, viewer.room, live.figures.room(viewer.room))
+
+    def _viewer_failed(self, live: LiveShow, viewer: ViewerSession, client: str, reason: str) -> None:
+        self.pending.close(client)
+        live.joining.pop(viewer.id, None)
+        if not viewer.closed:
+            log.info("show %s: viewer %s in %s did not connect: %s", live.show_id, viewer.id, viewer.room, reason,
+                     extra={"show": live.show_id, "room": viewer.room, "session": viewer.id})
+        asyncio.ensure_future(viewer.close())
 
     def _check_capacity(self, show_id: str) -> None:
         limits = self.settings.limits
         live = self.live.get(show_id)
-        joining = self._joining.get(show_id, 0)
-        if limits.max_viewers_per_show and (len(live.viewers) if live else 0) + joining >= limits.max_viewers_per_show:
+        if limits.max_viewers_per_show and (live.audience if live else 0) >= limits.max_viewers_per_show:
             raise ApiError(503, "show_full", f"show {show_id!r} has its maximum of {limits.max_viewers_per_show}"
                            " viewers; try again shortly", {"Retry-After": "10"})
-        total = sum(len(s.viewers) for s in self.live.values()) + sum(self._joining.values())
+        total = sum(s.audience for s in self.live.values())
         if limits.max_viewers_per_process and total >= limits.max_viewers_per_process:
             raise ApiError(503, "server_full", "this server is at its viewer capacity; try again shortly",
                            {"Retry-After": "10"})
 
     async def stop_watching(self, show_id: str, room: str, session_id: str) -> None:
         live = self.live.get(show_id)
-        viewer = live.viewers.get(session_id) if live else None
+        viewer = (live.viewers.get(session_id) or live.joining.get(session_id)) if live else None
         if viewer is None or viewer.room != room:
             raise ApiError(404, "session_not_found", "no such viewing session")
-        live.remove_viewer(viewer)
+        if live.joining.pop(session_id, None) is not None:
+            await viewer.close()  # its handshake watch frees the address's slot
+        else:
+            live.remove_viewer(viewer)
 
     # -- figures ---------------------------------------------------------------------------
     def figures(self, show_id: str) -> ShowFigures:

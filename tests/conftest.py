@@ -32,7 +32,7 @@ WIDTH, HEIGHT = 640, 360
 
 # Tests (and benches) run hundreds of clients from one address: per-address limits off.
 NO_LIMITS = {f"RELAY_LIMITS_{name}": "0" for name in (
-    "VIEWER_REGISTRATIONS_PER_S", "CLAIMS_PER_S", "WHEP_PER_S", "WHIP_PER_S")}
+    "VIEWER_REGISTRATIONS_PER_S", "CLAIMS_PER_S", "WHEP_PER_S", "WHIP_PER_S", "MAX_PENDING_SESSIONS_PER_ADDRESS")}
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,8 @@ def relay_settings(data_dir: Path, **media) -> Settings:
     settings.media.grace_period_s = 30.0
     settings.media.publisher_timeout_s = 3.0
     for name in NO_LIMITS:
-        setattr(settings.limits, name.removeprefix("RELAY_LIMITS_").lower(), 0.0)
+        field = name.removeprefix("RELAY_LIMITS_").lower()
+        setattr(settings.limits, field, type(getattr(settings.limits, field))(0))
     for key, value in media.items():
         setattr(settings.media, key, value)
     return settings
@@ -117,6 +118,7 @@ class Relay:
         client = WhepClient(self.base + path, kinds=kinds, decode=decode, data_channel=data_channel, token=token)
         await client.start()
         self.clients.append(client)
+        await client.connected()
         return client
 
     async def wait_for(self, predicate, timeout: float = 10.0, what: str = "condition") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urljoin
 
 import aiohttp
@@ -30,6 +31,16 @@ async def negotiate(pc: RTCPeerConnection, url: str, headers: dict[str, str] | N
             location = urljoin(url, res.headers["Location"])
     await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
     return location
+
+
+async def connected(pc: RTCPeerConnection, timeout: float = 10.0) -> None:
+    """Wait until ICE and DTLS are done; ConnectionError if the connection fails instead."""
+    done = asyncio.Event()
+    pc.on("connectionstatechange", lambda: pc.connectionState not in ("new", "connecting") and done.set())
+    if pc.connectionState in ("new", "connecting"):
+        await asyncio.wait_for(done.wait(), timeout)
+    if pc.connectionState != "connected":
+        raise ConnectionError(f"the connection is {pc.connectionState}")
 
 
 async def delete_session(location: str, headers: dict[str, str] | None = None) -> None:

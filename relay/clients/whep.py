@@ -12,7 +12,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from .. import aiortc_hooks
-from .signaling import SignalingError, delete_session, negotiate
+from .signaling import SignalingError, connected, delete_session, negotiate
 
 __all__ = ["SignalingError", "WhepClient"]
 
@@ -86,6 +86,11 @@ class WhepClient:
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         self.location = await negotiate(self.pc, self.url, headers)
+
+    async def connected(self, timeout: float = 10.0) -> None:
+        """Wait until ICE and DTLS are done: from then on the viewer counts."""
+        assert self.pc is not None
+        await connected(self.pc, timeout)
 
     async def _consume(self, track) -> None:
         counter = self.tracks[track.kind]

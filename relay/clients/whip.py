@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpSender
 
-from .signaling import SignalingError, delete_session, negotiate
+from .signaling import SignalingError, connected, delete_session, negotiate
 
 __all__ = ["SignalingError", "WhipClient"]
 
@@ -32,14 +30,8 @@ class WhipClient:
 
     async def connected(self, timeout: float = 10.0) -> None:
         """Wait until ICE and DTLS are done: from then on the host is on air."""
-        pc = self.pc
-        assert pc is not None
-        done = asyncio.Event()
-        pc.on("connectionstatechange", lambda: pc.connectionState != "connecting" and done.set())
-        if pc.connectionState in ("new", "connecting"):
-            await asyncio.wait_for(done.wait(), timeout)
-        if pc.connectionState != "connected":
-            raise ConnectionError(f"the host's connection is {pc.connectionState}")
+        assert self.pc is not None
+        await connected(self.pc, timeout)
 
     @property
     def _auth(self) -> dict[str, str]:

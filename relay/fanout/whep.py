@@ -9,6 +9,7 @@ from ..models import HQ_ROOM
 from ..shows import ShowService
 from ..webrtc import parse_offer
 from ..appkeys import LIMITS, SHOWS
+from ..limits import client_address
 
 routes = web.RouteTableDef()
 
@@ -25,7 +26,7 @@ async def play(request: web.Request) -> web.Response:
     if show.playback == "token":
         check_viewer_token(request, show, room)
     offer = parse_offer(await read_sdp(request), sending=False)
-    viewer, answer = await service.watch(show_id, room, offer)
+    viewer, answer = await service.watch(show_id, room, offer, client_address(request))
     return sdp_answer(answer, f"/whep/{show_id}/{room}/{viewer.id}")
 
 

@@ -8,6 +8,7 @@ from ..http_util import bearer_token, not_patchable, options_response, read_sdp,
 from ..shows import ShowService
 from ..webrtc import parse_offer
 from ..appkeys import LIMITS, SHOWS
+from ..limits import client_address
 
 routes = web.RouteTableDef()
 
@@ -20,7 +21,7 @@ async def publish(request: web.Request) -> web.Response:
     show = service.get_show(show_id)
     service.check_stream_key(show, bearer_token(request))
     offer = parse_offer(await read_sdp(request), sending=True)
-    session, answer = await service.publish(show_id, bearer_token(request), offer)
+    session, answer = await service.publish(show_id, bearer_token(request), offer, client_address(request))
     return sdp_answer(answer, f"/whip/{show_id}/{session.id}")
 
 

