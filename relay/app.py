@@ -19,7 +19,7 @@ from .http_util import CORS_HEADERS, cors_origin
 from .ingest.whip import routes as whip_routes
 from .commerce.api import routes as commerce_routes
 from .commerce.channel import serve_channel
-from .commerce.coupon_api import setup as setup_coupons
+from .commerce.coupon_api import end_coupons, setup as setup_coupons
 from .commerce.events import EventHub
 from .commerce.products import ProductShelf
 from .commerce.redis_store import RedisCommerceStore
@@ -134,6 +134,7 @@ def build_app(settings: Settings) -> web.Application:
         "replay.ready", {"show": show_id, **(replays.describe(show_id, settings.base_url) or {})})
     service.on_state = events.publish_soon
     service.on_viewer_channel = lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel)
+    service.on_ended = lambda show_id: end_coupons(commerce, events, show_id)
     setup_coupons(app, commerce, events)
     app.add_routes(api_routes)
     app.add_routes(whip_routes)

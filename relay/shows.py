@@ -12,7 +12,7 @@ import hmac
 import logging
 import secrets
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from .config import Settings
 from .errors import ApiError
@@ -72,6 +72,7 @@ class ShowService:
         self.on_state: Callable[[str, str, dict], None] = lambda show_id, type, data: None
         self.on_viewer_channel: Callable[[ViewerSession, object], None] | None = None
         self.on_webhook: Callable[[str, dict], None] = lambda type, data: None
+        self.on_ended: Callable[[str], Awaitable[None]] | None = None  # e.g. the show's coupons end
         self.pending = PendingSessions(settings.limits.max_pending_sessions_per_address)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -150,6 +151,11 @@ class ShowService:
             log.info("show %s ended (%s)", show_id, reason)
             self.on_state(show_id, "show.ended", {"state": "ended", "reason": reason})
             self.on_webhook("show.ended", {"show": show_id, "reason": reason})
+            if self.on_ended is not None:
+                try:
+                    await self.on_ended(show_id)
+                except Exception:  # the show is ended all the same; claims check it again
+                    log.exception("show %s: ending its coupons failed", show_id)
         live = self.live.pop(show_id, None)
         if live is not None:
             await live.close()

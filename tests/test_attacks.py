@@ -11,6 +11,8 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from conftest import Relay, tracks
+from test_commerce import SseReader
+from test_coupons import claim, register
 from relay.webrtc import open_peer_count
 
 
@@ -71,3 +73,35 @@ async def test_half_open_sessions_are_capped_per_address_and_reaped_at_the_conne
     stats = (await relay.api("GET", "/api/shows/flood/stats"))[1]
     assert stats["rooms"]["hq"]["peak_viewers"] == 0  # never counted as viewers
     assert viewer.tracks["video"].frames > 0 and viewer.pc.connectionState == "connected"
+
+
+async def test_ending_a_show_ends_its_coupons_and_later_claims_answer_ended(make_relay, store_url):
+    relay = await make_relay(redis_url=store_url)
+    await relay.create_show("closing")
+    await relay.api("POST", "/api/shows/closing/coupons", {"id": "c", "title": "C", "quantity": 1000,
+                                                           "per_viewer_limit": 1, "duration_s": 600})
+    await relay.api("POST", "/api/shows/closing/coupons/c/launch")
+    reader = await SseReader(f"{relay.base}/events/closing").start()
+    async with aiohttp.ClientSession() as http:
+        viewers = [await register(http, relay.base, "closing", "hq", None) for _ in range(200)]
+        in_flight = [asyncio.ensure_future(claim(http, relay.base, "closing", "c", v["token"], "k"))
+                     for v in viewers[:150]]
+        status, _ = await relay.api("POST", "/api/shows/closing/end")
+        assert status == 200
+        before = await asyncio.gather(*in_flight)
+        after = await asyncio.gather(*(claim(http, relay.base, "closing", "c", v["token"], "k")
+                                       for v in viewers[150:]))
+        assert [body["result"] for _, body in after] == ["ended"] * 50
+        coupon = (await relay.api("GET", "/api/shows/closing/coupons/c"))[1]
+        assert coupon["state"] == "ended"
+        assert coupon["claimed"] == sum(1 for _, body in before if body["result"] == "claimed")
+        # A retried request of a claim made before the end still gets its own answer.
+        claimed = next(i for i, (_, body) in enumerate(before) if body["result"] == "claimed")
+        assert (await claim(http, relay.base, "closing", "c", viewers[claimed]["token"], "k"))[1]["result"] == "claimed"
+        # Launching it again is refused.
+        assert (await relay.api("POST", "/api/shows/closing/coupons/c/launch"))[0] == 409
+    while not any(e["type"] == "coupon.ended" for e in reader.events):
+        await reader.wait_for(len(reader.events) + 1)
+    ended = [e for e in reader.events if e["type"] == "coupon.ended"]
+    await reader.close()
+    assert ended and ended[0]["reason"] == "show_ended" and ended[0]["coupon"]["state"] == "ended"

@@ -10,7 +10,7 @@ from aiohttp import web
 from ..appkeys import COMMERCE, LIMITS, SHELF, SHOWS, TICKER, TOKENS, WEBHOOKS
 from ..errors import ApiError, invalid_field as _invalid
 from ..http_util import bearer_token, read_json, require_admin
-from ..models import HQ_ROOM, is_slug
+from ..models import HQ_ROOM, ShowState, is_slug
 from ..metrics import CLAIMS, store_timer
 from .coupons import ClaimRequest, Coupon
 from .events import EventHub
@@ -102,6 +102,15 @@ class RemainingTicker:
                 self._dirty.add((show_id, coupon_id))
 
 
+async def end_coupons(store: CommerceStore, events: EventHub, show_id: str) -> None:
+    """The show ended: every coupon of it that is not stopped stops (readers hear
+    coupon.ended with reason show_ended); a claim from now on answers `ended`."""
+    for coupon in await store.list_coupons(show_id):
+        if coupon.state != "stopped":
+            stopped = await store.stop_coupon(show_id, coupon.id)
+            await events.publish(show_id, "coupon.ended", {"coupon": stopped.view(), "reason": "show_ended"})
+
+
 def _rooms(request: web.Request, show_id: str) -> set[str]:
     return {HQ_ROOM} | {m.distributor for m in request.app[SHOWS].store.list_mirrors(show_id)}
 
@@ -134,6 +143,8 @@ async def get(request: web.Request) -> web.Response:
 async def _change(request: web.Request, change, event_type: str) -> web.Response:
     require_admin(request)
     show = request.app[SHOWS].get_show(request.match_info["show"])
+    if event_type == "coupon.launched" and show.state is ShowState.ENDED:
+        raise ApiError(409, "show_ended", f"show {show.id!r} has ended; its coupons cannot be launched")
     coupon = await change(request.app[COMMERCE])(show.id, request.match_info["coupon"])
     await request.app[SHELF].events.publish(show.id, event_type, {"coupon": coupon.view()})
     return web.json_response(coupon.view())
@@ -158,6 +169,10 @@ async def claim(request: web.Request) -> web.Response:
     if not key or len(key) > 200:
         raise ApiError(400, "missing_idempotency_key", "send an Idempotency-Key header (at most 200 characters)")
     req = ClaimRequest(show.id, request.match_info["coupon"], viewer.viewer_id, viewer.room, viewer.sharer, key)
+    if show.state is ShowState.ENDED:
+        # Normally stopped when the show ended; stopping again is harmless and covers an end
+        # whose coupon update did not reach the store. Retried keys still get their answer.
+        await request.app[COMMERCE].stop_coupon(show.id, req.coupon_id)
     with store_timer("claim"):
         answer = await request.app[COMMERCE].claim(req)
     CLAIMS.labels(answer["result"]).inc()
