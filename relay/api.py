@@ -206,8 +206,13 @@ async def get_mirror(request: web.Request) -> web.Response:
 
 @routes.delete("/api/shows/{show}/mirrors/{distributor}")
 async def delete_mirror(request: web.Request) -> web.Response:
+    """The room goes: its viewers are disconnected, its tokens no longer work and its counts are
+    retired (coupon totals keep them; a new room with the same id starts at zero)."""
     service = _service(request)
-    await service.delete_mirror(request.match_info["show"], request.match_info["distributor"])
+    mirror = service.get_mirror(request.match_info["show"], request.match_info["distributor"])
+    await request.app[COMMERCE].retire_room(mirror.show_id, mirror.distributor,
+                                            f"{mirror.distributor}~{mirror.created_at:.6f}")
+    await service.delete_mirror(mirror.show_id, mirror.distributor)
     return web.Response(status=204)
 
 

@@ -8,8 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
+from .appkeys import ADMIN_KEY, SETTINGS, SHOWS, TOKENS
+from .commerce.tokens import ViewerIdentity
 from .errors import ApiError
-from .appkeys import ADMIN_KEY, SETTINGS, TOKENS
+from .models import HQ_ROOM
 
 SDP_TYPE = "application/sdp"
 
@@ -32,11 +34,22 @@ def require_admin(request: web.Request) -> None:
         raise ApiError(401, "unauthorized", "wrong admin key", {"WWW-Authenticate": "Bearer"})
 
 
+def verify_viewer(request: web.Request, show, token: str | None) -> ViewerIdentity:
+    """The identity in a valid viewer token of this show whose room still exists, and existed
+    when the token was made (a deleted room's tokens do not open a new room with its id)."""
+    identity = request.app[TOKENS].verify(token, show.id, show.created_at)
+    if identity.room != HQ_ROOM:
+        mirror = request.app[SHOWS].store.get_mirror(show.id, identity.room)
+        if mirror is None or identity.issued_at < mirror.created_at:
+            raise ApiError(401, "unauthorized", "viewer token is for a room that was removed; get a new one")
+    return identity
+
+
 def check_viewer_token(request: web.Request, show, room: str) -> None:
     """For shows whose playback needs a token: a valid viewer token of this show and room, from
     the Authorization header or (for EventSource, which cannot set headers) ?token=."""
     token = bearer_token(request) or request.query.get("token")
-    identity = request.app[TOKENS].verify(token, show.id, show.created_at)
+    identity = verify_viewer(request, show, token)
     if identity.room != room:
         raise ApiError(403, "wrong_room", f"this viewer token is for room {identity.room!r}")
 

@@ -105,3 +105,32 @@ async def test_ending_a_show_ends_its_coupons_and_later_claims_answer_ended(make
     ended = [e for e in reader.events if e["type"] == "coupon.ended"]
     await reader.close()
     assert ended and ended[0]["reason"] == "show_ended" and ended[0]["coupon"]["state"] == "ended"
+
+
+async def test_deleting_a_room_retires_its_tokens_and_figures(make_relay, store_url):
+    relay = await make_relay(redis_url=store_url)
+    await relay.create_show("rooms", mirrors=("d1",))
+    await relay.api("POST", "/api/shows/rooms/coupons", {"id": "c", "title": "C", "quantity": 100,
+                                                         "per_viewer_limit": 1, "duration_s": 600})
+    await relay.api("POST", "/api/shows/rooms/coupons/c/launch")
+    async with aiohttp.ClientSession() as http:
+        old = [await register(http, relay.base, "rooms", "d1", "amy") for _ in range(5)]
+        for v in old:
+            assert (await claim(http, relay.base, "rooms", "c", v["token"], "k"))[1]["result"] == "claimed"
+        assert (await relay.api("DELETE", "/api/shows/rooms/mirrors/d1"))[0] == 204
+        status, _ = await relay.api("POST", "/api/shows/rooms/mirrors", {"distributor": "d1", "name": "New D1"})
+        assert status == 201
+        # The old room's tokens do not open the new room.
+        status, error = await claim(http, relay.base, "rooms", "c", old[0]["token"], "k2")
+        assert status == 401 and "removed" in error["message"]
+        async with http.post(f"{relay.base}/api/shows/rooms/viewers", json={"room": "d1", "ref": "bob"},
+                             headers={"Authorization": f"Bearer {old[1]['token']}"}) as res:
+            assert res.status == 401
+        stats = (await relay.api("GET", "/api/shows/rooms/stats"))[1]
+        assert stats["rooms"]["d1"]["claims"] == 0 and stats["rooms"]["d1"]["unique_viewers"] == 0
+        coupon = (await relay.api("GET", "/api/shows/rooms/coupons/c"))[1]
+        assert coupon["claimed"] == 5 and coupon["rooms"].get("d1", 0) == 0  # handed out, not forgotten
+        new = await register(http, relay.base, "rooms", "d1", None)
+        assert (await claim(http, relay.base, "rooms", "c", new["token"], "k"))[1]["result"] == "claimed"
+        stats = (await relay.api("GET", "/api/shows/rooms/stats"))[1]
+        assert stats["rooms"]["d1"]["claims"] == 1 and stats["rooms"]["d1"]["unique_viewers"] == 1

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..appkeys import ADMIN_KEY, LIMITS, SHELF, SHOWS, TOKENS
 from ..errors import ApiError
-from ..http_util import bearer_token, check_viewer_token, cors_origin, read_json, require_admin
+from ..http_util import bearer_token, check_viewer_token, cors_origin, read_json, require_admin, verify_viewer
 from ..models import HQ_ROOM, ShowState, is_slug
 from .products import product_view
 from .events import render
@@ -53,7 +53,7 @@ async def register_viewer(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_field", "'ref' must be a slug")
     store = request.app[SHELF].store
     if existing:
-        identity = tokens.verify(existing, show.id, show.created_at)
+        identity = verify_viewer(request, show, existing)
         if ref:
             identity = ViewerIdentity(show.id, identity.room, identity.viewer_id, ref)
             await store.record_sharer(show.id, identity.viewer_id, ref)

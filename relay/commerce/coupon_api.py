@@ -7,9 +7,9 @@ import logging
 
 from aiohttp import web
 
-from ..appkeys import COMMERCE, LIMITS, SHELF, SHOWS, TICKER, TOKENS, WEBHOOKS
+from ..appkeys import COMMERCE, LIMITS, SHELF, SHOWS, TICKER, WEBHOOKS
 from ..errors import ApiError, invalid_field as _invalid
-from ..http_util import bearer_token, read_json, require_admin
+from ..http_util import bearer_token, read_json, require_admin, verify_viewer
 from ..models import HQ_ROOM, ShowState, is_slug
 from ..metrics import CLAIMS, store_timer
 from .coupons import ClaimRequest, Coupon
@@ -164,7 +164,7 @@ async def stop(request: web.Request) -> web.Response:
 async def claim(request: web.Request) -> web.Response:
     request.app[LIMITS]["claims"].check(request)
     show = request.app[SHOWS].get_show(request.match_info["show"])
-    viewer = request.app[TOKENS].verify(bearer_token(request), show.id, show.created_at)
+    viewer = verify_viewer(request, show, bearer_token(request))
     key = request.headers.get("Idempotency-Key", "")
     if not key or len(key) > 200:
         raise ApiError(400, "missing_idempotency_key", "send an Idempotency-Key header (at most 200 characters)")

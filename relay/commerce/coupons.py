@@ -294,6 +294,13 @@ def purge_show(db: sqlite3.Connection, show_id: str) -> None:
         db.execute(f"DELETE FROM {table} WHERE show_id=?", (show_id,))
 
 
+def retire_room(db: sqlite3.Connection, show_id: str, room: str, retired: str) -> None:
+    """A deleted room's viewers and claims move to its retired name: coupon totals hold, and a
+    new room with the same id starts at zero."""
+    for table in ("viewers", "claims", "coupon_rooms"):
+        db.execute(f"UPDATE {table} SET room=? WHERE show_id=? AND room=?", (retired, show_id, room))
+
+
 def add_claims(figures: dict, room: str, coupon_id: str, sharer: str | None, n: int) -> None:
     """Count `n` claims into figures: room -> {"claims", "claims_by_coupon", "claims_by_sharer"}."""
     view = figures.setdefault(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}})

@@ -103,3 +103,30 @@ local record = '{"coupon":' .. cjson.encode(ARGV[5]) .. ',"response":{"result":"
 redis.call('HSET', KEYS[1], ARGV[1], record)
 return record
 """
+
+# A deleted room's counts move to its retired name, so a new room with the same id starts at zero.
+# KEYS: unique-viewer counts hash, claim figures hash, then each coupon's rooms hash.
+# ARGV: room, retired name.
+RETIRE_ROOM = """
+local room, retired = ARGV[1], ARGV[2]
+local function move(key, from, to)
+  local n = tonumber(redis.call('HGET', key, from) or '0')
+  if n > 0 then
+    redis.call('HINCRBY', key, to, n)
+    redis.call('HDEL', key, from)
+  end
+end
+move(KEYS[1], room, retired)
+local figures = redis.call('HGETALL', KEYS[2])
+local prefix = room .. '\\n'
+for i = 1, #figures, 2 do
+  local field = figures[i]
+  if string.sub(field, 1, #prefix) == prefix then
+    move(KEYS[2], field, retired .. string.sub(field, #room + 1))
+  end
+end
+for i = 3, #KEYS do
+  move(KEYS[i], room, retired)
+end
+return 1
+"""

@@ -73,7 +73,7 @@ class RedisCommerceStore:
         self._redis = aioredis.Redis(connection_pool=pool)
         self._scripts = {name: self._redis.register_script(getattr(redis_scripts, name))
                          for name in ("APPEND_EVENT", "CLOSE_PIN", "CREATE_COUPON", "LAUNCH_COUPON",
-                                      "STOP_COUPON", "CLAIM")}
+                                      "STOP_COUPON", "CLAIM", "RETIRE_ROOM")}
         self._claims: list[tuple[ClaimRequest, asyncio.Future]] = []
         self._claims_waiting = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -168,6 +168,12 @@ class RedisCommerceStore:
         doomed = await self._do(keys())
         for start in range(0, len(doomed), 500):
             await self._do(self._redis.unlink(*doomed[start:start + 500]))
+
+    async def retire_room(self, show_id: str, room: str, retired: str) -> None:
+        coupon_ids = await self._do(self._redis.zrange(self._key(show_id, "coupons"), 0, -1))
+        keys = [self._key(show_id, "viewer_rooms"), self._key(show_id, "claim_figures")]
+        keys += [self._key(show_id, "coupon", c) + ":rooms" for c in coupon_ids]
+        await self._do(self._scripts["RETIRE_ROOM"](keys=keys, args=[room, retired]))
 
     async def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None,
                               now: float) -> None:

@@ -60,6 +60,9 @@ class SqliteCommerceStore:
     async def purge_show(self, show_id: str) -> None:
         await self._ledger.call(coupons.purge_show, show_id)
 
+    async def retire_room(self, show_id: str, room: str, retired: str) -> None:
+        await self._ledger.call(coupons.retire_room, show_id, room, retired)
+
     async def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None, now: float) -> None:
         self._db.execute("INSERT INTO viewers VALUES (?,?,?,?,?,?)", (show_id, viewer_id, room, sharer, sharer, now))
 

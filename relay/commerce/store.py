@@ -61,6 +61,11 @@ class CommerceStore(Protocol):
         """Forget everything kept for the show (its id may be used again by a new show)."""
         ...
 
+    async def retire_room(self, show_id: str, room: str, retired: str) -> None:
+        """Move a deleted room's viewer and claim counts to `retired` (a name no room can have):
+        totals hold, and a new room with the same id starts at zero."""
+        ...
+
     # viewers
     async def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None,
                               now: float) -> None: ...

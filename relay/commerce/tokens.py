@@ -22,6 +22,7 @@ class ViewerIdentity:
     room: str  # "hq" or the distributor whose room the viewer entered through
     viewer_id: str
     sharer: str | None  # the latest sharer
+    issued_at: float = 0.0  # when the token was made (0 for one not made yet)
 
 
 def load_secret(configured: str, data_dir: Path) -> str:
@@ -93,4 +94,4 @@ class ViewerTokens:
             raise ApiError(401, "unauthorized", "invalid viewer token") from exc
         if claims["show"] != show_id or claims["t"] < show_created_at:
             raise ApiError(401, "unauthorized", "viewer token is for another show")
-        return ViewerIdentity(claims["show"], claims["room"], claims["sub"], claims.get("ref"))
+        return ViewerIdentity(claims["show"], claims["room"], claims["sub"], claims.get("ref"), claims["t"])
