@@ -54,12 +54,25 @@ def check_viewer_token(request: web.Request, show, room: str) -> None:
         raise ApiError(403, "wrong_room", f"this viewer token is for room {identity.room!r}")
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     raw = await request.read()
     try:
-        body = json.loads(raw or b"{}")
+        body = json.loads(raw or b"{}", parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ApiError(400, "bad_json", "body is nested too deeply") from None
     except ValueError as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):

@@ -134,3 +134,38 @@ async def test_deleting_a_room_retires_its_tokens_and_figures(make_relay, store_
         assert (await claim(http, relay.base, "rooms", "c", new["token"], "k"))[1]["result"] == "claimed"
         stats = (await relay.api("GET", "/api/shows/rooms/stats"))[1]
         assert stats["rooms"]["d1"]["claims"] == 1 and stats["rooms"]["d1"]["unique_viewers"] == 1
+
+
+async def test_numbers_and_ids_out_of_bounds_are_clear_4xx_and_change_nothing(relay):
+    await relay.create_show("bounds", mirrors=("d1",))
+    deep = "[" * 30_000 + "]" * 30_000  # under the body limit, over the parser's recursion limit
+    status, body = await relay.request("POST", "/api/shows/bounds/viewers", data=deep,
+                                       headers={"Content-Type": "application/json"})
+    assert status == 400 and body["error"] == "bad_json"
+    for price in ("1e400", "9" * 400):
+        status, body = await relay.api("POST", "/api/shows/bounds/products", {"title": "P", "price": price})
+        assert status == 422 and body["error"] == "invalid_field", body
+    for raw in ('{"title": "P", "price": Infinity}', '{"title": "P", "price": NaN}', '{"title": "P", "price": 1e400}'):
+        status, body = await relay.request("POST", "/api/shows/bounds/products", data=raw,
+                                           headers={**relay.admin, "Content-Type": "application/json"})
+        assert status == 400 and body["error"] == "bad_json", body
+    status, body = await relay.request("POST", "/api/shows/bounds/coupons", data=(
+        '{"id": "c", "title": "C", "quantity": 5, "starts_at": 1, "ends_at": Infinity}'),
+        headers={**relay.admin, "Content-Type": "application/json"})
+    assert status == 400 and body["error"] == "bad_json"
+    assert (await relay.request("GET", "/api/shows/bounds/products"))[1]["products"] == []
+    assert (await relay.api("GET", "/api/shows/bounds/coupons"))[1]["coupons"] == []
+    for last in ("9" * 30, "-1"):
+        status, body = await relay.request("GET", "/events/bounds", headers={"Last-Event-ID": last})
+        assert status == 400 and body["error"] == "bad_last_event_id"
+    # A trailing newline is not part of a slug.
+    status, body = await relay.api("POST", "/api/shows", {"title": "NL", "id": "nl\n"})
+    assert status == 422
+    status, body = await relay.api("POST", "/api/shows/bounds/mirrors", {"distributor": "amy\n", "name": "A"})
+    assert status == 422
+    status, _ = await relay.request("POST", "/api/shows/bounds/viewers", json={"room": "hq", "ref": "amy\n"})
+    assert status == 422
+    status, _ = await relay.request("POST", "/whep/bounds%0A", data="v=0\r\n", headers={"Content-Type": "application/sdp"})
+    assert status == 404
+    stats = (await relay.api("GET", "/api/shows/bounds/stats"))[1]
+    assert all(r["unique_viewers"] == 0 and r["peak_viewers"] == 0 for r in stats["rooms"].values())

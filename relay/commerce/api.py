@@ -16,7 +16,7 @@ from ..http_util import bearer_token, check_viewer_token, cors_origin, read_json
 from ..models import HQ_ROOM, ShowState, is_slug
 from .products import product_view
 from .events import render
-from .store import Event
+from .store import MAX_SEQ, Event
 from .tokens import ViewerIdentity
 
 routes = web.RouteTableDef()
@@ -133,6 +133,8 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     try:
         last = int(raw) if raw is not None else None
+        if last is not None and not 0 <= last <= MAX_SEQ:
+            raise ValueError(raw)
     except ValueError as exc:
         raise ApiError(400, "bad_last_event_id", "Last-Event-ID must be an event sequence number") from exc
     hub = request.app[SHELF].events

@@ -8,6 +8,7 @@ import logging
 
 from ..errors import ApiError
 from .events import EventHub, render
+from .store import MAX_SEQ
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,10 @@ def serve_channel(hub: EventHub, show_id: str, room: str, channel) -> None:
     def on_message(message) -> None:
         try:
             since = int(json.loads(message)["resume"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return
-        asyncio.ensure_future(resume(since))
+        if 0 <= since <= MAX_SEQ:  # a sequence number, not one no store can hold
+            asyncio.ensure_future(resume(since))
 
     @channel.on("close")
     def on_close() -> None:

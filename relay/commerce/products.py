@@ -25,11 +25,13 @@ def parse_price(value: object, field: str = "price") -> int:
         amount = Decimal(str(value))
     except InvalidOperation as exc:
         raise _invalid(field, "must be a number") from exc
-    if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.01")):
+    if not amount.is_finite() or amount < 0:
+        raise _invalid(field, "must be a non-negative amount with at most 2 decimals")
+    if amount * 100 > MAX_PRICE_CENTS:  # before quantize, which cannot hold 1e400
+        raise _invalid(field, "is too large")
+    if amount != amount.quantize(Decimal("0.01")):
         raise _invalid(field, "must be a non-negative amount with at most 2 decimals")
     cents = int(amount * 100)
-    if cents > MAX_PRICE_CENTS:
-        raise _invalid(field, "is too large")
     return cents
 
 
@@ -112,7 +114,7 @@ class ProductShelf:
         for field in ("image_url", "link"):
             if field in body:
                 value = body[field]
-                if not isinstance(value, str) or (value and not _URL.match(value)):
+                if not isinstance(value, str) or (value and not _URL.fullmatch(value)):
                     raise _invalid(field, "must be an http(s) URL")
                 setattr(product, field, value)
         if "position" in body:

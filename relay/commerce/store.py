@@ -13,6 +13,9 @@ from typing import Awaitable, Callable, Protocol
 from .coupons import ClaimRequest, Coupon
 
 
+MAX_SEQ = 2**53  # event sequence numbers stay below this (JSON-safe, fits both stores)
+
+
 @dataclass
 class Product:
     show_id: str

@@ -64,7 +64,7 @@ async def chapters_vtt(request: web.Request) -> web.Response:
 async def replay_file(request: web.Request) -> web.StreamResponse:
     """A replay file: the playlist, an init or media segment, or the MP4."""
     show_id, name = request.match_info["show"], request.match_info["name"]
-    kind = next((v for pattern, v in _FILES.items() if pattern.match(name)), None)
+    kind = next((v for pattern, v in _FILES.items() if pattern.fullmatch(name)), None)
     if not is_slug(show_id) or kind is None:
         raise _not_found()  # anything else (.., encoded slashes, absolute paths) reads nothing
     replays = request.app[REPLAYS]
