@@ -262,6 +262,7 @@ async def healthz(request: web.Request) -> web.Response:
     service: ShowService = request.app[SHOWS]
     return web.json_response({
         "ok": True,
+        "store": "ok" if request.app[COMMERCE].available else "unavailable",
         "live_shows": sum(1 for live in service.live.values() if live.publisher is not None),
         "viewers": sum(len(live.viewers) for live in service.live.values()),
     })

@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 
 RETENTION: web.AppKey[asyncio.Task] = web.AppKey("retention", asyncio.Task)
 DRAINING: web.AppKey[asyncio.Event] = web.AppKey("draining", asyncio.Event)
+SECRET_READER: web.AppKey[asyncio.Task] = web.AppKey("secret_reader", asyncio.Task)
+
+
+async def _read_shared_secret(store: RedisCommerceStore, tokens: ViewerTokens) -> None:
+    tokens.use_secret(await store.shared_secret("token_secret"))
+    log.info("token secret read from Redis")
 
 
 def resolve_admin_key(settings: Settings) -> tuple[str, bool]:
@@ -123,7 +129,9 @@ def build_app(settings: Settings) -> web.Application:
     app[SHELF] = ProductShelf(commerce, events,
                               lambda show_id: {m.distributor for m in store.list_mirrors(show_id)},
                               replays.stream_time)
-    app[TOKENS] = ViewerTokens(load_secret(settings.auth.token_secret, settings.data_path))
+    # Processes sharing Redis sign alike: without a configured secret they read one kept there.
+    shared_secret = not settings.auth.token_secret and isinstance(commerce, RedisCommerceStore)
+    app[TOKENS] = ViewerTokens(None if shared_secret else load_secret(settings.auth.token_secret, settings.data_path))
     hooks = settings.webhooks
     if hooks.urls and not hooks.secret:
         raise ConfigError("[webhooks] secret is required when urls are set (RELAY_WEBHOOKS_SECRET)")
@@ -147,9 +155,8 @@ def build_app(settings: Settings) -> web.Application:
     async def on_startup(app: web.Application) -> None:
         await commerce.start(events.deliver, events.resync)
         await webhooks.start()
-        if not settings.auth.token_secret and isinstance(commerce, RedisCommerceStore):
-            # Every process sharing the store signs and checks viewer tokens alike.
-            app[TOKENS].use_secret(await commerce.shared_secret("token_secret"))
+        if shared_secret:  # read in the background: media flows while Redis is away
+            app[SECRET_READER] = asyncio.ensure_future(_read_shared_secret(commerce, app[TOKENS]))
         waiting = service.recover()
         if waiting:
             log.warning("shows live at the last stop, waiting %.0fs for their hosts: %s",
@@ -169,6 +176,8 @@ def build_app(settings: Settings) -> web.Application:
         await events.drain(timeout=1.0)
         events.close()  # event streams end now, or the server would wait on them
         app[RETENTION].cancel()
+        if SECRET_READER in app:
+            app[SECRET_READER].cancel()
         await service.shutdown()
         await replays.shutdown()
         await commerce.close()

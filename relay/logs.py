@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp import web
@@ -45,12 +47,34 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("aioice").setLevel(logging.WARNING)
 
 
+_SIGNED = re.compile(r"(/signed/)[^/]+")
+
+
+def redact_url(url: str) -> str:
+    """`url` fit for a log line: no password, no query string (either may hold a secret)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        if parts.username or parts.password:
+            host = f"{parts.username or ''}:***@{host}" if parts.password else f"{parts.username}@{host}"
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def redact_path(path: str) -> str:
+    """A request path without the token a signed link carries, matched by a route or not."""
+    return _SIGNED.sub(r"\1<token>", path)
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request: method, path (no query string), status, size, time, peer."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
         ms = round(duration * 1000, 1)
-        path = request.path
+        path = redact_path(request.path)
         token = (getattr(request, "match_info", None) or {}).get("token")
         if token:  # a signed replay link carries its token in the path
             path = path.replace(token, "<token>")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from .logs import redact_url
 from .metrics import WEBHOOKS
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,8 @@ class WebhookSender:
             async with self._http.post(delivery.url, data=delivery.body, headers=headers) as res:
                 if 200 <= res.status < 300:
                     return True
-                log.warning("webhook %s to %s answered %d", delivery.event["id"], delivery.url, res.status)
+                log.warning("webhook %s to %s answered %d", delivery.event["id"], redact_url(delivery.url), res.status)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("webhook %s to %s failed: %s", delivery.event["id"], delivery.url, exc or type(exc).__name__)
+            log.warning("webhook %s to %s failed: %s", delivery.event["id"], redact_url(delivery.url),
+                        exc or type(exc).__name__)
         return False

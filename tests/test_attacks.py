@@ -10,7 +10,7 @@ import re
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from conftest import Relay, tracks
+from conftest import Relay, RedisServer, relay_settings, tracks
 from test_commerce import SseReader
 from test_coupons import claim, register
 from relay.webrtc import open_peer_count
@@ -169,3 +169,35 @@ async def test_numbers_and_ids_out_of_bounds_are_clear_4xx_and_change_nothing(re
     assert status == 404
     stats = (await relay.api("GET", "/api/shows/bounds/stats"))[1]
     assert all(r["unique_viewers"] == 0 and r["peak_viewers"] == 0 for r in stats["rooms"].values())
+
+
+async def test_without_redis_the_server_starts_serves_media_and_keeps_secrets_out_of_logs(
+        server_process, tmp_path, h264_clip):
+    redis = RedisServer(tmp_path / "redis")  # its port, not started yet
+    url = f"redis://:pa55-w0rd-x@127.0.0.1:{redis.port}/0"
+    server = server_process(tmp_path / "data", args=("--redis", url))  # started: it did not hang
+    relay = Relay(server.base, relay_settings(tmp_path / "data"))
+    assert (await relay.request("GET", "/healthz"))[1]["store"] == "unavailable"
+    show = await relay.create_show("nostore")
+    await relay.publish(show, tracks(h264_clip * 10, None))
+    viewer = await relay.viewer("nostore", kinds=("video",), decode=False)
+    await viewer.first_frame("video")  # media flows without the store
+    status, body = await relay.request("POST", "/api/shows/nostore/viewers", json={"room": "hq"})
+    assert status == 503 and body["error"] == "store_unavailable"
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzY29wZSI6InJlcGxheSJ9.c2VjcmV0LXNpZ25hdHVyZS12YWx1ZQ"
+    assert (await relay.request("GET", f"/replay/nostore/signed/{token}/nope/nothing"))[0] == 404
+
+    redis.start()  # Redis is back: tokens are signed with the shared secret
+    try:
+        async def registered() -> bool:
+            return (await relay.request("POST", "/api/shows/nostore/viewers", json={"room": "hq"}))[0] == 201
+
+        await relay.wait_for(registered, timeout=15, what="viewer registration once Redis is back")
+        assert (await relay.request("GET", "/healthz"))[1]["store"] == "ok"
+    finally:
+        await relay.close_clients()
+        server.stop()
+        redis.kill()
+    log = server.log.read_text()
+    assert "pa55-w0rd-x" not in log and token not in log and "c2VjcmV0" not in log
+    assert "/signed/<token>/nope/nothing 404" in log

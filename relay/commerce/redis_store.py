@@ -21,6 +21,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
 
+from ..logs import redact_url
 from ..errors import ApiError, StoreUnavailable
 from . import redis_scripts
 from .coupons import ClaimRequest, Coupon, add_claims
@@ -78,6 +79,7 @@ class RedisCommerceStore:
         self._claims_waiting = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._listener: EventListener | None = None
+        self.available = False  # the event feed is connected (for /healthz)
 
     # -- keys ------------------------------------------------------------------------------
     def _key(self, show_id: str, *parts: str) -> str:
@@ -104,7 +106,8 @@ class RedisCommerceStore:
         try:  # readers may miss nothing published after start-up
             await asyncio.wait_for(asyncio.shield(subscribed), 5)
         except TimeoutError:
-            log.error("Redis at %s is unreachable; commerce calls answer 503 until it is back", self._url)
+            log.error("Redis at %s is unreachable; commerce calls answer 503 until it is back",
+                      redact_url(self._url))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -120,7 +123,7 @@ class RedisCommerceStore:
                 await self._redis.set(key, secrets.token_urlsafe(48), nx=True)
                 return await self._redis.get(key)
             except _UNREACHABLE as exc:
-                log.error("Redis unreachable while reading %s: %s; retrying", name, exc)
+                log.warning("Redis unreachable while reading %s: %s; retrying", name, exc)
                 await asyncio.sleep(RECONNECT_S)
 
     async def _follow_events(self, subscribed: asyncio.Future) -> None:
@@ -130,6 +133,7 @@ class RedisCommerceStore:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
+                self.available = True
                 if not subscribed.done():
                     subscribed.set_result(None)
                 if lost:
@@ -153,6 +157,7 @@ class RedisCommerceStore:
                 if not lost:
                     log.error("Redis event feed lost (%s); reconnecting", exc)
                 lost = True
+                self.available = False
                 await pubsub.aclose()
                 await asyncio.sleep(RECONNECT_S)
 

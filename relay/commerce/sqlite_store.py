@@ -49,6 +49,7 @@ class SqliteCommerceStore:
         self._db.executescript(_SCHEMA)
         self._ledger = CouponLedger(path)
         self._listener: EventListener | None = None
+        self.available = True  # an embedded store is there while the process is
 
     async def start(self, listener: EventListener, resync: Callable[[], Awaitable[None]] | None = None) -> None:
         self._listener = listener

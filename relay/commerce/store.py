@@ -54,6 +54,8 @@ class CommerceStore(Protocol):
     """Where commerce state lives. Claims are decided atomically inside the store; every event
     appended is handed, in sequence order, to the listener of every process sharing the store."""
 
+    available: bool  # reachable now (what /healthz reports)
+
     async def start(self, listener: EventListener, resync: Callable[[], Awaitable[None]] | None = None) -> None:
         """Begin handing events to `listener`; `resync` is called when a lost event feed is back."""
         ...

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jwt
 
-from ..errors import ApiError
+from ..errors import ApiError, StoreUnavailable
 
 ALGORITHM = "HS256"
 TOKEN_TTL_S = 7 * 86400
@@ -41,13 +41,22 @@ def load_secret(configured: str, data_dir: Path) -> str:
 
 
 class ViewerTokens:
-    def __init__(self, secret: str, ttl_s: float = TOKEN_TTL_S) -> None:
-        self._secret = secret
+    """Signs and checks viewer and replay tokens. Without a secret yet (the one shared through
+    Redis is not read yet) every call answers 503 and nothing else is held up."""
+
+    def __init__(self, secret: str | None, ttl_s: float = TOKEN_TTL_S) -> None:
+        self._secret_value = secret
         self._ttl = ttl_s
 
     def use_secret(self, secret: str) -> None:
         """Sign and check with `secret` from now on (the one shared through the Redis store)."""
-        self._secret = secret
+        self._secret_value = secret
+
+    @property
+    def _secret(self) -> str:
+        if self._secret_value is None:
+            raise StoreUnavailable("token secret (kept in the Redis store)", "not read yet")
+        return self._secret_value
 
     def issue(self, identity: ViewerIdentity) -> str:
         now = int(time.time())
