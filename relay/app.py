@@ -90,6 +90,14 @@ async def cors_middleware(request: web.Request, handler):
     return response
 
 
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every answer: no MIME sniffing, no Referer (paths may carry signed links), and a
+    Server header that names no versions."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers["Server"] = "livecast-relay"
+
+
 def open_commerce_store(settings: Settings) -> CommerceStore:
     """Redis when a URL is configured, else the embedded store in the data dir."""
     if settings.store.redis_url:
@@ -184,6 +192,7 @@ def build_app(settings: Settings) -> web.Application:
         await webhooks.close()
         store.close()
 
+    app.on_response_prepare.append(security_headers)
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     return app

@@ -19,6 +19,7 @@ import uvloop
 from aiohttp import web
 
 from .config import ConfigError, load_settings
+from .http_guard import ConnectionGuard, guarded, raise_fd_limit
 from .logs import AccessLogger, setup_logging
 
 DEFAULT_CONFIG = "config/relay.toml"
@@ -78,13 +79,17 @@ async def _serve(args: argparse.Namespace) -> None:
     listener = _listen(settings.server.host, settings.server.port)
     settings.server.port = listener.getsockname()[1]
     _check_data_dir(settings.data_path)
+    soft, hard = raise_fd_limit()
     app = build_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger,
-                           shutdown_timeout=settings.server.shutdown_timeout_s / 2)
+                           shutdown_timeout=settings.server.shutdown_timeout_s / 2,
+                           keepalive_timeout=settings.server.idle_timeout_s)
     await runner.setup()
+    guard = ConnectionGuard(settings.server.read_timeout_s, settings.limits.max_connections_per_address)
     # A deep accept queue: a show's start brings thousands of connections at once.
-    site = web.SockSite(runner, listener, backlog=4096)
-    await site.start()
+    http_server = await asyncio.get_running_loop().create_server(guarded(runner.server, guard), sock=listener,
+                                                                 backlog=4096)
+    logging.getLogger(__name__).info("open-file limit %s (hard %s)", soft, hard)
     # Long-lived state (sessions, readers) would otherwise be rescanned by full collections
     # that stall the loop for tens of ms; start-up objects are frozen, and young objects get
     # more room to die before they are promoted.
@@ -108,6 +113,7 @@ async def _serve(args: argparse.Namespace) -> None:
     # SIGTERM: stop accepting, tell readers, close peers, finish segments, flush the stores,
     # all within shutdown_timeout_s.
     started = time.monotonic()
+    http_server.close()  # no new connections; the open ones finish below
     try:
         await asyncio.wait_for(runner.cleanup(), settings.server.shutdown_timeout_s)
     except TimeoutError:

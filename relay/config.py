@@ -26,7 +26,10 @@ class ServerSettings:
     max_body_bytes: int = 65536
     trust_forwarded_for: bool = False
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    embed_origins: list[str] = field(default_factory=list)  # sites that may frame the watch/replay pages
     shutdown_timeout_s: float = 10.0
+    read_timeout_s: float = 10.0  # a request's head and body arrive within this of its first byte
+    idle_timeout_s: float = 15.0  # an idle keep-alive connection is closed after this
 
 
 @dataclass
@@ -71,6 +74,7 @@ class LimitSettings:
     whep_per_s: float = 10.0
     whip_per_s: float = 2.0
     max_pending_sessions_per_address: int = 10
+    max_connections_per_address: int = 256
 
 
 @dataclass
@@ -114,7 +118,7 @@ class Settings:
 POSITIVE = {"ice.consent_timeout_s", "ice.connect_timeout_s", "media.publisher_timeout_s",
             "media.viewer_queue_frames", "media.gop_cache_max_frames", "replay.segment_target_s",
             "replay.retention_check_interval_s", "replay.max_queued_frames", "server.max_body_bytes",
-            "server.shutdown_timeout_s", "webhooks.timeout_s", "webhooks.max_queue", "webhooks.max_attempts"}
+            "server.shutdown_timeout_s", "server.read_timeout_s", "server.idle_timeout_s", "webhooks.timeout_s", "webhooks.max_queue", "webhooks.max_attempts"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

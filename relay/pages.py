@@ -9,7 +9,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from .appkeys import SHOWS
+from .appkeys import SETTINGS, SHOWS
 from .models import HQ_ROOM
 
 routes = web.RouteTableDef()
@@ -22,15 +22,28 @@ ASSETS = {
     "ops.js": "text/javascript",
     "replay.js": "text/javascript",
 }
-_PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+# Everything loads from this server; product images may come from the shop over https.
+_CSP = ("default-src 'self'; img-src 'self' https: data:; media-src 'self' blob:; style-src 'self'; "
+        "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors {ancestors}")
 
 
 def _static(name: str) -> str:
     return resources.files("relay").joinpath("static", name).read_text()
 
 
-def _page(name: str) -> web.Response:
-    return web.Response(text=_static(name), content_type="text/html", headers=_PAGE_HEADERS)
+def _page(name: str, embeddable_by: list[str] | None = None) -> web.Response:
+    """A page that no other site may frame (ops, studio), or that the configured sites may
+    embed (watch, replay: a brand's own shop page)."""
+    headers = {"Cache-Control": "no-cache"}
+    if embeddable_by is None:
+        headers["Content-Security-Policy"] = _CSP.format(ancestors="'none'")
+        headers["X-Frame-Options"] = "DENY"
+    else:
+        headers["Content-Security-Policy"] = _CSP.format(ancestors=" ".join(["'self'", *embeddable_by]))
+        if not embeddable_by:
+            headers["X-Frame-Options"] = "SAMEORIGIN"
+    return web.Response(text=_static(name), content_type="text/html", headers=headers)
 
 
 @routes.get("/watch/{show}")
@@ -40,7 +53,7 @@ async def watch(request: web.Request) -> web.Response:
     show_id = request.match_info["show"]
     service.get_show(show_id)
     service.check_room(show_id, request.match_info.get("room", HQ_ROOM))
-    return _page("watch.html")
+    return _page("watch.html", request.app[SETTINGS].server.embed_origins)
 
 
 @routes.get("/studio/{show}")
@@ -57,7 +70,7 @@ async def ops(request: web.Request) -> web.Response:
 @routes.get("/replay/{show}")
 async def replay(request: web.Request) -> web.Response:
     request.app[SHOWS].get_show(request.match_info["show"])
-    return _page("replay.html")
+    return _page("replay.html", request.app[SETTINGS].server.embed_origins)
 
 
 @routes.get("/static/{name}")

@@ -6,6 +6,7 @@ never from the packet path.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -100,11 +101,21 @@ def _replay(row: sqlite3.Row) -> Replay:
     )
 
 
+def keep_private(db: Path) -> None:
+    """The database and its WAL files readable by this user only (they hold key hashes, viewer
+    records and claims). SQLite gives -wal and -shm the database file's mode."""
+    os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if path.exists():
+            path.chmod(0o600)
+
+
 class SqliteStore:
     """ShowStore on one SQLite file (WAL, synchronous=FULL: a 201 means it is on disk)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        keep_private(path)
         self._db = sqlite3.connect(str(path), isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -201,3 +201,49 @@ async def test_without_redis_the_server_starts_serves_media_and_keeps_secrets_ou
     log = server.log.read_text()
     assert "pa55-w0rd-x" not in log and token not in log and "c2VjcmV0" not in log
     assert "/signed/<token>/nope/nothing 404" in log
+
+
+async def test_stalled_and_idle_connections_are_closed_and_capped_per_address(server_process, tmp_path):
+    server = server_process(tmp_path / "data", env={
+        "RELAY_SERVER_READ_TIMEOUT_S": "1", "RELAY_SERVER_IDLE_TIMEOUT_S": "1",
+        "RELAY_LIMITS_MAX_CONNECTIONS_PER_ADDRESS": "40"})
+    port = int(server.base.rsplit(":", 1)[1])
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def hold(first_bytes: bytes) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if first_bytes:
+            writer.write(first_bytes)
+            await writer.drain()
+        held.append((reader, writer))
+
+    for _ in range(10):
+        await hold(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a head that never ends
+        await hold(b"")  # silent
+        await hold(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # then idle on keep-alive
+        await hold(b"POST /api/shows HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"ti")  # slow body
+    # The address is at its cap: one more is refused at once; another address is served.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer.startswith(b"HTTP/1.1 429") and b"too_many_connections" in answer
+    writer.close()
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.get(f"{server.base}/healthz") as res:
+            assert res.status == 200
+
+    async def closed_by_server(reader: asyncio.StreamReader) -> None:
+        while await reader.read(65536):
+            pass  # the idle ones got their answer first
+
+    await asyncio.wait_for(asyncio.gather(*(closed_by_server(r) for r, _ in held)), 10)
+    for _, writer in held:
+        writer.close()
+    async with aiohttp.ClientSession() as http:  # the address's connections are free again
+        async with http.get(f"{server.base}/healthz") as res:
+            assert res.status == 200
+    limits = open(f"/proc/{server.proc.pid}/limits").read()
+    soft, hard = re.search(r"Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)", limits).groups()
+    assert soft == hard  # raised at start to what the system allows
+    server.stop()
