@@ -45,6 +45,12 @@ def verify_viewer(request: web.Request, show, token: str | None) -> ViewerIdenti
     return identity
 
 
+def is_admin(request: web.Request) -> bool:
+    """The request carries the admin key (compared in constant time)."""
+    token = bearer_token(request)
+    return token is not None and hmac.compare_digest(token.encode(), request.app[ADMIN_KEY].encode())
+
+
 def check_viewer_token(request: web.Request, show, room: str) -> None:
     """For shows whose playback needs a token: a valid viewer token of this show and room, from
     the Authorization header or (for EventSource, which cannot set headers) ?token=."""

@@ -247,3 +247,39 @@ async def test_stalled_and_idle_connections_are_closed_and_capped_per_address(se
     soft, hard = re.search(r"Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)", limits).groups()
     assert soft == hard  # raised at start to what the system allows
     server.stop()
+
+
+async def test_the_public_shelf_shows_one_room_as_that_room_sees_it(make_relay):
+    relay = await make_relay()
+    await relay.create_show("shelfview", mirrors=("d1", "d2"))
+    await relay.api("POST", "/api/shows/shelfview/products", {
+        "id": "bag", "title": "Bag", "price": 100, "rooms": {"d1": {"price": 80}, "d2": {"hidden": True}}})
+    await relay.api("POST", "/api/shows/shelfview/products", {"id": "hat", "title": "Hat", "price": 20})
+    everyone = (await relay.request("GET", "/api/shows/shelfview/products"))[1]
+    assert [(p["id"], p["price"]) for p in everyone["products"]] == [("bag", 100), ("hat", 20)]
+    assert all("rooms" not in p for p in everyone["products"])  # no room's overrides
+    d1 = (await relay.request("GET", "/api/shows/shelfview/products?room=d1"))[1]
+    assert [(p["id"], p["price"]) for p in d1["products"]] == [("bag", 80), ("hat", 20)]
+    d2 = (await relay.request("GET", "/api/shows/shelfview/products?room=d2"))[1]
+    assert [p["id"] for p in d2["products"]] == ["hat"]
+    admin = (await relay.api("GET", "/api/shows/shelfview/products"))[1]
+    assert admin["products"][0]["rooms"]["d2"]["hidden"] is True  # the operator sees it all
+    assert (await relay.request("GET", "/api/shows/shelfview/products?room=nope"))[0] == 404
+
+    # The hidden product's changes reach d2's stream as "not on your shelf", nothing more.
+    reader = await SseReader(f"{relay.base}/events/shelfview/d2").start()
+    try:
+        await relay.api("PATCH", "/api/shows/shelfview/products/bag", {"title": "Secret bag", "price": 90})
+        event = (await reader.wait_for(1))[0]
+        assert event["type"] == "shelf.updated" and event["product"] == {"id": "bag", "hidden": True}
+    finally:
+        await reader.close()
+
+    # A token-only show's shelf needs a viewer token of the room.
+    await relay.api("POST", "/api/shows", {"title": "Private", "id": "private", "playback": "token"})
+    await relay.api("POST", "/api/shows/private/products", {"id": "p", "title": "P", "price": 1})
+    assert (await relay.request("GET", "/api/shows/private/products"))[0] == 401
+    viewer = (await relay.api("POST", "/api/shows/private/viewers", {"room": "hq"}))[1]
+    status, body = await relay.request("GET", "/api/shows/private/products",
+                                       headers={"Authorization": f"Bearer {viewer['token']}"})
+    assert status == 200 and [p["id"] for p in body["products"]] == ["p"]

@@ -12,7 +12,8 @@ from aiohttp import web
 
 from ..appkeys import ADMIN_KEY, LIMITS, SHELF, SHOWS, TOKENS
 from ..errors import ApiError
-from ..http_util import bearer_token, check_viewer_token, cors_origin, read_json, require_admin, verify_viewer
+from ..http_util import (bearer_token, check_viewer_token, cors_origin, is_admin, read_json, require_admin,
+                         verify_viewer)
 from ..models import HQ_ROOM, ShowState, is_slug
 from .products import product_view
 from .events import render
@@ -68,10 +69,21 @@ async def register_viewer(request: web.Request) -> web.Response:
 
 @routes.get("/api/shows/{show}/products")
 async def list_products(request: web.Request) -> web.Response:
+    """The admin sees every room's prices and hidden products; anyone else sees one room's shelf
+    (?room=, HQ by default) as that room shows it, with a viewer token on token-only shows."""
     show = _show(request)
     shelf = request.app[SHELF]
-    return web.json_response({"products": [product_view(p) for p in await shelf.list(show.id)],
-                              "pinned": await shelf.pinned(show.id)})
+    products, pinned = await shelf.list(show.id), await shelf.pinned(show.id)
+    if is_admin(request):
+        return web.json_response({"products": [product_view(p) for p in products], "pinned": pinned})
+    room = request.query.get("room", HQ_ROOM)
+    request.app[SHOWS].check_room(show.id, room)
+    if show.playback == "token":
+        check_viewer_token(request, show, room)
+    views = [v for v in (product_view(p, room) for p in products) if v is not None]
+    if pinned not in {v["id"] for v in views}:
+        pinned = None
+    return web.json_response({"products": views, "pinned": pinned})
 
 
 @routes.post("/api/shows/{show}/products")

@@ -167,7 +167,10 @@ def render(event: Event, room: str) -> dict | None:
             if override.get("hidden"):
                 if event.type == "product.pinned":
                     return None
-                product["hidden"] = True
+                # The room learns only that the product is not on its shelf.
+                data["product"] = {"id": product["id"], "hidden": True}
+                return {"seq": event.seq, "type": event.type, "wall_time": event.wall,
+                        "stream_time": event.stream_time, **data}
             if override.get("price") is not None:
                 product["price"] = override["price"]
         data["product"] = product
