@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
@@ -22,7 +22,7 @@ class ViewerIdentity:
     room: str  # "hq" or the distributor whose room the viewer entered through
     viewer_id: str
     sharer: str | None  # the latest sharer
-    issued_at: float = 0.0  # when the token was made (0 for one not made yet)
+    issued_at: float = field(default=0.0, compare=False)  # when the token was made (0: not yet)
 
 
 def load_secret(configured: str, data_dir: Path) -> str:
