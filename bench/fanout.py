@@ -223,7 +223,7 @@ def relay_env(admin_key: str) -> dict[str, str]:
     limits off (every simulated client comes from 127.0.0.1) and no cap on viewers (the bench
     finds where the process stops keeping up)."""
     limits = ("VIEWER_REGISTRATIONS_PER_S", "CLAIMS_PER_S", "WHEP_PER_S", "WHIP_PER_S", "MAX_VIEWERS_PER_PROCESS",
-              "MAX_PENDING_SESSIONS_PER_ADDRESS", "MAX_CONNECTIONS_PER_ADDRESS")
+              "MAX_PENDING_SESSIONS_PER_ADDRESS", "MAX_CONNECTIONS_PER_ADDRESS", "REGISTRATIONS_PER_ADDRESS_PER_SHOW")
     return {**os.environ, "RELAY_ADMIN_KEY": admin_key, "RELAY_ICE_ADDRESSES": "127.0.0.1",
             **{f"RELAY_LIMITS_{name}": "0" for name in limits}}
 

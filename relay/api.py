@@ -56,6 +56,7 @@ def show_view(service: ShowService, show: Show, detail: bool = False) -> dict:
         "replay_public": show.replay_public,
         "playback": show.playback,
         "currency": show.currency,
+        "identity": show.identity,
         "stream_key_expires_at": show.stream_key_expires_at,
     }
     if detail:
@@ -108,7 +109,10 @@ async def create_show(request: web.Request) -> web.Response:
     currency = body.get("currency", "CNY")
     if not is_currency(currency):
         raise ApiError(422, "invalid_field", "'currency' must be an ISO 4217 code such as CNY, USD or EUR")
-    show, key = service.create_show(title, show_id, public, ttl, playback, currency)
+    identity = body.get("identity", "anonymous")
+    if identity not in ("anonymous", "shopper"):
+        raise ApiError(422, "invalid_field", "'identity' must be 'anonymous' or 'shopper'")
+    show, key = service.create_show(title, show_id, public, ttl, playback, currency, identity)
     return web.json_response({**show_view(service, show), "stream_key": key}, status=201)
 
 

@@ -37,6 +37,7 @@ class AuthSettings:
     admin_key: str = ""
     token_secret: str = ""
     metrics_key: str = ""
+    shopper_secret: str = ""  # the brand signs shopper tokens (HS256) with it
 
 
 @dataclass
@@ -75,6 +76,7 @@ class LimitSettings:
     whip_per_s: float = 2.0
     max_pending_sessions_per_address: int = 10
     max_connections_per_address: int = 256
+    registrations_per_address_per_show: int = 50
 
 
 @dataclass

@@ -42,6 +42,7 @@ class Show:
     stream_key_expires_at: float | None = None
     playback: str = "public"  # public | token (WHEP and events need a signed viewer token)
     currency: str = "CNY"  # ISO 4217 code the shelf's prices are in
+    identity: str = "anonymous"  # anonymous | shopper (viewers are the brand's users; limits per shopper)
 
 
 @dataclass

@@ -95,7 +95,7 @@ class ShowService:
     # -- shows -----------------------------------------------------------------------------
     def create_show(self, title: str, show_id: str | None, replay_public: bool | None = None,
                     stream_key_ttl_s: float | None = None, playback: str = "public",
-                    currency: str = "CNY") -> tuple[Show, str]:
+                    currency: str = "CNY", identity: str = "anonymous") -> tuple[Show, str]:
         if show_id is None:
             show_id = secrets.token_hex(4)
             while self.store.get_show(show_id):
@@ -108,7 +108,7 @@ class ShowService:
         now = time.time()
         show = Show(show_id, title, ShowState.SCHEDULED, hash_key(key), now, replay_public=replay_public,
                     stream_key_expires_at=now + stream_key_ttl_s if stream_key_ttl_s else None, playback=playback,
-                    currency=currency)
+                    currency=currency, identity=identity)
         self.store.create_show(show)
         return show, key
 

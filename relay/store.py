@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS shows (
     replay_public INTEGER NOT NULL DEFAULT 1,
     stream_key_expires_at REAL,
     playback TEXT NOT NULL DEFAULT 'public',
-    currency TEXT NOT NULL DEFAULT 'CNY'
+    currency TEXT NOT NULL DEFAULT 'CNY',
+    identity TEXT NOT NULL DEFAULT 'anonymous'
 );
 CREATE TABLE IF NOT EXISTS mirrors (
     show_id TEXT NOT NULL REFERENCES shows(id) ON DELETE CASCADE,
@@ -90,6 +91,7 @@ def _show(row: sqlite3.Row) -> Show:
         stream_key_expires_at=row["stream_key_expires_at"],
         playback=row["playback"],
         currency=row["currency"],
+        identity=row["identity"],
     )
 
 
@@ -124,17 +126,18 @@ class SqliteStore:
         self._db.executescript(_SCHEMA)
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(shows)")}
         for column, kind in (("stream_key_expires_at", "REAL"), ("playback", "TEXT NOT NULL DEFAULT 'public'"),
-                             ("currency", "TEXT NOT NULL DEFAULT 'CNY'")):
+                             ("currency", "TEXT NOT NULL DEFAULT 'CNY'"),
+                             ("identity", "TEXT NOT NULL DEFAULT 'anonymous'")):
             if column not in columns:  # a data dir made by an older version
                 self._db.execute(f"ALTER TABLE shows ADD COLUMN {column} {kind}")
 
     def create_show(self, show: Show) -> None:
         self._db.execute(
             "INSERT INTO shows (id, title, state, stream_key_hash, created_at, started_at, ended_at, end_reason,"
-            " replay_public, stream_key_expires_at, playback, currency) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " replay_public, stream_key_expires_at, playback, currency, identity) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (show.id, show.title, show.state.value, show.stream_key_hash, show.created_at,
              show.started_at, show.ended_at, show.end_reason, int(show.replay_public),
-             show.stream_key_expires_at, show.playback, show.currency),
+             show.stream_key_expires_at, show.playback, show.currency, show.identity),
         )
 
     def get_show(self, show_id: str) -> Show | None:

@@ -33,7 +33,7 @@ WIDTH, HEIGHT = 640, 360
 # Tests (and benches) run hundreds of clients from one address: per-address limits off.
 NO_LIMITS = {f"RELAY_LIMITS_{name}": "0" for name in (
     "VIEWER_REGISTRATIONS_PER_S", "CLAIMS_PER_S", "WHEP_PER_S", "WHIP_PER_S", "MAX_PENDING_SESSIONS_PER_ADDRESS",
-    "MAX_CONNECTIONS_PER_ADDRESS")}
+    "MAX_CONNECTIONS_PER_ADDRESS", "REGISTRATIONS_PER_ADDRESS_PER_SHOW")}
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 
 import aiohttp
+import jwt
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from conftest import Relay, RedisServer, relay_settings, tracks
@@ -283,3 +285,49 @@ async def test_the_public_shelf_shows_one_room_as_that_room_sees_it(make_relay):
     status, body = await relay.request("GET", "/api/shows/private/products",
                                        headers={"Authorization": f"Bearer {viewer['token']}"})
     assert status == 200 and [p["id"] for p in body["products"]] == ["p"]
+
+
+BRAND_SECRET = "the-brand-signs-shopper-tokens-with-this"
+
+
+async def test_per_viewer_limits_hold_per_shopper_and_anonymous_registrations_are_capped(make_relay, store_url):
+    def configure(settings) -> None:
+        settings.auth.shopper_secret = BRAND_SECRET
+        settings.limits.registrations_per_address_per_show = 5
+
+    relay = await make_relay(redis_url=store_url, configure=configure)
+    status, show = await relay.api("POST", "/api/shows", {"title": "Shop", "id": "shop", "identity": "shopper"})
+    assert status == 201 and show["identity"] == "shopper"
+    await relay.api("POST", "/api/shows/shop/mirrors", {"distributor": "d1", "name": "D1"})
+    await relay.api("POST", "/api/shows/shop/coupons", {"id": "c", "title": "C", "quantity": 100,
+                                                        "per_viewer_limit": 1, "duration_s": 600})
+    await relay.api("POST", "/api/shows/shop/coupons/c/launch")
+    async with aiohttp.ClientSession() as http:
+        async def new_viewer(show: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+            async with http.post(f"{relay.base}/api/shows/{show}/viewers", json=body, headers=headers or {}) as res:
+                return res.status, await res.json()
+
+        # Anonymous registration is refused on a shopper show.
+        status, body = await new_viewer("shop", {"room": "d1"})
+        assert status == 403 and body["error"] == "shopper_required"
+        # The brand's backend registers shopper u1 twice (two devices), its page brings a signed token once.
+        first = (await new_viewer("shop", {"room": "d1", "ref": "amy", "shopper_id": "u1"}, relay.admin))[1]
+        second = (await new_viewer("shop", {"room": "hq", "shopper_id": "u1"}, relay.admin))[1]
+        signed = jwt.encode({"sub": "u1", "show": "shop", "exp": int(time.time()) + 600}, BRAND_SECRET, "HS256")
+        status, third = await new_viewer("shop", {"room": "hq", "shopper_token": signed})
+        assert status == 201
+        assert first["viewer_id"] == second["viewer_id"] == third["viewer_id"] == "s-u1"
+        assert first["room"] == second["room"] == third["room"] == "d1"  # the first room keeps the credit
+        answers = [(await claim(http, relay.base, "shop", "c", v["token"], f"k{i}"))[1]["result"]
+                   for i, v in enumerate((first, second, third))]
+        assert answers == ["claimed", "already_claimed", "already_claimed"]
+        forged = jwt.encode({"sub": "u2", "show": "shop", "exp": int(time.time()) + 600}, "not-the-secret-but-just-as-long-as-it-0", "HS256")
+        assert (await new_viewer("shop", {"shopper_token": forged}))[0] == 401
+        other_show = jwt.encode({"sub": "u2", "show": "elsewhere", "exp": int(time.time()) + 600}, BRAND_SECRET)
+        assert (await new_viewer("shop", {"shopper_token": other_show}))[0] == 401
+
+        # An anonymous show: at most 5 fresh identities per address.
+        await relay.create_show("open")
+        statuses = [(await new_viewer("open", {"room": "hq"}))[0] for _ in range(8)]
+        assert statuses == [201] * 5 + [429] * 3
+        assert (await relay.api("GET", "/api/shows/open/stats"))[1]["rooms"]["hq"]["unique_viewers"] == 5

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import secrets
 import time
 
 from aiohttp import web
 
-from ..appkeys import ADMIN_KEY, LIMITS, SHELF, SHOWS, TOKENS
+from ..appkeys import LIMITS, SETTINGS, SHELF, SHOWS, TOKENS
+from ..limits import client_address
 from ..errors import ApiError
 from ..http_util import (bearer_token, check_viewer_token, cors_origin, is_admin, read_json, require_admin,
                          verify_viewer)
@@ -18,7 +18,7 @@ from ..models import HQ_ROOM, ShowState, is_slug
 from .products import product_view
 from .events import render
 from .store import MAX_SEQ, Event
-from .tokens import ViewerIdentity
+from .tokens import ViewerIdentity, shopper_viewer_id, verify_shopper_token
 
 routes = web.RouteTableDef()
 
@@ -32,11 +32,13 @@ def _show(request: web.Request):
 @routes.post("/api/shows/{show}/viewers")
 async def register_viewer(request: web.Request) -> web.Response:
     """A viewer's identity: the room it entered through is kept for good; a new ?ref only
-    records the latest sharer."""
+    records the latest sharer. On a show with identity "shopper", viewers are the brand's
+    users: its backend registers them by `shopper_id` (admin key), or the page brings a
+    `shopper_token` the brand signed; coupon limits then count per shopper."""
     shows = request.app[SHOWS]
     tokens = request.app[TOKENS]
     existing = bearer_token(request)
-    admin = existing is not None and hmac.compare_digest(existing.encode(), request.app[ADMIN_KEY].encode())
+    admin = is_admin(request)
     if not admin:  # the brand's backend issues tokens for many viewers from one address
         request.app[LIMITS]["viewers"].check(request)
     show = _show(request)
@@ -60,11 +62,32 @@ async def register_viewer(request: web.Request) -> web.Response:
             await store.record_sharer(show.id, identity.viewer_id, ref)
         return web.json_response({"viewer_id": identity.viewer_id, "room": identity.room,
                                   "token": tokens.issue(identity)}, status=200)
-    identity = ViewerIdentity(show.id, room, "v" + secrets.token_hex(8), ref)
-    await store.register_viewer(show.id, identity.viewer_id, room, ref, time.time())
-    return web.json_response({"viewer_id": identity.viewer_id, "room": room,
-                              "token": tokens.issue(identity)},
+    viewer_id = await _new_viewer_id(request, show, body, admin)
+    room = await store.register_viewer(show.id, viewer_id, room, ref, time.time())
+    identity = ViewerIdentity(show.id, room, viewer_id, ref)
+    return web.json_response({"viewer_id": viewer_id, "room": room, "token": tokens.issue(identity)},
                              status=201)
+
+
+async def _new_viewer_id(request: web.Request, show, body: dict, admin: bool) -> str:
+    """A shopper's own id (from the brand), else a fresh anonymous one (capped per address)."""
+    if admin and body.get("shopper_id") is not None:
+        return shopper_viewer_id(body["shopper_id"])
+    if body.get("shopper_token") is not None:
+        secret = request.app[SETTINGS].auth.shopper_secret
+        return shopper_viewer_id(verify_shopper_token(body["shopper_token"], secret, show.id))
+    if show.identity == "shopper":
+        raise ApiError(403, "shopper_required",
+                       "this show counts coupons per shopper: sign in on the brand's site (it registers you "
+                       "with your shopper id or gives this page a shopper token)")
+    cap = request.app[SETTINGS].limits.registrations_per_address_per_show
+    if not admin and cap:
+        held = await request.app[SHELF].store.count_registration(show.id, client_address(request))
+        if held > cap:
+            raise ApiError(429, "too_many_registrations",
+                           f"this address has registered {cap} viewers for this show already; "
+                           "keep using the viewer token you have")
+    return "v" + secrets.token_hex(8)
 
 
 @routes.get("/api/shows/{show}/products")

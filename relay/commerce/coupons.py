@@ -285,7 +285,8 @@ def _claim(db: sqlite3.Connection, req: ClaimRequest) -> dict:
     return response
 
 
-SHOW_TABLES = ("claim_requests", "claims", "coupon_rooms", "coupons", "events", "pins", "products", "viewers")
+SHOW_TABLES = ("claim_requests", "claims", "coupon_rooms", "coupons", "events", "pins", "products",
+               "registrations", "viewers")
 
 
 def purge_show(db: sqlite3.Connection, show_id: str) -> None:

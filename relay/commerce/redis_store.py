@@ -181,12 +181,16 @@ class RedisCommerceStore:
         await self._do(self._scripts["RETIRE_ROOM"](keys=keys, args=[room, retired]))
 
     async def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None,
-                              now: float) -> None:
+                              now: float) -> str:
         record = json.dumps({"room": room, "first_sharer": sharer, "last_sharer": sharer, "created_at": now})
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(show_id, "viewers"), viewer_id, record)
-            pipe.hincrby(self._key(show_id, "viewer_rooms"), room, 1)
-            await self._do(pipe.execute())
+        if await self._do(self._redis.hsetnx(self._key(show_id, "viewers"), viewer_id, record)):
+            await self._do(self._redis.hincrby(self._key(show_id, "viewer_rooms"), room, 1))
+            return room
+        known = await self._do(self._redis.hget(self._key(show_id, "viewers"), viewer_id))
+        return json.loads(known)["room"]
+
+    async def count_registration(self, show_id: str, address: str) -> int:
+        return await self._do(self._redis.hincrby(self._key(show_id, "registrations"), address, 1))
 
     async def record_sharer(self, show_id: str, viewer_id: str, sharer: str) -> None:
         key = self._key(show_id, "viewers")

@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS pins (
     show_id TEXT NOT NULL, id INTEGER PRIMARY KEY AUTOINCREMENT, product_id TEXT NOT NULL,
     start_wall REAL NOT NULL, start_s REAL NOT NULL, end_wall REAL, end_s REAL
 );
+CREATE TABLE IF NOT EXISTS registrations (
+    show_id TEXT NOT NULL, address TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (show_id, address)
+);
 CREATE TABLE IF NOT EXISTS events (
     show_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, wall REAL NOT NULL,
     stream_time REAL, data TEXT NOT NULL,
@@ -64,8 +68,16 @@ class SqliteCommerceStore:
     async def retire_room(self, show_id: str, room: str, retired: str) -> None:
         await self._ledger.call(coupons.retire_room, show_id, room, retired)
 
-    async def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None, now: float) -> None:
-        self._db.execute("INSERT INTO viewers VALUES (?,?,?,?,?,?)", (show_id, viewer_id, room, sharer, sharer, now))
+    async def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None, now: float) -> str:
+        self._db.execute("INSERT OR IGNORE INTO viewers VALUES (?,?,?,?,?,?)",
+                         (show_id, viewer_id, room, sharer, sharer, now))
+        return self._db.execute("SELECT room FROM viewers WHERE show_id=? AND viewer_id=?",
+                                (show_id, viewer_id)).fetchone()["room"]
+
+    async def count_registration(self, show_id: str, address: str) -> int:
+        return self._db.execute(
+            "INSERT INTO registrations VALUES (?,?,1) ON CONFLICT(show_id, address) DO UPDATE SET n=n+1"
+            " RETURNING n", (show_id, address)).fetchone()["n"]
 
     async def record_sharer(self, show_id: str, viewer_id: str, sharer: str) -> None:
         self._db.execute("UPDATE viewers SET last_sharer=? WHERE show_id=? AND viewer_id=?",

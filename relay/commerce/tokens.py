@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,35 @@ def load_secret(configured: str, data_dir: Path) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(secret + "\n")
     return secret
+
+
+_SHOPPER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+
+
+def shopper_viewer_id(shopper_id: object) -> str:
+    """The viewer id of a brand's user: the same in every room and on every device, so coupon
+    limits count per shopper."""
+    if not isinstance(shopper_id, str) or not _SHOPPER_ID.fullmatch(shopper_id):
+        raise ApiError(422, "invalid_field", "'shopper_id' must be 1-128 of A-Z a-z 0-9 _ . : @ -")
+    return "s-" + shopper_id
+
+
+def verify_shopper_token(token: object, secret: str, show_id: str) -> str:
+    """The shopper id in a token the brand signed (HS256 with [auth] shopper_secret) for this
+    show: {"sub": shopper id, "show": show id, "exp": ...}."""
+    if not secret:
+        raise ApiError(422, "invalid_field", "this server takes no shopper tokens: [auth] shopper_secret is not set")
+    if not isinstance(token, str):
+        raise ApiError(422, "invalid_field", "'shopper_token' must be a string")
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "show", "exp"]})
+    except jwt.ExpiredSignatureError as exc:
+        raise ApiError(401, "token_expired", "the shopper token has expired") from exc
+    except jwt.InvalidTokenError as exc:
+        raise ApiError(401, "unauthorized", "invalid shopper token") from exc
+    if claims["show"] != show_id:
+        raise ApiError(401, "unauthorized", "the shopper token is for another show")
+    return claims["sub"]
 
 
 class ViewerTokens:
