@@ -264,3 +264,36 @@ async def test_ops_page_follows_the_show_state_and_fits_a_phone(make_relay, brow
     await expect(copy).to_be_visible()
     box = await copy.bounding_box()
     assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+
+
+async def test_a_token_in_a_link_is_used_only_when_the_viewer_says_so(make_relay, browser):
+    relay = await make_relay()
+    await relay.create_show("lure")
+    await relay.api("POST", "/api/shows/lure/coupons", {"id": "c", "title": "Lure", "quantity": 10,
+                                                        "per_viewer_limit": 1, "duration_s": 600})
+    await relay.api("POST", "/api/shows/lure/coupons/c/launch")
+    victim = (await relay.request("POST", "/api/shows/lure/viewers", json={"room": "hq"}))[1]
+
+    async def claim_as_victim(key: str) -> str:
+        status, body = await relay.request("POST", "/api/shows/lure/coupons/c/claim", headers={
+            "Authorization": f"Bearer {victim['token']}", "Idempotency-Key": key})
+        return body["result"]
+
+    pages = Pages(browser, relay.base)
+    page = await pages.open(f"/watch/lure?token={victim['token']}", PHONE)
+    await expect(page.locator("#confirm")).to_be_visible()
+    await expect(page.locator("#confirm-who")).to_have_text(victim["viewer_id"])
+    assert "token" not in page.url  # out of the address (and of history) at once
+    await screenshots(page, "watch-confirm-token")
+    await page.get_by_role("button", name="Watch without it").click()
+    await expect(page.locator("#coupon")).to_be_visible(timeout=5000)
+    await page.get_by_role("button", name="Claim").click()
+    await expect(page.locator("#coupon-result")).to_have_text("Claimed! It is yours.")
+    assert await claim_as_victim("k1") == "claimed"  # the page claimed as someone else
+
+    page = await pages.open(f"/watch/lure?token={victim['token']}", PHONE)
+    await page.get_by_role("button", name="Continue as this account").click()
+    await expect(page.locator("#coupon")).to_be_visible(timeout=5000)
+    await page.get_by_role("button", name="Claim").click()
+    await expect(page.locator("#coupon-result")).to_have_text("Already claimed.")  # as the token's owner
+    assert pages.errors == []

@@ -6,7 +6,10 @@ import { $, api, connectionLost, endSession, money, randomKey, sleep, whepPlay }
 const [, , show, room = "hq"] = location.pathname.split("/");
 const params = new URLSearchParams(location.search);
 const ref = params.get("ref");
-const given = params.get("token"); // a signed viewer token from the brand's site (token playback)
+// A viewer token in the link (from the brand's site). Anyone can put one in a link, so it is
+// taken out of the address at once and used only when the viewer says so.
+const given = params.get("token");
+if (given) history.replaceState(null, "", location.pathname + (params.get("ref") ? `?ref=${encodeURIComponent(params.get("ref"))}` : ""));
 const video = $("#video");
 const coupons = new Map(); // id -> coupon as this room sees it
 let status = null; // the public show status
@@ -31,11 +34,37 @@ video.addEventListener("resize", () => {
 // Per show (credit stays with the first room); a token given for token playback is per room.
 const storageKey = () => `livecast.viewer.${show}${given ? `.${room}` : ""}`;
 
+/** What a token says of itself (unverified: only to show the viewer whose it is). */
+function describeToken(token) {
+  try {
+    const claims = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return { who: claims.sub, room: claims.room };
+  } catch {
+    return null;
+  }
+}
+
+/** Ask before signing in with a token from the link; true when the viewer accepts it. */
+function confirmToken(token) {
+  const about = describeToken(token);
+  if (!about || about.room !== room) return Promise.resolve(false); // not for this room: ignore it
+  $("#confirm-who").textContent = about.who;
+  $("#confirm").hidden = false;
+  return new Promise((resolve) => {
+    const answer = (yes) => () => {
+      $("#confirm").hidden = true;
+      resolve(yes);
+    };
+    $("#confirm-yes").addEventListener("click", answer(true), { once: true });
+    $("#confirm-no").addEventListener("click", answer(false), { once: true });
+    $("#confirm-no").focus();
+  });
+}
+
 async function identify() {
-  if (given) {
+  if (given && await confirmToken(given)) {
     const identity = { token: given };
     localStorage.setItem(storageKey(), JSON.stringify(identity));
-    history.replaceState(null, "", location.pathname + (ref ? `?ref=${encodeURIComponent(ref)}` : ""));
     return identity;
   }
   const stored = localStorage.getItem(storageKey());
