@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -41,6 +42,19 @@ log = logging.getLogger(__name__)
 RETENTION: web.AppKey[asyncio.Task] = web.AppKey("retention", asyncio.Task)
 DRAINING: web.AppKey[asyncio.Event] = web.AppKey("draining", asyncio.Event)
 SECRET_READER: web.AppKey[asyncio.Task] = web.AppKey("secret_reader", asyncio.Task)
+EXPIRY: web.AppKey[asyncio.Task] = web.AppKey("request_expiry", asyncio.Task)
+
+
+async def _expire_claim_requests(store: CommerceStore, retention_s: float) -> None:
+    """Stored answers to claim requests go once older than the retention window."""
+    while True:
+        try:
+            gone = await store.expire_requests(time.time() - retention_s)
+            if gone:
+                log.info("forgot %d claim answers older than %.0fs", gone, retention_s)
+        except ApiError as exc:
+            log.warning("expiring claim answers: %s", exc.message)
+        await asyncio.sleep(min(3600.0, retention_s / 4))
 
 
 async def _read_shared_secret(store: RedisCommerceStore, tokens: ViewerTokens) -> None:
@@ -101,7 +115,8 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 def open_commerce_store(settings: Settings) -> CommerceStore:
     """Redis when a URL is configured, else the embedded store in the data dir."""
     if settings.store.redis_url:
-        return RedisCommerceStore(settings.store.redis_url, settings.store.redis_prefix)
+        return RedisCommerceStore(settings.store.redis_url, settings.store.redis_prefix,
+                                  settings.limits.idempotency_retention_s)
     settings.data_path.mkdir(parents=True, exist_ok=True)
     return SqliteCommerceStore(settings.data_path / "relay.db")
 
@@ -171,6 +186,7 @@ def build_app(settings: Settings) -> web.Application:
                         settings.media.grace_period_s, ", ".join(waiting))
         replays.recover(continuing=set(waiting))
         app[RETENTION] = asyncio.ensure_future(replays.run_retention())
+        app[EXPIRY] = asyncio.ensure_future(_expire_claim_requests(commerce, settings.limits.idempotency_retention_s))
 
     async def on_shutdown(app: web.Application) -> None:
         # New sessions are refused from here on; readers hear that this server is stopping
@@ -184,6 +200,7 @@ def build_app(settings: Settings) -> web.Application:
         await events.drain(timeout=1.0)
         events.close()  # event streams end now, or the server would wait on them
         app[RETENTION].cancel()
+        app[EXPIRY].cancel()
         if SECRET_READER in app:
             app[SECRET_READER].cancel()
         await service.shutdown()

@@ -77,6 +77,7 @@ class LimitSettings:
     max_pending_sessions_per_address: int = 10
     max_connections_per_address: int = 256
     registrations_per_address_per_show: int = 50
+    idempotency_retention_s: float = 86400.0  # a claim's Idempotency-Key is honoured this long
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Settings:
 POSITIVE = {"ice.consent_timeout_s", "ice.connect_timeout_s", "media.publisher_timeout_s",
             "media.viewer_queue_frames", "media.gop_cache_max_frames", "replay.segment_target_s",
             "replay.retention_check_interval_s", "replay.max_queued_frames", "server.max_body_bytes",
-            "server.shutdown_timeout_s", "server.read_timeout_s", "server.idle_timeout_s", "webhooks.timeout_s", "webhooks.max_queue", "webhooks.max_attempts"}
+            "server.shutdown_timeout_s", "server.read_timeout_s", "server.idle_timeout_s", "webhooks.timeout_s", "limits.idempotency_retention_s", "webhooks.max_queue", "webhooks.max_attempts"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

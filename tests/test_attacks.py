@@ -331,3 +331,24 @@ async def test_per_viewer_limits_hold_per_shopper_and_anonymous_registrations_ar
         statuses = [(await new_viewer("open", {"room": "hq"}))[0] for _ in range(8)]
         assert statuses == [201] * 5 + [429] * 3
         assert (await relay.api("GET", "/api/shows/open/stats"))[1]["rooms"]["hq"]["unique_viewers"] == 5
+
+
+async def test_stored_claim_answers_expire_after_the_retention_window(make_relay, store_url):
+    relay = await make_relay(redis_url=store_url,
+                             configure=lambda s: setattr(s.limits, "idempotency_retention_s", 1.0))
+    await relay.create_show("expiry")
+    await relay.api("POST", "/api/shows/expiry/coupons", {"id": "c", "title": "C", "quantity": 10,
+                                                          "per_viewer_limit": 1, "duration_s": 600})
+    await relay.api("POST", "/api/shows/expiry/coupons/c/launch")
+    async with aiohttp.ClientSession() as http:
+        viewer = await register(http, relay.base, "expiry", "hq", None)
+        assert (await claim(http, relay.base, "expiry", "c", viewer["token"], "k"))[1]["result"] == "claimed"
+        assert (await claim(http, relay.base, "expiry", "c", viewer["token"], "k"))[1]["result"] == "claimed"
+
+        async def forgotten() -> bool:  # a retry now is a new request, decided afresh
+            answer = (await claim(http, relay.base, "expiry", "c", viewer["token"], "k"))[1]
+            return answer["result"] == "already_claimed"
+
+        await relay.wait_for(forgotten, timeout=5, what="the stored answer to expire")
+    coupon = (await relay.api("GET", "/api/shows/expiry/coupons/c"))[1]
+    assert coupon["claimed"] == 1  # forgetting an answer never hands out another coupon

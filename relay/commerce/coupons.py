@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE INDEX IF NOT EXISTS claims_by_viewer ON claims (show_id, coupon_id, viewer_id);
 CREATE TABLE IF NOT EXISTS claim_requests (
     show_id TEXT NOT NULL, viewer_id TEXT NOT NULL, idempotency_key TEXT NOT NULL,
-    coupon_id TEXT NOT NULL, response TEXT NOT NULL,
+    coupon_id TEXT NOT NULL, response TEXT NOT NULL, created_at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (show_id, viewer_id, idempotency_key)
 );
 """
@@ -139,6 +139,9 @@ class CouponLedger:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
+        columns = {r["name"] for r in db.execute("PRAGMA table_info(claim_requests)")}
+        if "created_at" not in columns:  # a data dir made by an older version
+            db.execute("ALTER TABLE claim_requests ADD COLUMN created_at REAL NOT NULL DEFAULT 0")
         self._ready.set()
         while True:
             job = self._jobs.get()
@@ -280,8 +283,8 @@ def _claim(db: sqlite3.Connection, req: ClaimRequest) -> dict:
         coupon.claimed += 1
         coupon.rooms_claimed[req.room] = coupon.rooms_claimed.get(req.room, 0) + 1
     response = {"result": result, "remaining": coupon.remaining_in(req.room)}
-    db.execute("INSERT INTO claim_requests VALUES (?,?,?,?,?)",
-               (req.show_id, req.viewer_id, req.idempotency_key, req.coupon_id, json.dumps(response)))
+    db.execute("INSERT INTO claim_requests VALUES (?,?,?,?,?,?)",
+               (req.show_id, req.viewer_id, req.idempotency_key, req.coupon_id, json.dumps(response), time.time()))
     return response
 
 
@@ -293,6 +296,11 @@ def purge_show(db: sqlite3.Connection, show_id: str) -> None:
     """Every commerce row of the show, in one transaction with the claims around it."""
     for table in SHOW_TABLES:
         db.execute(f"DELETE FROM {table} WHERE show_id=?", (show_id,))
+
+
+def expire_requests(db: sqlite3.Connection, before: float) -> int:
+    """Forget answers to claim requests made before `before` (retries come within minutes)."""
+    return db.execute("DELETE FROM claim_requests WHERE created_at < ?", (before,)).rowcount
 
 
 def retire_room(db: sqlite3.Connection, show_id: str, room: str, retired: str) -> None:

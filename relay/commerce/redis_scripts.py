@@ -60,12 +60,14 @@ return 'ok'
 """
 
 # One claim, decided exactly as coupons.decide() does.
-# KEYS: requests hash, coupon hash, coupon rooms hash, coupon viewers hash, claim figures hash.
-# ARGV: request field (viewer|key), viewer id, room, sharer ('' if none), coupon id, now.
+# KEYS: request key, coupon hash, coupon rooms hash, coupon viewers hash, claim figures hash,
+#       the requests hash of older versions (read only).
+# ARGV: request field (viewer|key), viewer id, room, sharer ('' if none), coupon id, now,
+#       seconds the answer is kept for retries.
 # Returns the request record {"coupon", "response"} (the first one for a retried request),
 # or 'missing' when there is no such coupon (nothing is stored then).
 CLAIM = """
-local seen = redis.call('HGET', KEYS[1], ARGV[1])
+local seen = redis.call('GET', KEYS[1]) or redis.call('HGET', KEYS[6], ARGV[1])
 if seen then return seen end
 local c = redis.call('HMGET', KEYS[2], 'state', 'starts_at', 'ends_at', 'quantity', 'per_viewer_limit',
                      'room_caps', 'claimed')
@@ -100,7 +102,7 @@ if cap then remaining = math.min(remaining, cap - in_room) end
 if remaining < 0 then remaining = 0 end
 local record = '{"coupon":' .. cjson.encode(ARGV[5]) .. ',"response":{"result":"' .. result ..
                '","remaining":' .. string.format('%d', remaining) .. '}}'
-redis.call('HSET', KEYS[1], ARGV[1], record)
+redis.call('SET', KEYS[1], record, 'EX', ARGV[7])
 return record
 """
 

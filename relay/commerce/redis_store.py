@@ -63,8 +63,9 @@ def _float(value: str | None) -> float | None:
 class RedisCommerceStore:
     """CommerceStore on a Redis server shared by every relay process."""
 
-    def __init__(self, url: str, prefix: str = "relay") -> None:
+    def __init__(self, url: str, prefix: str = "relay", request_retention_s: float = 86400.0) -> None:
         self._url = url
+        self._request_retention_s = max(1.0, request_retention_s)
         self._prefix = prefix
         # A bounded pool whose callers wait for a free connection: a burst of requests queues
         # here instead of opening a connection each.
@@ -173,6 +174,9 @@ class RedisCommerceStore:
         doomed = await self._do(keys())
         for start in range(0, len(doomed), 500):
             await self._do(self._redis.unlink(*doomed[start:start + 500]))
+
+    async def expire_requests(self, before: float) -> int:
+        return 0  # each answer is a key that expires by itself
 
     async def retire_room(self, show_id: str, room: str, retired: str) -> None:
         coupon_ids = await self._do(self._redis.zrange(self._key(show_id, "coupons"), 0, -1))
@@ -327,7 +331,7 @@ class RedisCommerceStore:
                         for req, _ in batch:
                             await self._scripts["CLAIM"](keys=self._claim_keys(req), args=[
                                 f"{req.viewer_id}|{req.idempotency_key}", req.viewer_id, req.room, req.sharer or "",
-                                req.coupon_id, repr(time.time())], client=pipe)
+                                req.coupon_id, repr(time.time()), str(int(self._request_retention_s))], client=pipe)
                         records = await pipe.execute(raise_on_error=False)
                 except asyncio.CancelledError:
                     raise
@@ -348,8 +352,9 @@ class RedisCommerceStore:
 
     def _claim_keys(self, req: ClaimRequest) -> list[str]:
         coupon = self._key(req.show_id, "coupon", req.coupon_id)
-        return [self._key(req.show_id, "claim_requests"), coupon, coupon + ":rooms", coupon + ":viewers",
-                self._key(req.show_id, "claim_figures")]
+        return [self._key(req.show_id, "request", req.viewer_id, req.idempotency_key), coupon, coupon + ":rooms",
+                coupon + ":viewers", self._key(req.show_id, "claim_figures"),
+                self._key(req.show_id, "claim_requests")]
 
     async def claim_figures(self, show_id: str) -> dict:
         counts = await self._do(self._redis.hgetall(self._key(show_id, "claim_figures")))

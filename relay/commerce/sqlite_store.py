@@ -65,6 +65,9 @@ class SqliteCommerceStore:
     async def purge_show(self, show_id: str) -> None:
         await self._ledger.call(coupons.purge_show, show_id)
 
+    async def expire_requests(self, before: float) -> int:
+        return await self._ledger.call(coupons.expire_requests, before)
+
     async def retire_room(self, show_id: str, room: str, retired: str) -> None:
         await self._ledger.call(coupons.retire_room, show_id, room, retired)
 

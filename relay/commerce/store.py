@@ -66,6 +66,11 @@ class CommerceStore(Protocol):
         """Forget everything kept for the show (its id may be used again by a new show)."""
         ...
 
+    async def expire_requests(self, before: float) -> int:
+        """Forget stored answers to claim requests older than `before` (an Idempotency-Key is
+        honoured for a retention window, not for ever); how many went, where it is counted."""
+        ...
+
     async def retire_room(self, show_id: str, room: str, retired: str) -> None:
         """Move a deleted room's viewer and claim counts to `retired` (a name no room can have):
         totals hold, and a new room with the same id starts at zero."""
