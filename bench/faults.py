@@ -14,6 +14,12 @@ viewers and this script on the other CPUs):
     loss     5 % and 20 % of RTP/RTCP datagrams dropped between host and relay, then between
              relay and viewer, `--loss-seconds` (30) each: per-second decoded fps at the viewer
              (min, mean, seconds under 10 fps) and the keyframe requests the relay sent.
+    halfopen Half-open WHEP sessions (ICE credentials, no candidate: answered, never connected)
+             posted for `--halfopen-seconds` (60) at `--halfopen-rate` (20/s), from one address
+             and then spread over many (X-Forwarded-For, as behind a proxy), with the relay's
+             defaults for pending sessions per address (10) and the connect deadline (15 s).
+             Every 2 s: sessions held, open fds, RSS; real viewers must still join; afterwards
+             every slot, socket and fd is back.
     restart  A show with three mirror rooms, a recorded stream and a claim storm (1,000 claims
              for 300 coupons); the relay is SIGKILLed and started again: shows, mirrors, every
              acknowledged claim, room figures and the replay must be intact; the host
@@ -376,12 +382,136 @@ async def _republish_and_end(relay: RelayUnderTest, show: dict) -> None:
 
 # -- main ---------------------------------------------------------------------------------------
 
-PHASES = {"join": phase_join, "fuzz": phase_fuzz, "loss": phase_loss, "restart": phase_restart}
+# -- half-open sessions ---------------------------------------------------------------------------
+
+def phase_halfopen(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
+    print(f"\n== halfopen: {args.halfopen_rate:.0f} half-open WHEP offers/s for {args.halfopen_seconds:.0f} s",
+          flush=True)
+    relay = RelayUnderTest(workdir, run.server_cpus, run.deadline, name="halfopen", env={
+        "RELAY_LIMITS_MAX_PENDING_SESSIONS_PER_ADDRESS": "10", "RELAY_SERVER_TRUST_FORWARDED_FOR": "true"}).start()
+    checks: dict[str, bool] = {}
+    try:
+        result = asyncio.run(_halfopen_run(args, run, relay))
+        samples = result["samples"]
+        peak_fds, base_fds = max(s["fds"] for s in samples), samples[0]["fds"]
+        print(f"  answered {result['statuses']}; sessions held at most {max(s['peers'] for s in samples)}, "
+              f"fds {base_fds} -> peak {peak_fds} -> {result['fds_after']}, RSS {samples[0]['rss_mib']} -> "
+              f"peak {max(s['rss_mib'] for s in samples)} -> {result['rss_after_mib']} MiB", flush=True)
+        print(f"  real viewers during the flood: {result['real_viewers']}", flush=True)
+        one = [s["peers"] for s in samples if s["flood"] == "one"]
+        check(checks, "one address held at most 10 unfinished sessions (+ host + real viewers)",
+              max(one, default=0) <= 10 + 1 + len(result["real_viewers"]))
+        check(checks, "every real viewer joined (first frame < 5 s)",
+              all(v["ttff_s"] is not None and v["ttff_s"] < 5 for v in result["real_viewers"]))
+        check(checks, "peers back to the host and the real viewers after the deadline",
+              result["peers_after"] <= 1 + len(result["real_viewers"]))
+        check(checks, "fds back (within 16)", result["fds_after"] <= base_fds + 16)
+        check(checks, "peak viewer figure counts only real viewers",
+              result["peak_viewers"] <= len(result["real_viewers"]))
+        result["problems"] = report_log_problems(relay.server, "relay", "  ")
+        return result | {"checks": checks}
+    finally:
+        relay.stop()
+
+
+async def _halfopen_run(args: argparse.Namespace, run, relay: RelayUnderTest) -> dict[str, Any]:
+    import re as _re
+
+    import aiohttp
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from relay.clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
+    from relay.clients.whep import WhepClient
+    from relay.clients.whip import WhipClient
+
+    show = relay.api("POST", "/api/shows", {"title": "Half-open", "id": SHOW}, expect=201)
+    host = WhipClient(f"{relay.base}/whip/{SHOW}", show["stream_key"],
+                      [audio_track(encode_tone()), video_track(encode_pattern(320, 240, 30, 2.0, 30, 250_000))])
+    await host.start()
+    await host.connected()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = _re.sub(r"a=(candidate|end-of-candidates).*\r\n", "", pc.localDescription.sdp)
+    await pc.close()
+
+    def fds() -> int:
+        return len(list(Path(f"/proc/{relay.pid}/fd").iterdir()))
+
+    samples: list[dict[str, Any]] = []
+    statuses: dict[str, int] = {}
+    phase = {"now": "one"}  # one address | many addresses | after the flood
+    real: list[dict[str, Any]] = []
+    started = time.monotonic()
+    end = started + args.halfopen_seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as http:
+        async def post(address: str) -> int:
+            async with http.post(f"{relay.base}/whep/{SHOW}", data=offer, headers={
+                    "Content-Type": "application/sdp", "X-Forwarded-For": address}) as res:
+                await res.read()
+                statuses[str(res.status)] = statuses.get(str(res.status), 0) + 1
+                return res.status
+
+        async def sample() -> None:
+            while time.monotonic() < end + 20:
+                peers = relay.metric("relay_peer_connections") or 0
+                samples.append({"t": round(time.monotonic() - started, 1), "flood": phase["now"],
+                                "peers": int(peers), "fds": fds(), "rss_mib": round(relay.rss_mib(), 1)})
+                await asyncio.sleep(2.0)
+
+        async def real_viewer() -> None:
+            viewer = WhepClient(f"{relay.base}/whep/{SHOW}", kinds=("video",), decode=False)
+            try:
+                await viewer.start()
+                ttff = await viewer.first_frame("video", timeout=10)
+                real.append({"t": round(time.monotonic() - started, 1), "ttff_s": round(ttff, 3)})
+            except Exception as exc:  # refused or never played: recorded, checked above
+                real.append({"t": round(time.monotonic() - started, 1), "ttff_s": None, "error": repr(exc)[:200]})
+            keep.append(viewer)
+
+        keep: list[WhepClient] = []
+        sampler = asyncio.ensure_future(sample())
+
+        async def later(delay: float) -> None:
+            await asyncio.sleep(delay)
+            await real_viewer()
+
+        joins = [asyncio.ensure_future(later(args.halfopen_seconds * f)) for f in (0.25, 0.75, 0.95)]
+        sent = 0
+        while time.monotonic() < end and run.deadline.remaining() > 60:
+            # The first half from one address, the second spread over 250 (the relay behind a proxy).
+            many = time.monotonic() - started > args.halfopen_seconds / 2
+            phase["now"] = "many" if many else "one"
+            asyncio.ensure_future(post(f"127.9.{sent % 250}.1" if many else "127.9.0.250"))
+            sent += 1
+            await asyncio.sleep(1.0 / args.halfopen_rate)
+        phase["now"] = "after"
+        await asyncio.gather(*joins)
+        # After the connect deadline: only the host and the real viewers are left.
+        deadline = time.monotonic() + 30
+        while (relay.metric("relay_peer_connections") or 0) > 1 + len(keep) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        await sampler
+        peak = relay.api("GET", f"/api/shows/{SHOW}/stats")["rooms"]["hq"]["peak_viewers"]
+        result = {"offers": sent, "statuses": statuses, "samples": samples, "real_viewers": real,
+                  "peers_after": int(relay.metric("relay_peer_connections") or 0), "fds_after": fds(),
+                  "rss_after_mib": round(relay.rss_mib(), 1), "peak_viewers": peak}
+        for viewer in keep:
+            await viewer.stop()
+    await host.drop()
+    return result
+
+
+PHASES = {"join": phase_join, "fuzz": phase_fuzz, "loss": phase_loss, "halfopen": phase_halfopen,
+          "restart": phase_restart}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phases", default="join,fuzz,loss,restart", help="comma-separated (all four)")
+    parser.add_argument("--phases", default="join,fuzz,loss,halfopen,restart", help="comma-separated (all five)")
+    parser.add_argument("--halfopen-seconds", type=float, default=60.0)
+    parser.add_argument("--halfopen-rate", type=float, default=20.0, help="half-open offers per second (20)")
     parser.add_argument("--join-viewers", type=int, default=500)
     parser.add_argument("--join-window", type=float, default=10.0)
     parser.add_argument("--cap", type=int, default=500, help="the relay's max_viewers_per_process (500)")
