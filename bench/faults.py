@@ -415,11 +415,9 @@ def phase_halfopen(args: argparse.Namespace, run, workdir: Path) -> dict[str, An
 
 
 async def _halfopen_run(args: argparse.Namespace, run, relay: RelayUnderTest) -> dict[str, Any]:
-    import re as _re
-
     import aiohttp
-    from aiortc import RTCConfiguration, RTCPeerConnection
 
+    from relay.clients.fuzz import half_open_offer
     from relay.clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
     from relay.clients.whep import WhepClient
     from relay.clients.whip import WhipClient
@@ -429,12 +427,7 @@ async def _halfopen_run(args: argparse.Namespace, run, relay: RelayUnderTest) ->
                       [audio_track(encode_tone()), video_track(encode_pattern(320, 240, 30, 2.0, 30, 250_000))])
     await host.start()
     await host.connected()
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    offer = _re.sub(r"a=(candidate|end-of-candidates).*\r\n", "", pc.localDescription.sdp)
-    await pc.close()
+    offer = await half_open_offer()
 
     def fds() -> int:
         return len(list(Path(f"/proc/{relay.pid}/fd").iterdir()))

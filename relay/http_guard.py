@@ -14,6 +14,8 @@ import logging
 import re
 from typing import Callable
 
+from .address_counter import AddressCounter
+
 log = logging.getLogger(__name__)
 
 _END_OF_HEAD = b"\r\n\r\n"
@@ -28,33 +30,26 @@ assert len(_TOO_MANY.split(b"\r\n\r\n", 1)[1]) == 91
 
 
 class ConnectionGuard:
-    """Counts open connections per client address; holds the limits."""
+    """The limits, and the open connections per client address."""
 
     def __init__(self, read_timeout_s: float, max_per_address: int) -> None:
         self.read_timeout_s = read_timeout_s
-        self.max_per_address = max_per_address
-        self._open: dict[str, int] = {}
+        self._open = AddressCounter(max_per_address)
         self.refused = 0
         self.timed_out = 0
 
     def admit(self, address: str) -> bool:
-        held = self._open.get(address, 0)
-        if self.max_per_address and held >= self.max_per_address:
-            self.refused += 1
-            return False
-        self._open[address] = held + 1
-        return True
+        if self._open.take(address):
+            return True
+        self.refused += 1
+        return False
 
     def release(self, address: str) -> None:
-        held = self._open.get(address, 0) - 1
-        if held > 0:
-            self._open[address] = held
-        else:
-            self._open.pop(address, None)
+        self._open.release(address)
 
     @property
     def connections(self) -> int:
-        return sum(self._open.values())
+        return self._open.total
 
 
 class GuardedProtocol(asyncio.Protocol):

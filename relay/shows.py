@@ -14,6 +14,7 @@ import secrets
 import time
 from typing import Awaitable, Callable
 
+from .address_counter import AddressCounter
 from .config import Settings
 from .errors import ApiError
 from .fanout.viewer import ViewerSession
@@ -40,26 +41,16 @@ class PendingSessions:
     `limit` (0: no limit), so half-open offers cannot take every slot and socket."""
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._by_address: dict[str, int] = {}
+        self._counts = AddressCounter(limit)
 
     def open(self, address: str) -> None:
-        held = self._by_address.get(address, 0)
-        if self.limit and held >= self.limit:
+        if not self._counts.take(address):
             raise ApiError(429, "too_many_pending_sessions",
-                           f"this address has {held} sessions still connecting; finish or end those first",
-                           {"Retry-After": "5"})
-        self._by_address[address] = held + 1
+                           f"this address has {self._counts.held(address)} sessions still connecting; "
+                           "finish or end those first", {"Retry-After": "5"})
 
     def close(self, address: str) -> None:
-        held = self._by_address.get(address, 0) - 1
-        if held > 0:
-            self._by_address[address] = held
-        else:
-            self._by_address.pop(address, None)
-
-    def held(self, address: str) -> int:
-        return self._by_address.get(address, 0)
+        self._counts.release(address)
 
 
 class ShowService:

@@ -10,28 +10,16 @@ import time
 
 import aiohttp
 import jwt
-from aiortc import RTCConfiguration, RTCPeerConnection
 
 from conftest import Relay, RedisServer, relay_settings, tracks
 from test_commerce import SseReader
 from test_coupons import claim, register
+from relay.clients.fuzz import half_open_offer
 from relay.webrtc import open_peer_count
 
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-async def half_open_offer() -> str:
-    """A viewer's offer with ICE credentials and a fingerprint but no candidate: the server
-    answers, and nobody ever comes."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = re.sub(r"a=(candidate|end-of-candidates).*\r\n", "", pc.localDescription.sdp)
-    await pc.close()
-    return sdp
 
 
 async def flood(relay: Relay, offer: str, count: int, address: str) -> list[int]:
@@ -352,3 +340,23 @@ async def test_stored_claim_answers_expire_after_the_retention_window(make_relay
         await relay.wait_for(forgotten, timeout=5, what="the stored answer to expire")
     coupon = (await relay.api("GET", "/api/shows/expiry/coupons/c"))[1]
     assert coupon["claimed"] == 1  # forgetting an answer never hands out another coupon
+
+
+async def test_database_files_are_private_and_answers_carry_security_headers(make_relay):
+    relay = await make_relay(configure=lambda s: setattr(s.server, "embed_origins", ["https://shop.example"]))
+    await relay.create_show("heads")
+    data = relay.settings.data_path
+    for name in ("relay.db", "relay.db-wal", "relay.db-shm"):
+        assert (data / name).stat().st_mode & 0o777 == 0o600, name
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/api/shows/nope", "/ops", "/watch/heads"):
+            async with http.get(relay.base + path) as res:
+                assert res.headers["X-Content-Type-Options"] == "nosniff"
+                assert res.headers["Referrer-Policy"] == "no-referrer"
+                assert res.headers["Server"] == "livecast-relay"  # no Python or aiohttp version
+        async with http.get(relay.base + "/ops") as res:
+            assert "frame-ancestors 'none'" in res.headers["Content-Security-Policy"]
+            assert res.headers["X-Frame-Options"] == "DENY"
+        async with http.get(relay.base + "/watch/heads") as res:
+            assert "frame-ancestors 'self' https://shop.example" in res.headers["Content-Security-Policy"]
+            assert "script-src 'self'" in res.headers["Content-Security-Policy"]

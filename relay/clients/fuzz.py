@@ -6,7 +6,9 @@ numbers, extra media sections, huge values), plus random text and random bytes.
 
 from __future__ import annotations
 
-from aiortc import RTCPeerConnection
+import re
+
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 
 async def base_offers() -> dict[str, str]:
@@ -23,6 +25,18 @@ async def base_offers() -> dict[str, str]:
         return sdp
 
     return {"whip": await make("sendonly"), "whep": await make("recvonly")}
+
+
+async def half_open_offer() -> str:
+    """A viewer's offer with ICE credentials and a fingerprint but no candidate: a server
+    answers it, and nobody ever connects."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = re.sub(r"a=(candidate|end-of-candidates).*\r\n", "", pc.localDescription.sdp)
+    await pc.close()
+    return sdp
 
 
 def mutated_offers(base: str):
