@@ -64,14 +64,23 @@ async def screenshots(page: Page, name: str) -> None:
     await page.set_viewport_size(original)
 
 
+async def until(page: Page, expression: str, timeout: float = 10.0) -> None:
+    """Wait until `expression` is true in the page. (Playwright's wait_for_function compiles its
+    string in the page, which the pages' Content-Security-Policy forbids; evaluate does not.)"""
+    deadline = time.monotonic() + timeout
+    while not await page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {expression}")
+        await page.wait_for_timeout(50)  # the page's own frames advance meanwhile
+
+
 async def playing(page: Page, selector: str = "#video") -> None:
     """The video has a picture and new frames keep being shown (a live stream's currentTime
     advances even when frames stop, so frames are counted)."""
     video = f"document.querySelector('{selector}')"
-    await page.wait_for_function(f"{video}.videoWidth > 0", timeout=20_000)
+    await until(page, f"{video}.videoWidth > 0", timeout=20)
     shown = await page.evaluate(f"{video}.getVideoPlaybackQuality().totalVideoFrames")
-    await page.wait_for_function(f"{video}.getVideoPlaybackQuality().totalVideoFrames > {shown} + 15",
-                                 timeout=10_000)
+    await until(page, f"{video}.getVideoPlaybackQuality().totalVideoFrames > {shown} + 15", timeout=10)
 
 
 async def test_studio_watch_ops_and_replay_pages_in_chromium(make_relay, browser):
@@ -169,8 +178,7 @@ async def test_studio_watch_ops_and_replay_pages_in_chromium(make_relay, browser
     assert start > 1.0
     await hq.evaluate("document.querySelector('#video').currentTime = 0")
     await chapter.click()
-    await hq.wait_for_function(f"Math.abs(document.querySelector('#video').currentTime - {start}) < 0.5",
-                               timeout=5000)
+    await until(hq, f"Math.abs(document.querySelector('#video').currentTime - {start}) < 0.5", timeout=5)
     await screenshots(hq, "replay")
     assert pages.errors == []
 
