@@ -33,7 +33,7 @@ from .replay.service import ReplayService
 from .shows import ShowService
 from .store import SqliteStore
 from .appkeys import ADMIN_KEY, COMMERCE, LIMITS, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS, WEBHOOKS
-from .webhooks import WebhookSender
+from .webhooks import WebhookSender, signing_key
 from .limits import RateLimiter
 from .metrics import build_registry, metrics_route
 
@@ -157,7 +157,12 @@ def build_app(settings: Settings) -> web.Application:
     app[TOKENS] = ViewerTokens(None if shared_secret else load_secret(settings.auth.token_secret, settings.data_path))
     hooks = settings.webhooks
     if hooks.urls and not hooks.secret:
-        raise ConfigError("[webhooks] secret is required when urls are set (RELAY_WEBHOOKS_SECRET)")
+        raise ConfigError("[webhooks] secret is required when urls are set (RELAY_WEBHOOKS_SECRET); "
+                          "make one with: python3 -c 'from relay.webhooks import new_secret; print(new_secret())'")
+    try:
+        signing_key(hooks.secret)
+    except ValueError as exc:
+        raise ConfigError(f"[webhooks] secret: {exc}") from None
     webhooks = app[WEBHOOKS] = WebhookSender(hooks.urls, hooks.secret, hooks.timeout_s, hooks.max_queue,
                                              hooks.max_attempts)
     service.on_webhook = webhooks.emit

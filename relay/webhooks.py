@@ -1,15 +1,19 @@
 """Webhooks: signed JSON events to the operator's URLs, delivered in the background.
 
-Each event has an id (kept across retries, so receivers can drop duplicates) and is signed:
-`X-Relay-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>` with the timestamp in
-`X-Relay-Timestamp`; receivers check both and refuse old timestamps (replays). Deliveries go
-through a bounded queue; a failed one is retried with exponential backoff; a slow or dead
-receiver costs a queue slot, never a request's time.
+Signed per the Standard Webhooks specification: `webhook-id` (the event id, kept across
+retries, so receivers drop duplicates), `webhook-timestamp` and `webhook-signature:
+v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`, where the key is the base64 after
+`whsec_` in the secret (a secret without that prefix is used as its bytes). Any Standard
+Webhooks library verifies them. The older `X-Relay-*` headers are still sent for one release.
+Deliveries go through a bounded queue; a failed one is retried with exponential backoff; a
+slow or dead receiver costs a queue slot, never a request's time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -17,6 +21,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Mapping
 
 import aiohttp
 
@@ -30,21 +35,48 @@ FIRST_RETRY_S = 1.0
 MAX_RETRY_S = 60.0
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return "v1=" + mac.hexdigest()
+SECRET_PREFIX = "whsec_"
 
 
-def verify(secret: str, body: bytes, timestamp: str, signature: str, tolerance_s: float = 300.0,
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a secret: the base64 after `whsec_`, else the secret's own bytes."""
+    if secret.startswith(SECRET_PREFIX):
+        try:
+            return base64.b64decode(secret[len(SECRET_PREFIX):] + "==", validate=False)
+        except binascii.Error as exc:
+            raise ValueError("the webhook secret after 'whsec_' is not base64") from exc
+    return secret.encode()
+
+
+def new_secret() -> str:
+    """A fresh secret in the Standard Webhooks form."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def sign(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header value."""
+    mac = hmac.new(signing_key(secret), f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def legacy_sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The former `X-Relay-Signature` (hex HMAC over "<timestamp>.<body>" keyed by the secret's bytes)."""
+    return "v1=" + hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, headers: Mapping[str, str], tolerance_s: float = 300.0,
            now: float | None = None) -> bool:
-    """What a receiver does: the signature matches and the timestamp is recent."""
+    """What a receiver does: one of the signatures matches and the timestamp is recent."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    event_id, timestamp = lower.get("webhook-id", ""), lower.get("webhook-timestamp", "")
     try:
         ts = int(timestamp)
     except ValueError:
         return False
-    if abs((now or time.time()) - ts) > tolerance_s:
+    if not event_id or abs((now or time.time()) - ts) > tolerance_s:
         return False
-    return hmac.compare_digest(sign(secret, ts, body), signature)
+    expected = sign(secret, event_id, ts, body)
+    return any(hmac.compare_digest(expected, given) for given in lower.get("webhook-signature", "").split())
 
 
 @dataclass
@@ -142,8 +174,12 @@ class WebhookSender:
     async def _deliver(self, delivery: _Delivery) -> bool:
         assert self._http is not None
         ts = int(time.time())  # signed at each attempt: a retry is not a replay of an old request
-        headers = {"Content-Type": "application/json", "X-Relay-Event-Id": delivery.event["id"],
-                   "X-Relay-Timestamp": str(ts), "X-Relay-Signature": sign(self._secret, ts, delivery.body)}
+        event_id = delivery.event["id"]
+        headers = {"Content-Type": "application/json", "webhook-id": event_id, "webhook-timestamp": str(ts),
+                   "webhook-signature": sign(self._secret, event_id, ts, delivery.body),
+                   # deprecated, for receivers written before the Standard Webhooks headers
+                   "X-Relay-Event-Id": event_id, "X-Relay-Timestamp": str(ts),
+                   "X-Relay-Signature": legacy_sign(self._secret, ts, delivery.body)}
         try:
             async with self._http.post(delivery.url, data=delivery.body, headers=headers) as res:
                 if 200 <= res.status < 300:

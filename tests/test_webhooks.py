@@ -3,26 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 
 import aiohttp
 from aiohttp import web
 
-from conftest import tracks
-from relay.webhooks import sign, verify
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-SECRET = "hook-secret"
+from conftest import tracks
+from relay.webhooks import new_secret, sign, verify
+
+SECRET = new_secret()  # whsec_<base64>, as Standard Webhooks libraries take it
+
+
+def headers(event_id: str, ts: int, signature: str) -> dict[str, str]:
+    return {"webhook-id": event_id, "webhook-timestamp": str(ts), "webhook-signature": signature}
 
 
 def test_signatures_verify_and_refuse_tampering_and_replays():
     body = b'{"id":"evt_1"}'
     ts = int(time.time())
-    signature = sign(SECRET, ts, body)
-    assert verify(SECRET, body, str(ts), signature)
-    assert not verify(SECRET, body + b" ", str(ts), signature)  # tampered body
-    assert not verify("other", body, str(ts), signature)  # another secret
-    assert not verify(SECRET, body, str(ts - 3600), sign(SECRET, ts - 3600, body))  # an old request replayed
-    assert not verify(SECRET, body, "soon", signature)
+    signature = sign(SECRET, "evt_1", ts, body)
+    assert verify(SECRET, body, headers("evt_1", ts, signature))
+    assert not verify(SECRET, body + b" ", headers("evt_1", ts, signature))  # tampered body
+    assert not verify(SECRET, body, headers("evt_2", ts, signature))  # another event's signature
+    assert not verify(new_secret(), body, headers("evt_1", ts, signature))  # another secret
+    old = sign(SECRET, "evt_1", ts - 3600, body)
+    assert not verify(SECRET, body, headers("evt_1", ts - 3600, old))  # an old request replayed
+    assert not verify(SECRET, body, {"webhook-id": "evt_1", "webhook-timestamp": "soon", "webhook-signature": signature})
+    # The standardwebhooks library agrees, with our secret as it is and with a raw secret's whsec_ form.
+    assert Webhook(SECRET).verify(body, headers("evt_1", ts, signature)) == {"id": "evt_1"}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body + b" ", headers("evt_1", ts, signature))
+    raw = "a-secret-from-before"
+    assert Webhook("whsec_" + base64.b64encode(raw.encode()).decode()).verify(
+        body, headers("evt_1", ts, sign(raw, "evt_1", ts, body))) == {"id": "evt_1"}
 
 
 class Receiver:
@@ -37,11 +54,12 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        if not verify(SECRET, body, request.headers["X-Relay-Timestamp"], request.headers["X-Relay-Signature"]):
+        try:  # the Standard Webhooks library, as a receiver in any language would use
+            event = Webhook(SECRET).verify(body, dict(request.headers))
+        except WebhookVerificationError:
             self.refused += 1
             return web.Response(status=401)
-        event = await request.json()
-        assert event["id"] == request.headers["X-Relay-Event-Id"]
+        assert event["id"] == request.headers["webhook-id"]
         self.attempts[event["id"]] = self.attempts.get(event["id"], 0) + 1
         if self.attempts[event["id"]] == 1:
             return web.Response(status=500)
