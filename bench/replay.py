@@ -126,13 +126,6 @@ def split_cpu(pid: int, before: dict[int, float], after: dict[int, float]) -> tu
     return main, others
 
 
-def has_idr(access_unit: bytes) -> bool:
-    """Whether an Annex-B H.264 access unit holds an IDR slice (NAL type 5)."""
-    # after a split on 00 00 01 each part starts with its NAL header (a 4-byte start code
-    # leaves its extra zero at the end of the previous part)
-    return any(part and part[0] & 0x1F == 5 for part in access_unit.split(b"\x00\x00\x01"))
-
-
 def ffprobe(path: Path, timeout: float) -> dict[str, Any]:
     """Container duration and, per stream, codec, duration and packet count (demuxed, not decoded)."""
     argv = [FFPROBE, "-v", "error", "-count_packets", "-show_entries",
@@ -431,9 +424,10 @@ class SimulatedClock:
 def live_frames(video: list[bytes], audio: list[bytes], seconds: float) -> Iterator[tuple[float, Any]]:
     """(media time, RelayFrame) of `seconds` of the looped host, video and audio in timestamp
     order, as the forwarders hand them to the recorder (timestamps from 0, RTP clocks)."""
+    from relay.h264 import is_keyframe
     from relay.media import RelayFrame
 
-    keyframes = [has_idr(unit) for unit in video]
+    keyframes = [is_keyframe(unit) for unit in video]
     n_video, n_audio = round(seconds * FPS), round(seconds * AUDIO_RATE)
     i = j = 0
     no_payloads: list[bytes] = []

@@ -26,7 +26,3 @@ class AddressCounter:
 
     def held(self, address: str) -> int:
         return self._held.get(address, 0)
-
-    @property
-    def total(self) -> int:
-        return sum(self._held.values())

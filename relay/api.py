@@ -7,6 +7,7 @@ from aiohttp import web
 from .appkeys import COMMERCE, REPLAYS, SHELF
 from .config import Settings
 from .errors import ApiError
+from .fields import slug_field, text_field
 from .http_util import read_json, require_admin
 from .models import HQ_ROOM, Mirror, Show, ShowState, is_currency, is_slug
 from .shows import ShowService
@@ -72,33 +73,12 @@ def show_view(service: ShowService, show: Show, detail: bool = False) -> dict:
     return view
 
 
-def _text_field(body: dict, name: str, required: bool = True, limit: int = 200) -> str | None:
-    value = body.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ApiError(422, "invalid_field", f"{name!r} must be a non-empty string", )
-    if len(value) > limit:
-        raise ApiError(422, "invalid_field", f"{name!r} is longer than {limit} characters")
-    return value.strip()
-
-
-def _slug_field(body: dict, name: str, required: bool) -> str | None:
-    value = body.get(name)
-    if value is None and not required:
-        return None
-    if not is_slug(value):
-        raise ApiError(422, "invalid_field",
-                       f"{name!r} must be a slug: 1-64 of a-z, 0-9, '-', '_', starting with a letter or digit")
-    return value
-
-
 @routes.post("/api/shows")
 async def create_show(request: web.Request) -> web.Response:
     service = _service(request)
     body = await read_json(request)
-    title = _text_field(body, "title")
-    show_id = _slug_field(body, "id", required=False)
+    title = text_field(body, "title")
+    show_id = slug_field(body, "id", required=False)
     public = body.get("replay_public")
     if public is not None and not isinstance(public, bool):
         raise ApiError(422, "invalid_field", "'replay_public' must be true or false")
@@ -178,10 +158,10 @@ async def add_mirror(request: web.Request) -> web.Response:
     show_id = request.match_info["show"]
     service.get_show(show_id)
     body = await read_json(request)
-    distributor = _slug_field(body, "distributor", required=True)
+    distributor = slug_field(body, "distributor", required=True)
     if distributor == HQ_ROOM:
         raise ApiError(422, "invalid_field", "'hq' is the headquarters room; pick another distributor id")
-    name = _text_field(body, "name")
+    name = text_field(body, "name")
     mirror = service.add_mirror(show_id, distributor, name)
     return web.json_response(mirror_view(service.settings, mirror), status=201)
 

@@ -35,21 +35,12 @@ class ConnectionGuard:
     def __init__(self, read_timeout_s: float, max_per_address: int) -> None:
         self.read_timeout_s = read_timeout_s
         self._open = AddressCounter(max_per_address)
-        self.refused = 0
-        self.timed_out = 0
 
     def admit(self, address: str) -> bool:
-        if self._open.take(address):
-            return True
-        self.refused += 1
-        return False
+        return self._open.take(address)
 
     def release(self, address: str) -> None:
         self._open.release(address)
-
-    @property
-    def connections(self) -> int:
-        return self._open.total
 
 
 class GuardedProtocol(asyncio.Protocol):
@@ -165,7 +156,6 @@ class GuardedProtocol(asyncio.Protocol):
     def _expired(self) -> None:
         self._timer = None
         if self._transport is not None and not self._transport.is_closing():
-            self._guard.timed_out += 1
             log.info("closing a connection from %s: no complete request within %.0fs (%s)", self._address,
                      self._guard.read_timeout_s, self._state)
             self._transport.close()

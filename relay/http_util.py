@@ -24,13 +24,17 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
+def key_matches(given: str | None, expected: str) -> bool:
+    """`given` is the secret `expected` (compared in constant time); never for an empty secret."""
+    return given is not None and bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
 def require_admin(request: web.Request) -> None:
     token = bearer_token(request)
-    expected: str = request.app[ADMIN_KEY]
     if token is None:
         raise ApiError(401, "unauthorized", "missing admin key: send Authorization: Bearer <admin key>",
                        {"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+    if not key_matches(token, request.app[ADMIN_KEY]):
         raise ApiError(401, "unauthorized", "wrong admin key", {"WWW-Authenticate": "Bearer"})
 
 
@@ -47,8 +51,7 @@ def verify_viewer(request: web.Request, show, token: str | None) -> ViewerIdenti
 
 def is_admin(request: web.Request) -> bool:
     """The request carries the admin key (compared in constant time)."""
-    token = bearer_token(request)
-    return token is not None and hmac.compare_digest(token.encode(), request.app[ADMIN_KEY].encode())
+    return key_matches(bearer_token(request), request.app[ADMIN_KEY])
 
 
 def check_viewer_token(request: web.Request, show, room: str) -> None:

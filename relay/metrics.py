@@ -8,7 +8,6 @@ delivery, recording) are observed as they happen. Nothing here runs per packet.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -21,7 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .appkeys import ADMIN_KEY, SETTINGS, SHOWS
 from .errors import ApiError
 from .fanout.meter import METER
-from .http_util import bearer_token
+from .http_util import bearer_token, key_matches
 from .webrtc import open_peer_count
 
 # Observed where they happen; shared by every app of the process (each registry lists them).
@@ -106,8 +105,7 @@ def metrics_route(registry: CollectorRegistry):
     async def metrics(request: web.Request) -> web.Response:
         """Prometheus text format; needs [auth] metrics_key (or the admin key) as a Bearer token."""
         expected = request.app[SETTINGS].auth.metrics_key or request.app[ADMIN_KEY]
-        token = bearer_token(request) or ""
-        if not hmac.compare_digest(token.encode(), expected.encode()):
+        if not key_matches(bearer_token(request), expected):
             raise ApiError(401, "unauthorized", "send the metrics key: Authorization: Bearer <key>",
                            {"WWW-Authenticate": "Bearer"})
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from pathlib import Path
 from typing import Protocol
 
@@ -221,7 +220,3 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
-
-
-def now() -> float:
-    return time.time()

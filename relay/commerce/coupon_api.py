@@ -9,8 +9,9 @@ from aiohttp import web
 
 from ..appkeys import COMMERCE, LIMITS, SHELF, SHOWS, TICKER, WEBHOOKS
 from ..errors import ApiError, invalid_field as _invalid
+from ..fields import slug_field, text_field
 from ..http_util import bearer_token, read_json, require_admin, verify_viewer
-from ..models import HQ_ROOM, ShowState, is_slug
+from ..models import HQ_ROOM, ShowState
 from ..metrics import CLAIMS, store_timer
 from .coupons import ClaimRequest, Coupon
 from .events import EventHub
@@ -40,12 +41,8 @@ def _time(body: dict, field: str) -> float | None:
 
 
 def parse_coupon(show_id: str, body: dict, rooms: set[str]) -> Coupon:
-    coupon_id = body.get("id")
-    if coupon_id is not None and not is_slug(coupon_id):
-        raise _invalid("id", "must be a slug")
-    title = body.get("title")
-    if not isinstance(title, str) or not title.strip() or len(title) > 200:
-        raise _invalid("title", "must be a non-empty string of at most 200 characters")
+    coupon_id = slug_field(body, "id", required=False)
+    title = text_field(body, "title")
     quantity = _int(body, "quantity", 1, 10_000_000)
     limit = _int(body, "per_viewer_limit", 1, quantity, default=1)
     duration = body.get("duration_s")
@@ -71,7 +68,7 @@ def parse_coupon(show_id: str, body: dict, rooms: set[str]) -> Coupon:
             raise _invalid("room_caps", "counts must be non-negative integers")
     if sum(caps.values()) > quantity:
         raise _invalid("room_caps", f"add up to {sum(caps.values())}, more than the quantity {quantity}")
-    return Coupon(show_id, coupon_id, title.strip(), quantity, limit,
+    return Coupon(show_id, coupon_id, title, quantity, limit,
                   float(duration) if duration is not None else None, starts_at, ends_at, dict(caps), "draft")
 
 

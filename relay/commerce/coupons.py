@@ -23,7 +23,6 @@ from ..errors import ApiError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-RESULTS = ("claimed", "sold_out", "already_claimed", "not_started", "ended", "room_cap_reached")
 MAX_BATCH = 500
 
 _SCHEMA = """

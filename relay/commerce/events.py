@@ -139,8 +139,6 @@ class EventHub:
                 sub.end()
         self._subscribers.clear()
 
-    def subscriber_count(self, show_id: str) -> int:
-        return len(self._subscribers.get(show_id, ()))
 
 
 def _log_failure(task: asyncio.Task) -> None:

@@ -9,6 +9,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Callable
 
 from ..errors import ApiError, invalid_field as _invalid
+from ..fields import text_field
 from ..models import is_slug
 from .events import EventHub
 from .store import CommerceStore, Pin, Product
@@ -105,10 +106,7 @@ class ProductShelf:
 
     def _apply(self, product: Product, body: dict, creating: bool) -> None:
         if creating or "title" in body:
-            title = body.get("title")
-            if not isinstance(title, str) or not title.strip() or len(title) > 200:
-                raise _invalid("title", "must be a non-empty string of at most 200 characters")
-            product.title = title.strip()
+            product.title = text_field(body, "title")
         if creating or "price" in body:
             product.price_cents = parse_price(body.get("price"))
         for field in ("image_url", "link"):

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from ..aiortc_hooks import packetize_h264, packetize_vp8, split_h264
-
-NAL_IDR = 5
-NAL_SPS = 7
-NAL_PPS = 8
+from ..h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_type
 
 
 class Packetizer:
@@ -38,17 +35,17 @@ class H264Packetizer(Packetizer):
         for nal in nals:
             if not nal:
                 continue
-            nal_type = nal[0] & 0x1F
-            if nal_type == NAL_IDR:
+            kind = nal_type(nal)
+            if kind == NAL_IDR:
                 keyframe = True
-            elif nal_type == NAL_SPS:
+            elif kind == NAL_SPS:
                 has_sps = True
                 self._sps = nal
-            elif nal_type == NAL_PPS:
+            elif kind == NAL_PPS:
                 has_pps = True
                 self._pps = nal
         if keyframe and not (has_sps and has_pps) and self._sps and self._pps:
-            nals = [self._sps, self._pps] + [n for n in nals if n and n[0] & 0x1F not in (NAL_SPS, NAL_PPS)]
+            nals = [self._sps, self._pps] + [n for n in nals if n and nal_type(n) not in (NAL_SPS, NAL_PPS)]
         return packetize_h264(nals), keyframe
 
 

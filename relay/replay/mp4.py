@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 
 from . import fmp4
-from .h264 import sps_dimensions
+from ..h264 import sps_dimensions
 from .playlist import Playlist
 from .segment_writer import add_streams
 

@@ -15,7 +15,7 @@ import av
 
 from ..media import CLOCK_RATES, RelayFrame
 from . import fmp4
-from .h264 import find_sps, sps_dimensions
+from ..h264 import find_sps, sps_dimensions
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ OPUS_HEAD = b"OpusHead" + struct.pack("<BBHIhB", 1, 2, 312, 48000, 0, 0)
 @dataclass
 class ClosedSegment:
     name: str
-    start_s: float  # media time within the run
     duration_s: float
     wall_start: float  # wall clock of its first frame
 
@@ -195,7 +194,7 @@ class SegmentWriter:
         os.fsync(file.fileno())
         file.close()
         os.replace(self.folder / (self._segment_name + ".part"), self.folder / self._segment_name)
-        self._on_segment(ClosedSegment(self._segment_name, self._segment_start, max(0.0, end - self._segment_start),
+        self._on_segment(ClosedSegment(self._segment_name, max(0.0, end - self._segment_start),
                                        (self._wall_start or 0.0) + self._segment_start))
 
     @staticmethod

@@ -1,10 +1,22 @@
-"""Picture size from an H.264 sequence parameter set (ITU-T H.264 section 7.3.2.1.1)."""
+"""H.264 bitstream facts the relay needs, in one place: NAL unit types, keyframes, and the
+picture size from a sequence parameter set (ITU-T H.264 section 7.3.2.1.1)."""
 
 from __future__ import annotations
 
-from ..aiortc_hooks import split_h264
+from .aiortc_hooks import split_h264
 
+NAL_IDR = 5
 NAL_SPS = 7
+NAL_PPS = 8
+
+
+def nal_type(nal: bytes) -> int:
+    return nal[0] & 0x1F
+
+
+def is_keyframe(annexb: bytes) -> bool:
+    """The access unit holds an IDR slice."""
+    return any(nal and nal_type(nal) == NAL_IDR for nal in split_h264(annexb))
 
 
 class _Bits:
@@ -98,4 +110,4 @@ def sps_dimensions(sps: bytes) -> tuple[int, int]:
 
 def find_sps(annexb: bytes) -> bytes | None:
     """The first SPS NAL unit in an Annex-B access unit."""
-    return next((nal for nal in split_h264(annexb) if nal and nal[0] & 0x1F == NAL_SPS), None)
+    return next((nal for nal in split_h264(annexb) if nal and nal_type(nal) == NAL_SPS), None)
