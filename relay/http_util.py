@@ -122,12 +122,19 @@ CORS_HEADERS = {
 }
 
 
-def options_response() -> web.Response:
+async def _preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers={"Accept-Post": SDP_TYPE})  # CORS headers: the middleware
 
 
-def not_patchable() -> web.Response:
+async def _not_patchable(request: web.Request) -> web.Response:
     """RFC 9725 lets a server without trickle ICE or ICE restart answer PATCH with 405."""
     raise ApiError(405, "method_not_allowed",
                    "trickle ICE and ICE restart are not supported: the answer carries all candidates",
                    {"Allow": "DELETE, OPTIONS"})
+
+
+def add_session_routes(routes: web.RouteTableDef, offer_paths: list[str], session_path: str) -> None:
+    """What WHIP and WHEP answer alike: PATCH on a session (405) and CORS preflights."""
+    routes.patch(session_path)(_not_patchable)
+    for path in [*offer_paths, session_path]:
+        routes.route("OPTIONS", path)(_preflight)

@@ -28,8 +28,30 @@ _CSP = ("default-src 'self'; img-src 'self' https: data:; media-src 'self' blob:
         "frame-ancestors {ancestors}")
 
 
+_HEAD = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="{viewport}">
+<title>{title}</title>
+<link rel="stylesheet" href="/static/style.css">
+<link rel="icon" href="data:,">
+</head>
+<body>
+"""
+_VIEWPORT = "width=device-width, initial-scale=1"
+# Each page's first title (the page script sets the show's) and viewport.
+_PAGES = {"watch.html": ("Live", _VIEWPORT + ", viewport-fit=cover"), "studio.html": ("Studio", _VIEWPORT),
+          "ops.html": ("Ops", _VIEWPORT), "replay.html": ("Replay", _VIEWPORT)}
+
+
 def _static(name: str) -> str:
     return resources.files("relay").joinpath("static", name).read_text()
+
+
+def _document(name: str) -> str:
+    title, viewport = _PAGES[name]
+    return _HEAD.format(title=title, viewport=viewport) + _static(name) + "</body>\n</html>\n"
 
 
 def _page(name: str, embeddable_by: list[str] | None = None) -> web.Response:
@@ -43,7 +65,7 @@ def _page(name: str, embeddable_by: list[str] | None = None) -> web.Response:
         headers["Content-Security-Policy"] = _CSP.format(ancestors=" ".join(["'self'", *embeddable_by]))
         if not embeddable_by:
             headers["X-Frame-Options"] = "SAMEORIGIN"
-    return web.Response(text=_static(name), content_type="text/html", headers=headers)
+    return web.Response(text=_document(name), content_type="text/html", headers=headers)
 
 
 @routes.get("/watch/{show}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..http_util import check_viewer_token, not_patchable, options_response, read_sdp, sdp_answer
+from ..http_util import add_session_routes, check_viewer_token, read_sdp, sdp_answer
 from ..models import HQ_ROOM
 from ..shows import ShowService
 from ..webrtc import parse_offer
@@ -38,13 +38,4 @@ async def stop(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-@routes.patch("/whep/{show}/{room}/{session}")
-async def patch(request: web.Request) -> web.Response:
-    return not_patchable()
-
-
-@routes.route("OPTIONS", "/whep/{show}")
-@routes.route("OPTIONS", "/whep/{show}/{room}")
-@routes.route("OPTIONS", "/whep/{show}/{room}/{session}")
-async def options(request: web.Request) -> web.Response:
-    return options_response()
+add_session_routes(routes, ["/whep/{show}", "/whep/{show}/{room}"], "/whep/{show}/{room}/{session}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..http_util import bearer_token, not_patchable, options_response, read_sdp, sdp_answer
+from ..http_util import add_session_routes, bearer_token, read_sdp, sdp_answer
 from ..shows import ShowService
 from ..webrtc import parse_offer
 from ..appkeys import LIMITS, SHOWS
@@ -32,12 +32,4 @@ async def unpublish(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-@routes.patch("/whip/{show}/{session}")
-async def patch(request: web.Request) -> web.Response:
-    return not_patchable()
-
-
-@routes.route("OPTIONS", "/whip/{show}")
-@routes.route("OPTIONS", "/whip/{show}/{session}")
-async def options(request: web.Request) -> web.Response:
-    return options_response()
+add_session_routes(routes, ["/whip/{show}"], "/whip/{show}/{session}")
