@@ -5,42 +5,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 import secrets
 import time
-from pathlib import Path
 
 from aiohttp import web
 
 from . import aiortc_hooks
-from .api import routes as api_routes
-from .config import ConfigError, Settings
-from .errors import ApiError, error_middleware
-from .fanout.whep import routes as whep_routes
-from .http_util import CORS_HEADERS, cors_origin
-from .ingest.whip import routes as whip_routes
-from .commerce.api import routes as commerce_routes
 from .commerce.channel import serve_channel
-from .commerce.coupon_api import end_coupons, setup as setup_coupons
+from .commerce.coupon_updates import end_coupons
 from .commerce.events import EventHub
 from .commerce.products import ProductShelf
 from .commerce.redis_store import RedisCommerceStore
 from .commerce.sqlite_store import SqliteCommerceStore
 from .commerce.store import CommerceStore
 from .commerce.tokens import ViewerTokens, load_secret
-from .pages import routes as page_routes
-from .replay.serving import routes as replay_routes
+from .config import ConfigError, Settings
+from .errors import ApiError
+from .http.appkeys import ADMIN_KEY, COMMERCE, LIMITS, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS, WEBHOOKS
+from .http.commerce_api import routes as commerce_routes
+from .http.coupon_api import setup as setup_coupons
+from .http.limits import RateLimiter
+from .http.metrics_api import build_registry, metrics_route
+from .http.middleware import DRAINING, cors_middleware, draining_middleware, error_middleware, security_headers
+from .http.pages import routes as page_routes
+from .http.replay_api import routes as replay_routes
+from .http.shows_api import routes as api_routes
+from .http.whep import routes as whep_routes
+from .http.whip import routes as whip_routes
 from .replay.service import ReplayService
 from .shows import ShowService
 from .store import SqliteStore
-from .appkeys import ADMIN_KEY, COMMERCE, LIMITS, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS, WEBHOOKS
 from .webhooks import WebhookSender, signing_key
-from .limits import RateLimiter
-from .metrics import build_registry, metrics_route
 
 log = logging.getLogger(__name__)
 
 RETENTION: web.AppKey[asyncio.Task] = web.AppKey("retention", asyncio.Task)
-DRAINING: web.AppKey[asyncio.Event] = web.AppKey("draining", asyncio.Event)
 SECRET_READER: web.AppKey[asyncio.Task] = web.AppKey("secret_reader", asyncio.Task)
 EXPIRY: web.AppKey[asyncio.Task] = web.AppKey("request_expiry", asyncio.Task)
 
@@ -80,38 +80,6 @@ def resolve_admin_key(settings: Settings) -> tuple[str, bool]:
     return key, True
 
 
-@web.middleware
-async def draining_middleware(request: web.Request, handler):
-    """While the server stops, new media sessions go elsewhere (503 + Retry-After)."""
-    if request.app[DRAINING].is_set() and request.method == "POST" and request.path.startswith(("/whip/", "/whep/")):
-        raise ApiError(503, "server_stopping", "this server is stopping; try again in a moment", {"Retry-After": "2"})
-    return await handler(request)
-
-
-@web.middleware
-async def cors_middleware(request: web.Request, handler):
-    """CORS for the origins in [server] cors_origins (browsers elsewhere play, publish, claim)."""
-    origin = cors_origin(request)
-    if request.method == "OPTIONS" and not request.path.startswith(("/whip/", "/whep/")):
-        response = web.Response(status=204)  # a preflight for the API (WHIP/WHEP answer their own)
-    else:
-        response = await handler(request)
-    if origin is not None and not response.prepared:
-        response.headers.update(CORS_HEADERS)
-        response.headers["Access-Control-Allow-Origin"] = origin
-        if origin != "*":
-            response.headers["Vary"] = "Origin"
-    return response
-
-
-async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """On every answer: no MIME sniffing, no Referer (paths may carry signed links), and a
-    Server header that names no versions."""
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers["Server"] = "livecast-relay"
-
-
 def open_commerce_store(settings: Settings) -> CommerceStore:
     """Redis when a URL is configured, else the embedded store in the data dir."""
     if settings.store.redis_url:
@@ -139,10 +107,11 @@ def build_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[DRAINING] = asyncio.Event()
     limits = settings.limits
-    app[LIMITS] = {"viewers": RateLimiter("viewer registration", limits.viewer_registrations_per_s),
-                   "claims": RateLimiter("claim", limits.claims_per_s),
-                   "whep": RateLimiter("WHEP", limits.whep_per_s),
-                   "whip": RateLimiter("WHIP", limits.whip_per_s)}
+    behind_proxy = settings.server.trust_forwarded_for
+    app[LIMITS] = {"viewers": RateLimiter("viewer registration", limits.viewer_registrations_per_s, behind_proxy),
+                   "claims": RateLimiter("claim", limits.claims_per_s, behind_proxy),
+                   "whep": RateLimiter("WHEP", limits.whep_per_s, behind_proxy),
+                   "whip": RateLimiter("WHIP", limits.whip_per_s, behind_proxy)}
     app[ADMIN_KEY] = admin_key
     app[SHOWS] = service
     app[REPLAYS] = replays
@@ -171,6 +140,12 @@ def build_app(settings: Settings) -> web.Application:
     service.on_state = events.publish_soon
     service.on_viewer_channel = lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel)
     service.on_ended = lambda show_id: end_coupons(commerce, events, show_id)
+
+    async def purge_commerce(show_id: str) -> None:  # a store failure (503) leaves the show to delete again
+        await commerce.purge_show(show_id)
+        events.forget(show_id)
+
+    service.on_deleting = purge_commerce
     setup_coupons(app, commerce, events)
     app.add_routes(api_routes)
     app.add_routes(whip_routes)
@@ -178,7 +153,7 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(page_routes)
     app.add_routes(replay_routes)
     app.add_routes(commerce_routes)
-    app.router.add_get("/metrics", metrics_route(build_registry(app)))
+    app.router.add_get("/metrics", metrics_route(build_registry(service), settings.auth.metrics_key or admin_key))
 
     async def on_startup(app: web.Application) -> None:
         await commerce.start(events.deliver, events.resync)

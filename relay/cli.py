@@ -6,21 +6,22 @@ import argparse
 import asyncio
 import errno
 import gc
+from importlib.metadata import PackageNotFoundError, version
 import logging
 import os
+from pathlib import Path
 import signal
 import socket
-import time
 import sys
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+import time
 
-import uvloop
 from aiohttp import web
+import uvloop
 
 from .config import ConfigError, load_settings
-from .http_guard import ConnectionGuard, guarded, raise_fd_limit
-from .logs import AccessLogger, setup_logging
+from .http.guard import ConnectionGuard, guarded, raise_fd_limit
+from .http.access_log import AccessLogger
+from .logs import setup_logging
 
 DEFAULT_CONFIG = "config/relay.toml"
 

@@ -7,11 +7,10 @@ import logging
 
 from aiohttp import web
 
-from .api import delete_show_and_data
 from .clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
 from .clients.whip import WhipClient
+from .http.appkeys import SETTINGS, SHOWS
 from .shows import ShowService
-from .appkeys import SETTINGS, SHOWS
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +20,7 @@ DEMO_SHOW = "demo"
 async def start_demo(app: web.Application) -> WhipClient:
     service: ShowService = app[SHOWS]
     if service.store.get_show(DEMO_SHOW):
-        await delete_show_and_data(app, DEMO_SHOW)  # a fresh show: no coupons or claims of the last run
+        await service.delete_show(DEMO_SHOW)  # a fresh show: no coupons or claims of the last run
     _, key = service.create_show("Demo show", DEMO_SHOW)
     base = app[SETTINGS].base_url
     loop = asyncio.get_running_loop()

@@ -1,13 +1,7 @@
-"""API errors as JSON: every failed request answers {"error": code, "message": text}."""
+"""Errors a request can meet, with the HTTP status and code they answer with (relay/http/middleware.py
+turns them into {"error": code, "message": text})."""
 
 from __future__ import annotations
-
-import logging
-from typing import Awaitable, Callable
-
-from aiohttp import web
-
-log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -32,37 +26,3 @@ class StoreUnavailable(ApiError):
 def invalid_field(field: str, message: str) -> ApiError:
     """422 naming the field that was wrong."""
     return ApiError(422, "invalid_field", f"{field!r} {message}")
-
-
-def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
-
-
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-}
-
-
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return json_error(exc.status, exc.code, exc.message, exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
-        return json_error(exc.status, _HTTP_CODES.get(exc.status, "error"), message, headers)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_error(500, "internal", "internal server error")

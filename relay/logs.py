@@ -1,8 +1,7 @@
-"""Logging: plain text or one JSON object per line, and an access log that never writes secrets.
+"""Logging: plain text or one JSON object per line, and what keeps secrets out of log lines.
 
 Records may carry `show`, `room` and `session` (logging's `extra=`); JSON lines keep them as
-fields. The access log writes the path without its query string (tokens may travel there) and
-never a header.
+fields. URLs and paths are written through `redact_url` and `redact_path`.
 """
 
 from __future__ import annotations
@@ -11,9 +10,6 @@ import json
 import logging
 import re
 from urllib.parse import urlsplit, urlunsplit
-
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp import web
 
 CONTEXT_FIELDS = ("show", "room", "session")
 
@@ -67,28 +63,3 @@ def redact_url(url: str) -> str:
 def redact_path(path: str) -> str:
     """A request path without the token a signed link carries, matched by a route or not."""
     return _SIGNED.sub(r"\1<token>", path)
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, path (no query string), status, size, time, peer."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
-        ms = round(duration * 1000, 1)
-        path = redact_path(request.path)
-        token = (getattr(request, "match_info", None) or {}).get("token")
-        if token:  # a signed replay link carries its token in the path
-            path = path.replace(token, "<token>")
-        self.logger.info("%s %s %s %sB %sms", request.method, path, response.status,
-                         response.body_length, ms,
-                         extra={"method": request.method, "path": path, "status": response.status,
-                                "bytes": response.body_length, "ms": ms, "remote": request.remote,
-                                **_context(request)})
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
-
-
-def _context(request: web.BaseRequest) -> dict[str, str]:
-    info = getattr(request, "match_info", None) or {}
-    return {k: info[k] for k in ("show", "room", "session") if k in info}

@@ -64,6 +64,7 @@ class ShowService:
         self.on_viewer_channel: Callable[[ViewerSession, object], None] | None = None
         self.on_webhook: Callable[[str, dict], None] = lambda type, data: None
         self.on_ended: Callable[[str], Awaitable[None]] | None = None  # e.g. the show's coupons end
+        self.on_deleting: Callable[[str], Awaitable[None]] | None = None  # e.g. its commerce data goes
         self.pending = PendingSessions(settings.limits.max_pending_sessions_per_address)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -160,8 +161,12 @@ class ShowService:
             await live.close()
 
     async def delete_show(self, show_id: str) -> None:
+        """The show and everything kept for it; a new show may take the id and inherits nothing.
+        If its other data cannot be deleted now (a store is down), the show stays, to delete again."""
         self.get_show(show_id)
-        await self.close_live(show_id)
+        await self.close_live(show_id)  # no claim or event lands while its data goes
+        if self.on_deleting is not None:
+            await self.on_deleting(show_id)
         await self.replays.delete(show_id)
         self.store.delete_show(show_id)
 

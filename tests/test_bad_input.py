@@ -6,7 +6,7 @@ import re
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
-from relay.appkeys import SHOWS
+from relay.http.appkeys import SHOWS
 
 
 

@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from conftest import tracks
-from relay.appkeys import SHOWS, TOKENS
+from relay.http.appkeys import SHOWS, TOKENS
 from relay.commerce.tokens import ViewerIdentity, ViewerTokens
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from relay.limits import RateLimiter
+from relay.http.limits import RateLimiter
 
 
 def test_token_bucket_allows_a_burst_then_the_rate():

@@ -14,7 +14,7 @@ import av
 import pytest
 
 from conftest import HEIGHT, WIDTH, Relay, relay_settings, tracks
-from relay.appkeys import REPLAYS
+from relay.http.appkeys import REPLAYS
 from relay.replay.fmp4 import boxes
 from relay.replay.timeline import Timeline
 

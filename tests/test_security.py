@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from conftest import ADMIN_KEY, Relay, relay_settings, tracks
-from relay.appkeys import SHOWS
+from relay.http.appkeys import SHOWS
 from relay.clients.signaling import SignalingError
 
 

@@ -9,16 +9,15 @@ import time
 
 from aiohttp import web
 
-from ..appkeys import LIMITS, SETTINGS, SHELF, SHOWS, TOKENS
-from ..limits import client_address
+from ..commerce.events import render
+from ..commerce.products import product_view
+from ..commerce.store import MAX_SEQ, Event
+from ..commerce.tokens import ViewerIdentity, shopper_viewer_id, verify_shopper_token
 from ..errors import ApiError
-from ..http_util import (bearer_token, check_viewer_token, cors_origin, is_admin, read_json, require_admin,
-                         verify_viewer)
 from ..models import HQ_ROOM, ShowState, is_slug
-from .products import product_view
-from .events import render
-from .store import MAX_SEQ, Event
-from .tokens import ViewerIdentity, shopper_viewer_id, verify_shopper_token
+from .appkeys import LIMITS, SETTINGS, SHELF, SHOWS, TOKENS
+from .util import (bearer_token, check_viewer_token, client_of, cors_origin, is_admin, read_json, require_admin,
+                   verify_viewer)
 
 routes = web.RouteTableDef()
 
@@ -82,7 +81,7 @@ async def _new_viewer_id(request: web.Request, show, body: dict, admin: bool) ->
                        "with your shopper id or gives this page a shopper token)")
     cap = request.app[SETTINGS].limits.registrations_per_address_per_show
     if not admin and cap:
-        held = await request.app[SHELF].store.count_registration(show.id, client_address(request))
+        held = await request.app[SHELF].store.count_registration(show.id, client_of(request))
         if held > cap:
             raise ApiError(429, "too_many_registrations",
                            f"this address has registered {cap} viewers for this show already; "

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from .commerce.coupon_api import RemainingTicker
-    from .commerce.products import ProductShelf
-    from .commerce.store import CommerceStore
-    from .commerce.tokens import ViewerTokens
-    from .config import Settings
+    from ..commerce.coupon_updates import RemainingTicker
+    from ..commerce.products import ProductShelf
+    from ..commerce.store import CommerceStore
+    from ..commerce.tokens import ViewerTokens
+    from ..config import Settings
+    from ..replay.service import ReplayService
+    from ..shows import ShowService
+    from ..webhooks import WebhookSender
     from .limits import RateLimiter
-    from .replay.service import ReplayService
-    from .shows import ShowService
-    from .webhooks import WebhookSender
 
 SETTINGS: "web.AppKey[Settings]" = web.AppKey("settings")
 ADMIN_KEY: web.AppKey[str] = web.AppKey("admin_key", str)

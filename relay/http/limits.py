@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 import math
 import time
-from collections import OrderedDict
 
 from aiohttp import web
 
-from .appkeys import SETTINGS
-from .errors import ApiError
+from ..errors import ApiError
 
 BURST_SECONDS = 10.0  # a client may spend this many seconds' worth of requests at once
 MAX_CLIENTS = 100_000  # buckets kept; the least recently seen client is forgotten first
@@ -19,9 +18,10 @@ class RateLimiter:
     """`rate` requests per second per client address, in bursts of up to rate x BURST_SECONDS.
     A rate of 0 turns the limit off."""
 
-    def __init__(self, name: str, rate: float) -> None:
+    def __init__(self, name: str, rate: float, trust_forwarded_for: bool = False) -> None:
         self.name = name
         self.rate = rate
+        self._trust_forwarded_for = trust_forwarded_for
         self.burst = max(1.0, rate * BURST_SECONDS)
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, at)
 
@@ -46,16 +46,16 @@ class RateLimiter:
         """429 with Retry-After when the request's client is over the limit."""
         if self.rate <= 0:
             return
-        wait = self.take(client_address(request))
+        wait = self.take(client_address(request, self._trust_forwarded_for))
         if wait > 0:
             raise ApiError(429, "rate_limited", f"too many {self.name} requests from this address; "
                            f"retry in {math.ceil(wait)} s", {"Retry-After": str(math.ceil(wait))})
 
 
-def client_address(request: web.Request) -> str:
+def client_address(request: web.Request, trust_forwarded_for: bool) -> str:
     """The client's address: the peer's, or with `trust_forwarded_for` the one the proxy in front
     put last in X-Forwarded-For."""
-    if request.app[SETTINGS].server.trust_forwarded_for:
+    if trust_forwarded_for:
         forwarded = request.headers.get("X-Forwarded-For", "")
         last = forwarded.rsplit(",", 1)[-1].strip()
         if last:

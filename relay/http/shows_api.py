@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .appkeys import COMMERCE, REPLAYS, SHELF
-from .config import Settings
-from .errors import ApiError
-from .fields import slug_field, text_field
-from .http_util import read_json, require_admin
-from .models import HQ_ROOM, Mirror, Show, ShowState, is_currency, is_slug
-from .shows import ShowService
-from .appkeys import SHOWS
+from ..config import Settings
+from ..errors import ApiError
+from ..fields import slug_field, text_field
+from ..models import HQ_ROOM, Mirror, Show, ShowState, is_currency, is_slug
+from ..shows import ShowService
+from .appkeys import COMMERCE, REPLAYS, SHOWS
+from .util import read_json, require_admin
 
 routes = web.RouteTableDef()
 
@@ -131,18 +130,8 @@ async def get_show(request: web.Request) -> web.Response:
 async def delete_show(request: web.Request) -> web.Response:
     """The show, its rooms, figures, replay and commerce data (shelf, coupons, claims, events)
     are gone: a new show may take the id and inherits nothing."""
-    _service(request)
-    await delete_show_and_data(request.app, request.match_info["show"])
+    await _service(request).delete_show(request.match_info["show"])
     return web.Response(status=204)
-
-
-async def delete_show_and_data(app: web.Application, show_id: str) -> None:
-    service = app[SHOWS]
-    show = service.get_show(show_id)
-    await service.close_live(show.id)  # no claim or event lands while its data goes
-    await app[COMMERCE].purge_show(show.id)  # a store failure (503) leaves the show to delete again
-    await service.delete_show(show.id)
-    app[SHELF].events.forget(show.id)
 
 
 @routes.post("/api/shows/{show}/end")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..http_util import add_session_routes, check_viewer_token, read_sdp, sdp_answer
 from ..models import HQ_ROOM
 from ..shows import ShowService
 from ..webrtc import parse_offer
-from ..appkeys import LIMITS, SHOWS
-from ..limits import client_address
+from .appkeys import LIMITS, SHOWS
+from .util import add_session_routes, check_viewer_token, client_of, read_sdp, sdp_answer
 
 routes = web.RouteTableDef()
 
@@ -26,7 +25,7 @@ async def play(request: web.Request) -> web.Response:
     if show.playback == "token":
         check_viewer_token(request, show, room)
     offer = parse_offer(await read_sdp(request), sending=False)
-    viewer, answer = await service.watch(show_id, room, offer, client_address(request))
+    viewer, answer = await service.watch(show_id, room, offer, client_of(request))
     return sdp_answer(answer, f"/whep/{show_id}/{room}/{viewer.id}")
 
 

@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Callable
 
-from .address_counter import AddressCounter
+from ..address_counter import AddressCounter
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..http_util import add_session_routes, bearer_token, read_sdp, sdp_answer
 from ..shows import ShowService
 from ..webrtc import parse_offer
-from ..appkeys import LIMITS, SHOWS
-from ..limits import client_address
+from .appkeys import LIMITS, SHOWS
+from .util import add_session_routes, bearer_token, client_of, read_sdp, sdp_answer
 
 routes = web.RouteTableDef()
 
@@ -21,7 +20,7 @@ async def publish(request: web.Request) -> web.Response:
     show = service.get_show(show_id)
     service.check_stream_key(show, bearer_token(request))
     offer = parse_offer(await read_sdp(request), sending=True)
-    session, answer = await service.publish(show_id, bearer_token(request), offer, client_address(request))
+    session, answer = await service.publish(show_id, bearer_token(request), offer, client_of(request))
     return sdp_answer(answer, f"/whip/{show_id}/{session.id}")
 
 

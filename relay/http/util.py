@@ -8,10 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ..commerce.tokens import ViewerIdentity
+from ..errors import ApiError
+from ..models import HQ_ROOM
 from .appkeys import ADMIN_KEY, SETTINGS, SHOWS, TOKENS
-from .commerce.tokens import ViewerIdentity
-from .errors import ApiError
-from .models import HQ_ROOM
+from .limits import client_address
 
 SDP_TYPE = "application/sdp"
 
@@ -22,6 +23,11 @@ def bearer_token(request: web.Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def client_of(request: web.Request) -> str:
+    """The client's address as this server is set to see it (behind a proxy or not)."""
+    return client_address(request, request.app[SETTINGS].server.trust_forwarded_for)
 
 
 def key_matches(given: str | None, expected: str) -> bool:

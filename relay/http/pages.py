@@ -9,8 +9,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from ..models import HQ_ROOM
 from .appkeys import SETTINGS, SHOWS
-from .models import HQ_ROOM
 
 routes = web.RouteTableDef()
 

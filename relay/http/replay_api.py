@@ -7,10 +7,10 @@ import re
 
 from aiohttp import web
 
-from ..appkeys import REPLAYS, SHELF, SHOWS, TOKENS
 from ..errors import ApiError
-from ..http_util import require_admin
 from ..models import Show, is_slug
+from .appkeys import REPLAYS, SHELF, SHOWS, TOKENS
+from .util import require_admin
 
 routes = web.RouteTableDef()
 

@@ -1,0 +1,92 @@
+"""The layers show in the imports: no cycle (not even a type-only one), and the media core never
+reaches up into HTTP, the services or the stores."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGE = REPO / "relay"
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """Every module `name` imports, of the package or outside it, at any depth of the file
+    (inside functions and `if TYPE_CHECKING:` too)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                if base.startswith("relay"):
+                    found.add(full if full in known else base)
+                else:  # `from aiohttp import web` is aiohttp.web
+                    found.update((base, full))
+    found.discard(name)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(name, path, known) for name, path in known.items()}
+
+
+def test_no_import_cycle_in_the_package():
+    edges = {m: {i for i in deps if i.startswith("relay")} for m, deps in graph().items()}
+    state: dict[str, int] = {}  # 1 on the path, 2 done
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for dep in sorted(edges.get(module, ())):
+            if state.get(dep) == 1:
+                cycle = path[path.index(dep):] + [dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module)
+
+
+FORBIDDEN_BELOW_HTTP = ("aiohttp.web", "aiohttp", "relay.http", "relay.app", "relay.cli")
+MEDIA_CORE_MAY_NOT = FORBIDDEN_BELOW_HTTP + ("relay.shows", "relay.store", "relay.commerce", "relay.replay",
+                                             "relay.live", "redis", "sqlite3", "relay.webhooks")
+
+
+def _offending(module: str, deps: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(d for d in deps if any(d == f or d.startswith(f + ".") for f in forbidden))
+
+
+def test_the_media_core_imports_nothing_above_it():
+    found = {m: _offending(m, deps, MEDIA_CORE_MAY_NOT) for m, deps in graph().items()
+             if m.startswith(("relay.fanout", "relay.ingest"))}
+    assert found and not any(found.values()), {m: bad for m, bad in found.items() if bad}
+
+
+def test_only_the_http_front_ends_and_the_wiring_speak_http():
+    allowed = ("relay.http", "relay.app", "relay.cli")
+    found = {m: _offending(m, deps, ("aiohttp.web", "relay.http")) for m, deps in graph().items()
+             if not m.startswith(allowed) and m != "relay.demo"}
+    assert not any(found.values()), {m: bad for m, bad in found.items() if bad}
