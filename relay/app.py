@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 import logging
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from . import aiortc_hooks
 from .commerce.channel import serve_channel
-from .commerce.coupon_updates import end_coupons
+from .commerce.coupon_updates import RemainingTicker, end_coupons
 from .commerce.events import EventHub
 from .commerce.products import ProductShelf
 from .commerce.redis_store import RedisCommerceStore
@@ -22,17 +23,17 @@ from .commerce.store import CommerceStore
 from .commerce.tokens import ViewerTokens, load_secret
 from .config import ConfigError, Settings
 from .errors import ApiError
-from .http.appkeys import ADMIN_KEY, COMMERCE, LIMITS, REPLAYS, SETTINGS, SHELF, SHOWS, TOKENS, WEBHOOKS
-from .http.commerce_api import routes as commerce_routes
-from .http.coupon_api import setup as setup_coupons
+from .http.commerce_api import CommerceApi
+from .http.coupon_api import CouponApi
 from .http.limits import RateLimiter
 from .http.metrics_api import build_registry, metrics_route
-from .http.middleware import DRAINING, cors_middleware, draining_middleware, error_middleware, security_headers
-from .http.pages import routes as page_routes
-from .http.replay_api import routes as replay_routes
-from .http.shows_api import routes as api_routes
-from .http.whep import routes as whep_routes
-from .http.whip import routes as whip_routes
+from .http.middleware import cors_middleware, draining_middleware, error_middleware, security_headers
+from .http.pages import Pages
+from .http.replay_api import ReplayApi
+from .http.shows_api import ShowsApi
+from .http.util import Auth
+from .http.whep import WhepApi
+from .http.whip import WhipApi
 from .replay.service import ReplayService
 from .shows import ShowService
 from .store import SqliteStore
@@ -40,9 +41,22 @@ from .webhooks import WebhookSender, signing_key
 
 log = logging.getLogger(__name__)
 
-RETENTION: web.AppKey[asyncio.Task] = web.AppKey("retention", asyncio.Task)
-SECRET_READER: web.AppKey[asyncio.Task] = web.AppKey("secret_reader", asyncio.Task)
-EXPIRY: web.AppKey[asyncio.Task] = web.AppKey("request_expiry", asyncio.Task)
+
+@dataclass(frozen=True)
+class Services:
+    """What the app built, for the command (the demo) and for tests; handlers never look here."""
+
+    settings: Settings
+    shows: ShowService
+    replays: ReplayService
+    commerce: CommerceStore
+    events: EventHub
+    shelf: ProductShelf
+    tokens: ViewerTokens
+    webhooks: WebhookSender
+
+
+SERVICES: "web.AppKey[Services]" = web.AppKey("services")
 
 
 async def _expire_claim_requests(store: CommerceStore, retention_s: float) -> None:
@@ -93,37 +107,15 @@ def build_app(settings: Settings) -> web.Application:
     aiortc_hooks.set_host_addresses(settings.ice.addresses)
     aiortc_hooks.set_consent_timeout(settings.ice.consent_timeout_s)
     aiortc_hooks.install_dtls_hooks()
+    draining = asyncio.Event()
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[cors_middleware, error_middleware, draining_middleware],
+        middlewares=[cors_middleware(settings.server.cors_origins), error_middleware, draining_middleware(draining)],
     )
     admin_key, created = resolve_admin_key(settings)
     if created:
         print(f"relay: generated an admin key (stored in {settings.data_path / 'admin_key'}):\n"
               f"  {admin_key}", flush=True)
-    store = SqliteStore(Path(settings.data_path) / "relay.db")
-    replays = ReplayService(settings.replay, store, settings.data_path / "replays")
-    service = ShowService(settings, store, replays)
-    app[SETTINGS] = settings
-    app[DRAINING] = asyncio.Event()
-    limits = settings.limits
-    behind_proxy = settings.server.trust_forwarded_for
-    app[LIMITS] = {"viewers": RateLimiter("viewer registration", limits.viewer_registrations_per_s, behind_proxy),
-                   "claims": RateLimiter("claim", limits.claims_per_s, behind_proxy),
-                   "whep": RateLimiter("WHEP", limits.whep_per_s, behind_proxy),
-                   "whip": RateLimiter("WHIP", limits.whip_per_s, behind_proxy)}
-    app[ADMIN_KEY] = admin_key
-    app[SHOWS] = service
-    app[REPLAYS] = replays
-    commerce = open_commerce_store(settings)
-    events = EventHub(commerce, replays.stream_time)
-    app[COMMERCE] = commerce
-    app[SHELF] = ProductShelf(commerce, events,
-                              lambda show_id: {m.distributor for m in store.list_mirrors(show_id)},
-                              replays.stream_time)
-    # Processes sharing Redis sign alike: without a configured secret they read one kept there.
-    shared_secret = not settings.auth.token_secret and isinstance(commerce, RedisCommerceStore)
-    app[TOKENS] = ViewerTokens(None if shared_secret else load_secret(settings.auth.token_secret, settings.data_path))
     hooks = settings.webhooks
     if hooks.urls and not hooks.secret:
         raise ConfigError("[webhooks] secret is required when urls are set (RELAY_WEBHOOKS_SECRET); "
@@ -132,8 +124,23 @@ def build_app(settings: Settings) -> web.Application:
         signing_key(hooks.secret)
     except ValueError as exc:
         raise ConfigError(f"[webhooks] secret: {exc}") from None
-    webhooks = app[WEBHOOKS] = WebhookSender(hooks.urls, hooks.secret, hooks.timeout_s, hooks.max_queue,
-                                             hooks.max_attempts)
+
+    # Stores and services
+    store = SqliteStore(Path(settings.data_path) / "relay.db")
+    replays = ReplayService(settings.replay, store, settings.data_path / "replays")
+    service = ShowService(settings, store, replays)
+    commerce = open_commerce_store(settings)
+    events = EventHub(commerce, replays.stream_time)
+    shelf = ProductShelf(commerce, events, lambda show_id: {m.distributor for m in store.list_mirrors(show_id)},
+                         replays.stream_time)
+    # Processes sharing Redis sign alike: without a configured secret they read one kept there.
+    shared_secret = not settings.auth.token_secret and isinstance(commerce, RedisCommerceStore)
+    tokens = ViewerTokens(None if shared_secret else load_secret(settings.auth.token_secret, settings.data_path))
+    webhooks = WebhookSender(hooks.urls, hooks.secret, hooks.timeout_s, hooks.max_queue, hooks.max_attempts)
+    ticker = RemainingTicker(commerce, events)
+    app[SERVICES] = Services(settings, service, replays, commerce, events, shelf, tokens, webhooks)
+
+    # What the services tell each other
     service.on_webhook = webhooks.emit
     replays.on_ready = lambda show_id: webhooks.emit(
         "replay.ready", {"show": show_id, **(replays.describe(show_id, settings.base_url) or {})})
@@ -146,32 +153,41 @@ def build_app(settings: Settings) -> web.Application:
         events.forget(show_id)
 
     service.on_deleting = purge_commerce
-    setup_coupons(app, commerce, events)
-    app.add_routes(api_routes)
-    app.add_routes(whip_routes)
-    app.add_routes(whep_routes)
-    app.add_routes(page_routes)
-    app.add_routes(replay_routes)
-    app.add_routes(commerce_routes)
+
+    # HTTP front-ends, each given what it uses
+    limits = settings.limits
+    behind_proxy = settings.server.trust_forwarded_for
+    auth = Auth(admin_key, tokens, service, behind_proxy)
+    app.add_routes(ShowsApi(service, replays, commerce, auth).routes())
+    app.add_routes(WhipApi(service, auth, RateLimiter("WHIP", limits.whip_per_s, behind_proxy)).routes())
+    app.add_routes(WhepApi(service, auth, RateLimiter("WHEP", limits.whep_per_s, behind_proxy)).routes())
+    app.add_routes(Pages(service, settings).routes())
+    app.add_routes(ReplayApi(service, replays, shelf, tokens, auth).routes())
+    app.add_routes(CommerceApi(service, shelf, commerce, events, tokens, settings, auth,
+                               RateLimiter("viewer registration", limits.viewer_registrations_per_s,
+                                           behind_proxy)).routes())
+    app.add_routes(CouponApi(service, commerce, events, ticker, webhooks, auth,
+                             RateLimiter("claim", limits.claims_per_s, behind_proxy)).routes())
     app.router.add_get("/metrics", metrics_route(build_registry(service), settings.auth.metrics_key or admin_key))
+    background: dict[str, asyncio.Task] = {}
 
     async def on_startup(app: web.Application) -> None:
         await commerce.start(events.deliver, events.resync)
         await webhooks.start()
         if shared_secret:  # read in the background: media flows while Redis is away
-            app[SECRET_READER] = asyncio.ensure_future(_read_shared_secret(commerce, app[TOKENS]))
+            background["secret"] = asyncio.ensure_future(_read_shared_secret(commerce, tokens))
         waiting = service.recover()
         if waiting:
             log.warning("shows live at the last stop, waiting %.0fs for their hosts: %s",
                         settings.media.grace_period_s, ", ".join(waiting))
         replays.recover(continuing=set(waiting))
-        app[RETENTION] = asyncio.ensure_future(replays.run_retention())
-        app[EXPIRY] = asyncio.ensure_future(_expire_claim_requests(commerce, settings.limits.idempotency_retention_s))
+        background["retention"] = asyncio.ensure_future(replays.run_retention())
+        background["expiry"] = asyncio.ensure_future(_expire_claim_requests(commerce, limits.idempotency_retention_s))
 
     async def on_shutdown(app: web.Application) -> None:
         # New sessions are refused from here on; readers hear that this server is stopping
         # (players reconnect, to another process or to this one when it is back).
-        app[DRAINING].set()
+        draining.set()
         for show_id in list(service.live):
             try:
                 await events.publish(show_id, "server.stopping", {"reconnect": True})
@@ -179,10 +195,8 @@ def build_app(settings: Settings) -> web.Application:
                 log.warning("show %s: could not tell readers the server stops: %s", show_id, exc.message)
         await events.drain(timeout=1.0)
         events.close()  # event streams end now, or the server would wait on them
-        app[RETENTION].cancel()
-        app[EXPIRY].cancel()
-        if SECRET_READER in app:
-            app[SECRET_READER].cancel()
+        for task in background.values():
+            task.cancel()
         await service.shutdown()
         await replays.shutdown()
         await commerce.close()

@@ -62,7 +62,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from .app import build_app
+    from .app import SERVICES, build_app
 
     config = args.config
     if config is None and Path(DEFAULT_CONFIG).is_file():
@@ -107,7 +107,7 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.demo:
         from .demo import start_demo
 
-        demo = await start_demo(app)
+        demo = await start_demo(app[SERVICES])
     await stop.wait()
     if demo is not None:
         await demo.drop()

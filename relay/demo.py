@@ -5,24 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiohttp import web
-
+from .app import Services
 from .clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
 from .clients.whip import WhipClient
-from .http.appkeys import SETTINGS, SHOWS
-from .shows import ShowService
 
 log = logging.getLogger(__name__)
 
 DEMO_SHOW = "demo"
 
 
-async def start_demo(app: web.Application) -> WhipClient:
-    service: ShowService = app[SHOWS]
+async def start_demo(services: Services) -> WhipClient:
+    service = services.shows
     if service.store.get_show(DEMO_SHOW):
         await service.delete_show(DEMO_SHOW)  # a fresh show: no coupons or claims of the last run
     _, key = service.create_show("Demo show", DEMO_SHOW)
-    base = app[SETTINGS].base_url
+    base = services.settings.base_url
     loop = asyncio.get_running_loop()
     video = await loop.run_in_executor(None, lambda: encode_pattern(1280, 720, 30, 4.0, 60, 2_000_000))
     audio = await loop.run_in_executor(None, encode_tone)

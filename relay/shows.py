@@ -267,7 +267,8 @@ class ShowService:
 
     def _publisher_connected(self, live: LiveShow, session: PublisherSession, client: str) -> None:
         current = self.store.get_show(live.show_id)
-        if session.closed or current is None or current.state is ShowState.ENDED or self.live.get(live.show_id) is not live:
+        ended = current is None or current.state is ShowState.ENDED or self.live.get(live.show_id) is not live
+        if session.closed or ended:
             self._publisher_failed(live, session, client, "the show ended while the host connected")
             return
         self.pending.close(client)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
-from relay.http.appkeys import SHOWS
+from relay.app import SERVICES
 
 
 
@@ -76,7 +76,7 @@ async def test_whip_bad_input_changes_nothing(scene):
     assert_error(status, body, 405)
 
     assert await snapshot(relay, "shop") == before
-    assert not relay.app[SHOWS].live.get("shop") or relay.app[SHOWS].live["shop"].publisher is None
+    assert not relay.app[SERVICES].shows.live.get("shop") or relay.app[SERVICES].shows.live["shop"].publisher is None
 
 
 async def test_whep_bad_input_changes_nothing(scene, h264_clip):
@@ -96,7 +96,7 @@ async def test_whep_bad_input_changes_nothing(scene, h264_clip):
 
     after = await snapshot(relay, "shop")
     assert after == before
-    live = relay.app[SHOWS].live.get("shop")
+    live = relay.app[SERVICES].shows.live.get("shop")
     assert live is None or not live.viewers
 
 

@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from conftest import tracks
-from relay.http.appkeys import SHOWS, TOKENS
+from relay.app import SERVICES
 from relay.commerce.tokens import ViewerIdentity, ViewerTokens
 
 
@@ -74,15 +74,15 @@ async def test_viewer_tokens_keep_the_room_and_record_the_latest_sharer(relay):
     await relay.create_show("credit", mirrors=("d1",))
     status, viewer = await relay.request("POST", "/api/shows/credit/viewers", json={"room": "d1", "ref": "amy"})
     assert status == 201 and viewer["room"] == "d1" and viewer["viewer_id"]
-    created = relay.app[SHOWS].get_show("credit").created_at
-    identity = relay.app[TOKENS].verify(viewer["token"], "credit", created)
+    created = relay.app[SERVICES].shows.get_show("credit").created_at
+    identity = relay.app[SERVICES].tokens.verify(viewer["token"], "credit", created)
     assert identity == ViewerIdentity("credit", "d1", viewer["viewer_id"], "amy")
 
     # Re-shared into HQ by bob: still d1's viewer, bob is the latest sharer.
     status, again = await relay.request("POST", "/api/shows/credit/viewers", json={"room": "hq", "ref": "bob"},
                                         headers={"Authorization": f"Bearer {viewer['token']}"})
     assert status == 200 and again["viewer_id"] == viewer["viewer_id"] and again["room"] == "d1"
-    assert relay.app[TOKENS].verify(again["token"], "credit", created).sharer == "bob"
+    assert relay.app[SERVICES].tokens.verify(again["token"], "credit", created).sharer == "bob"
 
     forged = jwt.encode({"sub": "v1", "show": "credit", "room": "hq", "exp": time.time() + 60}, "a-guessed-secret-that-is-long-enough-0123",
                         algorithm="HS256")

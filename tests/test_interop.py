@@ -138,7 +138,7 @@ async def test_gstreamer_host_plays_to_gstreamer_and_aiortc_viewers_and_records(
     relay = await make_relay(configure=lambda s: setattr(s.replay, "segment_target_s", 1.0))
     show = await relay.create_show("gst", mirrors=("d1",))
     setup = () if offer_setup == "actpass" else ("--offer-setup", offer_setup)
-    host = await gst("whip", f"{relay.base}/whip/gst", "--token", show["stream_key"], "--seconds", "30",
+    host = await gst("whip", f"{relay.base}/whip/gst", f"--token={show['stream_key']}", "--seconds", "30",
                      "--delete", *setup)
     await host.connected()
     answer = host.last("answer")
@@ -179,7 +179,7 @@ async def test_aiortc_host_plays_to_a_gstreamer_viewer(relay, gst, h264_clip, op
 
 async def test_gstreamer_vp8_host_plays_to_an_aiortc_viewer(relay, gst):
     show = await relay.create_show("vp8")
-    host = await gst("whip", f"{relay.base}/whip/vp8", "--token", show["stream_key"], "--codec", "vp8",
+    host = await gst("whip", f"{relay.base}/whip/vp8", f"--token={show['stream_key']}", "--codec", "vp8",
                      "--seconds", "20")
     await host.connected()
     await wait_live(relay, "vp8")
@@ -204,7 +204,7 @@ async def test_chromium_and_gstreamer_both_ways(relay, gst, browser):  # noqa: F
     assert video_fps >= 15 and audio_per_s >= 25, (video_fps, audio_per_s)  # the fake camera sends 20 fps
 
     show = await relay.create_show("tochrome")
-    host = await gst("whip", f"{relay.base}/whip/tochrome", "--token", show["stream_key"], "--seconds", "30")
+    host = await gst("whip", f"{relay.base}/whip/tochrome", f"--token={show['stream_key']}", "--seconds", "30")
     await host.connected()
     await wait_live(relay, "tochrome")
     watch = await pages.open("/watch/tochrome")

@@ -14,7 +14,7 @@ import av
 import pytest
 
 from conftest import HEIGHT, WIDTH, Relay, relay_settings, tracks
-from relay.http.appkeys import REPLAYS
+from relay.app import SERVICES
 from relay.replay.fmp4 import boxes
 from relay.replay.timeline import Timeline
 
@@ -252,7 +252,7 @@ def test_timeline_maps_wall_clock_to_replay_time_across_reconnects():
 
 async def test_retention_deletes_old_replays_but_never_a_live_one(make_relay, h264_clip):
     relay = await make_relay()
-    replays = relay.app[REPLAYS]
+    replays = relay.app[SERVICES].replays
     old = await relay.create_show("old")
     host = await relay.publish(old, tracks(h264_clip, None))
     await relay.wait_for(lambda: _has_segment(relay, "old"), timeout=15, what="a segment of the old show")

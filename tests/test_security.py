@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from conftest import ADMIN_KEY, Relay, relay_settings, tracks
-from relay.http.appkeys import SHOWS
+from relay.app import SERVICES
 from relay.clients.signaling import SignalingError
 
 
@@ -45,7 +45,7 @@ async def test_a_rotated_stream_key_stops_new_publishes_and_keeps_the_host_on_ai
     # An expired key is refused with its own error; the show itself is untouched.
     await relay.create_show("keys2")
     rotated = (await relay.api("POST", "/api/shows/keys2/stream-key", {"ttl_s": 3600}))[1]
-    service = relay.app[SHOWS]
+    service = relay.app[SERVICES].shows
     stored = service.get_show("keys2")
     stored.stream_key_expires_at = time.time() - 1  # as if its hour had passed
     service.store.update_show(stored)

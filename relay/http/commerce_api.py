@@ -9,209 +9,218 @@ import time
 
 from aiohttp import web
 
-from ..commerce.events import render
-from ..commerce.products import product_view
-from ..commerce.store import MAX_SEQ, Event
-from ..commerce.tokens import ViewerIdentity, shopper_viewer_id, verify_shopper_token
+from ..commerce.events import EventHub, render
+from ..commerce.products import ProductShelf, product_view
+from ..commerce.store import MAX_SEQ, CommerceStore, Event
+from ..commerce.tokens import ViewerIdentity, ViewerTokens, shopper_viewer_id, verify_shopper_token
+from ..config import Settings
 from ..errors import ApiError
 from ..models import HQ_ROOM, ShowState, is_slug
-from .appkeys import LIMITS, SETTINGS, SHELF, SHOWS, TOKENS
-from .util import (bearer_token, check_viewer_token, client_of, cors_origin, is_admin, read_json, require_admin,
-                   verify_viewer)
-
-routes = web.RouteTableDef()
+from ..shows import ShowService
+from .limits import RateLimiter
+from .util import Auth, bearer_token, cors_origin, read_json
 
 KEEPALIVE_S = 15.0
-
-
-def _show(request: web.Request):
-    return request.app[SHOWS].get_show(request.match_info["show"])
-
-
-@routes.post("/api/shows/{show}/viewers")
-async def register_viewer(request: web.Request) -> web.Response:
-    """A viewer's identity: the room it entered through is kept for good; a new ?ref only
-    records the latest sharer. On a show with identity "shopper", viewers are the brand's
-    users: its backend registers them by `shopper_id` (admin key), or the page brings a
-    `shopper_token` the brand signed; coupon limits then count per shopper."""
-    shows = request.app[SHOWS]
-    tokens = request.app[TOKENS]
-    existing = bearer_token(request)
-    admin = is_admin(request)
-    if not admin:  # the brand's backend issues tokens for many viewers from one address
-        request.app[LIMITS]["viewers"].check(request)
-    show = _show(request)
-    if admin:
-        existing = None  # the operator (or the brand's backend) registers a new viewer
-    elif show.playback == "token" and existing is None:
-        require_admin(request)  # token playback: only the brand's backend issues viewer tokens
-    body = await read_json(request)
-    room = body.get("room", HQ_ROOM)
-    ref = body.get("ref")
-    if not isinstance(room, str):
-        raise ApiError(422, "invalid_field", "'room' must be 'hq' or a distributor id")
-    shows.check_room(show.id, room)
-    if ref is not None and not is_slug(ref):
-        raise ApiError(422, "invalid_field", "'ref' must be a slug")
-    store = request.app[SHELF].store
-    if existing:
-        identity = verify_viewer(request, show, existing)
-        if ref:
-            identity = ViewerIdentity(show.id, identity.room, identity.viewer_id, ref)
-            await store.record_sharer(show.id, identity.viewer_id, ref)
-        return web.json_response({"viewer_id": identity.viewer_id, "room": identity.room,
-                                  "token": tokens.issue(identity)}, status=200)
-    viewer_id = await _new_viewer_id(request, show, body, admin)
-    room = await store.register_viewer(show.id, viewer_id, room, ref, time.time())
-    identity = ViewerIdentity(show.id, room, viewer_id, ref)
-    return web.json_response({"viewer_id": viewer_id, "room": room, "token": tokens.issue(identity)},
-                             status=201)
-
-
-async def _new_viewer_id(request: web.Request, show, body: dict, admin: bool) -> str:
-    """A shopper's own id (from the brand), else a fresh anonymous one (capped per address)."""
-    if admin and body.get("shopper_id") is not None:
-        return shopper_viewer_id(body["shopper_id"])
-    if body.get("shopper_token") is not None:
-        secret = request.app[SETTINGS].auth.shopper_secret
-        return shopper_viewer_id(verify_shopper_token(body["shopper_token"], secret, show.id))
-    if show.identity == "shopper":
-        raise ApiError(403, "shopper_required",
-                       "this show counts coupons per shopper: sign in on the brand's site (it registers you "
-                       "with your shopper id or gives this page a shopper token)")
-    cap = request.app[SETTINGS].limits.registrations_per_address_per_show
-    if not admin and cap:
-        held = await request.app[SHELF].store.count_registration(show.id, client_of(request))
-        if held > cap:
-            raise ApiError(429, "too_many_registrations",
-                           f"this address has registered {cap} viewers for this show already; "
-                           "keep using the viewer token you have")
-    return "v" + secrets.token_hex(8)
-
-
-@routes.get("/api/shows/{show}/products")
-async def list_products(request: web.Request) -> web.Response:
-    """The admin sees every room's prices and hidden products; anyone else sees one room's shelf
-    (?room=, HQ by default) as that room shows it, with a viewer token on token-only shows."""
-    show = _show(request)
-    shelf = request.app[SHELF]
-    products, pinned = await shelf.list(show.id), await shelf.pinned(show.id)
-    if is_admin(request):
-        return web.json_response({"products": [product_view(p) for p in products], "pinned": pinned})
-    room = request.query.get("room", HQ_ROOM)
-    request.app[SHOWS].check_room(show.id, room)
-    if show.playback == "token":
-        check_viewer_token(request, show, room)
-    views = [v for v in (product_view(p, room) for p in products) if v is not None]
-    if pinned not in {v["id"] for v in views}:
-        pinned = None
-    return web.json_response({"products": views, "pinned": pinned})
-
-
-@routes.post("/api/shows/{show}/products")
-async def add_product(request: web.Request) -> web.Response:
-    require_admin(request)
-    show = _show(request)
-    product = await request.app[SHELF].add(show.id, await read_json(request))
-    return web.json_response(product_view(product), status=201)
-
-
-@routes.patch("/api/shows/{show}/products/{product}")
-async def update_product(request: web.Request) -> web.Response:
-    require_admin(request)
-    show = _show(request)
-    product = await request.app[SHELF].update(show.id, request.match_info["product"], await read_json(request))
-    return web.json_response(product_view(product))
-
-
-@routes.delete("/api/shows/{show}/products/{product}")
-async def delete_product(request: web.Request) -> web.Response:
-    require_admin(request)
-    show = _show(request)
-    await request.app[SHELF].remove(show.id, request.match_info["product"])
-    return web.Response(status=204)
-
-
-@routes.post("/api/shows/{show}/products/{product}/pin")
-async def pin(request: web.Request) -> web.Response:
-    require_admin(request)
-    show = _show(request)
-    if show.state is ShowState.ENDED:
-        raise ApiError(409, "show_ended", "the show has ended")
-    await request.app[SHELF].pin(show.id, request.match_info["product"])
-    return web.json_response({"pinned": request.match_info["product"]})
-
-
-@routes.post("/api/shows/{show}/unpin")
-async def unpin(request: web.Request) -> web.Response:
-    require_admin(request)
-    show = _show(request)
-    await request.app[SHELF].unpin(show.id)
-    return web.json_response({"pinned": None})
 
 
 def _sse(event: Event, body: dict) -> bytes:
     return f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(body)}\n\n".encode()
 
 
-@routes.get("/events/{show}")
-@routes.get("/events/{show}/{room}")
-async def event_stream(request: web.Request) -> web.StreamResponse:
-    """Server-sent events of a room; Last-Event-ID resumes with no gap and no duplicate."""
-    shows = request.app[SHOWS]
-    show = _show(request)
-    room = request.match_info.get("room", HQ_ROOM)
-    shows.check_room(show.id, room)
-    if show.playback == "token":
-        check_viewer_token(request, show, room)
-    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    try:
-        last = int(raw) if raw is not None else None
-        if last is not None and not 0 <= last <= MAX_SEQ:
-            raise ValueError(raw)
-    except ValueError as exc:
-        raise ApiError(400, "bad_last_event_id", "Last-Event-ID must be an event sequence number") from exc
-    hub = request.app[SHELF].events
-    sub = hub.subscribe(show.id)  # before reading the backlog, so nothing falls in between
-    try:
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-            **({"Access-Control-Allow-Origin": origin} if (origin := cors_origin(request)) else {})})
-        await response.prepare(request)
-        await response.write(b"retry: 2000\n\n")
-        if last is None:
-            # A new reader gets the state now (card, coupons, show), not the whole history.
-            current, last = await hub.store.current_state(show.id)
-            for event in current:
-                body = render(event, room)
-                if body is not None:
-                    await response.write(_sse(event, body))
-        while True:
-            backlog = await hub.store.events_after(show.id, last)
-            for event in backlog:
-                body = render(event, room)
-                if body is not None:
-                    await response.write(_sse(event, body))
+class CommerceApi:
+    """Viewers (identity and credit), the shelf and card, and the event stream of a room."""
+
+    def __init__(self, shows: ShowService, shelf: ProductShelf, commerce: CommerceStore, events: EventHub,
+                 tokens: ViewerTokens, settings: Settings, auth: Auth, limiter: RateLimiter) -> None:
+        self.shows = shows
+        self.shelf = shelf
+        self.commerce = commerce
+        self.events = events
+        self.tokens = tokens
+        self.settings = settings
+        self.auth = auth
+        self.limiter = limiter
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.post("/api/shows/{show}/viewers", self.register_viewer),
+            web.get("/api/shows/{show}/products", self.list_products),
+            web.post("/api/shows/{show}/products", self.add_product),
+            web.patch("/api/shows/{show}/products/{product}", self.update_product),
+            web.delete("/api/shows/{show}/products/{product}", self.delete_product),
+            web.post("/api/shows/{show}/products/{product}/pin", self.pin),
+            web.post("/api/shows/{show}/unpin", self.unpin),
+            web.get("/events/{show}", self.event_stream),
+            web.get("/events/{show}/{room}", self.event_stream),
+        ]
+
+    def _show(self, request: web.Request):
+        return self.shows.get_show(request.match_info["show"])
+
+    async def register_viewer(self, request: web.Request) -> web.Response:
+        """A viewer's identity: the room it entered through is kept for good; a new ?ref only
+        records the latest sharer. On a show with identity "shopper", viewers are the brand's
+        users: its backend registers them by `shopper_id` (admin key), or the page brings a
+        `shopper_token` the brand signed; coupon limits then count per shopper."""
+        shows = self.shows
+        tokens = self.tokens
+        existing = bearer_token(request)
+        admin = self.auth.is_admin(request)
+        if not admin:  # the brand's backend issues tokens for many viewers from one address
+            self.limiter.check(request)
+        show = self._show(request)
+        if admin:
+            existing = None  # the operator (or the brand's backend) registers a new viewer
+        elif show.playback == "token" and existing is None:
+            self.auth.require_admin(request)  # token playback: only the brand's backend issues viewer tokens
+        body = await read_json(request)
+        room = body.get("room", HQ_ROOM)
+        ref = body.get("ref")
+        if not isinstance(room, str):
+            raise ApiError(422, "invalid_field", "'room' must be 'hq' or a distributor id")
+        shows.check_room(show.id, room)
+        if ref is not None and not is_slug(ref):
+            raise ApiError(422, "invalid_field", "'ref' must be a slug")
+        store = self.commerce
+        if existing:
+            identity = self.auth.viewer(show, existing)
+            if ref:
+                identity = ViewerIdentity(show.id, identity.room, identity.viewer_id, ref)
+                await store.record_sharer(show.id, identity.viewer_id, ref)
+            return web.json_response({"viewer_id": identity.viewer_id, "room": identity.room,
+                                      "token": tokens.issue(identity)}, status=200)
+        viewer_id = await self._new_viewer_id(request, show, body, admin)
+        room = await store.register_viewer(show.id, viewer_id, room, ref, time.time())
+        identity = ViewerIdentity(show.id, room, viewer_id, ref)
+        return web.json_response({"viewer_id": viewer_id, "room": room, "token": tokens.issue(identity)},
+                                 status=201)
+
+    async def _new_viewer_id(self, request: web.Request, show, body: dict, admin: bool) -> str:
+        """A shopper's own id (from the brand), else a fresh anonymous one (capped per address)."""
+        if admin and body.get("shopper_id") is not None:
+            return shopper_viewer_id(body["shopper_id"])
+        if body.get("shopper_token") is not None:
+            secret = self.settings.auth.shopper_secret
+            return shopper_viewer_id(verify_shopper_token(body["shopper_token"], secret, show.id))
+        if show.identity == "shopper":
+            raise ApiError(403, "shopper_required",
+                           "this show counts coupons per shopper: sign in on the brand's site (it registers you "
+                           "with your shopper id or gives this page a shopper token)")
+        cap = self.settings.limits.registrations_per_address_per_show
+        if not admin and cap:
+            held = await self.commerce.count_registration(show.id, self.auth.client(request))
+            if held > cap:
+                raise ApiError(429, "too_many_registrations",
+                               f"this address has registered {cap} viewers for this show already; "
+                               "keep using the viewer token you have")
+        return "v" + secrets.token_hex(8)
+
+    async def list_products(self, request: web.Request) -> web.Response:
+        """The admin sees every room's prices and hidden products; anyone else sees one room's shelf
+        (?room=, HQ by default) as that room shows it, with a viewer token on token-only shows."""
+        show = self._show(request)
+        shelf = self.shelf
+        products, pinned = await shelf.list(show.id), await shelf.pinned(show.id)
+        if self.auth.is_admin(request):
+            return web.json_response({"products": [product_view(p) for p in products], "pinned": pinned})
+        room = request.query.get("room", HQ_ROOM)
+        self.shows.check_room(show.id, room)
+        if show.playback == "token":
+            self.auth.check_viewer_token(request, show, room)
+        views = [v for v in (product_view(p, room) for p in products) if v is not None]
+        if pinned not in {v["id"] for v in views}:
+            pinned = None
+        return web.json_response({"products": views, "pinned": pinned})
+
+    async def add_product(self, request: web.Request) -> web.Response:
+        self.auth.require_admin(request)
+        show = self._show(request)
+        product = await self.shelf.add(show.id, await read_json(request))
+        return web.json_response(product_view(product), status=201)
+
+    async def update_product(self, request: web.Request) -> web.Response:
+        self.auth.require_admin(request)
+        show = self._show(request)
+        product = await self.shelf.update(show.id, request.match_info["product"], await read_json(request))
+        return web.json_response(product_view(product))
+
+    async def delete_product(self, request: web.Request) -> web.Response:
+        self.auth.require_admin(request)
+        show = self._show(request)
+        await self.shelf.remove(show.id, request.match_info["product"])
+        return web.Response(status=204)
+
+    async def pin(self, request: web.Request) -> web.Response:
+        self.auth.require_admin(request)
+        show = self._show(request)
+        if show.state is ShowState.ENDED:
+            raise ApiError(409, "show_ended", "the show has ended")
+        await self.shelf.pin(show.id, request.match_info["product"])
+        return web.json_response({"pinned": request.match_info["product"]})
+
+    async def unpin(self, request: web.Request) -> web.Response:
+        self.auth.require_admin(request)
+        show = self._show(request)
+        await self.shelf.unpin(show.id)
+        return web.json_response({"pinned": None})
+
+    async def event_stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events of a room; Last-Event-ID resumes with no gap and no duplicate."""
+        shows = self.shows
+        show = self._show(request)
+        room = request.match_info.get("room", HQ_ROOM)
+        shows.check_room(show.id, room)
+        if show.playback == "token":
+            self.auth.check_viewer_token(request, show, room)
+        raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        try:
+            last = int(raw) if raw is not None else None
+            if last is not None and not 0 <= last <= MAX_SEQ:
+                raise ValueError(raw)
+        except ValueError as exc:
+            raise ApiError(400, "bad_last_event_id", "Last-Event-ID must be an event sequence number") from exc
+        hub = self.events
+        sub = hub.subscribe(show.id)  # before reading the backlog, so nothing falls in between
+        try:
+            origin = cors_origin(request, self.settings.server.cors_origins)
+            response = web.StreamResponse(headers={
+                "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                **({"Access-Control-Allow-Origin": origin} if origin else {})})
+            await response.prepare(request)
+            await response.write(b"retry: 2000\n\n")
+            if last is None:
+                # A new reader gets the state now (card, coupons, show), not the whole history.
+                current, last = await hub.store.current_state(show.id)
+                for event in current:
+                    body = render(event, room)
+                    if body is not None:
+                        await response.write(_sse(event, body))
+            while True:
+                backlog = await hub.store.events_after(show.id, last)
+                for event in backlog:
+                    body = render(event, room)
+                    if body is not None:
+                        await response.write(_sse(event, body))
+                    last = event.seq
+                if len(backlog) < 1000:
+                    break
+            while True:
+                try:
+                    async with asyncio.timeout(KEEPALIVE_S):  # no task per wait, unlike wait_for
+                        event = await sub.get()
+                except TimeoutError:
+                    await response.write(b": keepalive\n\n")
+                    continue
+                if event is None:  # fell behind: the client reconnects with Last-Event-ID
+                    break
+                if event.seq <= last:
+                    continue
                 last = event.seq
-            if len(backlog) < 1000:
-                break
-        while True:
-            try:
-                async with asyncio.timeout(KEEPALIVE_S):  # no task per wait, unlike wait_for
-                    event = await sub.get()
-            except TimeoutError:
-                await response.write(b": keepalive\n\n")
-                continue
-            if event is None:  # fell behind: the client reconnects with Last-Event-ID
-                break
-            if event.seq <= last:
-                continue
-            last = event.seq
-            body = render(event, room)
-            if body is not None:
-                await response.write(_sse(event, body))
-        return response
-    except ConnectionResetError:  # the reader left; nothing to report
-        return response
-    finally:
-        hub.unsubscribe(show.id, sub)
+                body = render(event, room)
+                if body is not None:
+                    await response.write(_sse(event, body))
+            return response
+        except ConnectionResetError:  # the reader left; nothing to report
+            return response
+        finally:
+            hub.unsubscribe(show.id, sub)

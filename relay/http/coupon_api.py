@@ -14,12 +14,13 @@ from ..errors import ApiError, invalid_field as _invalid
 from ..fields import slug_field, text_field
 from ..metrics import CLAIMS, store_timer
 from ..models import HQ_ROOM, ShowState
-from .appkeys import COMMERCE, LIMITS, SHELF, SHOWS, TICKER, WEBHOOKS
-from .util import bearer_token, read_json, require_admin, verify_viewer
+from ..shows import ShowService
+from ..webhooks import WebhookSender
+from .limits import RateLimiter
+from .util import Auth, bearer_token, read_json
 
 log = logging.getLogger(__name__)
 
-routes = web.RouteTableDef()
 
 def _int(body: dict, field: str, low: int, high: int, default: int | None = None) -> int:
     value = body.get(field, default)
@@ -69,80 +70,86 @@ def parse_coupon(show_id: str, body: dict, rooms: set[str]) -> Coupon:
                   float(duration) if duration is not None else None, starts_at, ends_at, dict(caps), "draft")
 
 
-def _rooms(request: web.Request, show_id: str) -> set[str]:
-    return {HQ_ROOM} | {m.distributor for m in request.app[SHOWS].store.list_mirrors(show_id)}
 
 
-@routes.post("/api/shows/{show}/coupons")
-async def create(request: web.Request) -> web.Response:
-    require_admin(request)
-    show = request.app[SHOWS].get_show(request.match_info["show"])
-    coupon = parse_coupon(show.id, await read_json(request), _rooms(request, show.id))
-    created = await request.app[COMMERCE].create_coupon(coupon)
-    return web.json_response(created.view(), status=201)
+class CouponApi:
+    """Flash coupons: create, launch, stop, read, and claim."""
 
+    def __init__(self, shows: ShowService, commerce: CommerceStore, events: EventHub, ticker: RemainingTicker,
+                 webhooks: WebhookSender, auth: Auth, limiter: RateLimiter) -> None:
+        self.shows = shows
+        self.commerce = commerce
+        self.events = events
+        self.ticker = ticker
+        self.webhooks = webhooks
+        self.auth = auth
+        self.limiter = limiter
 
-@routes.get("/api/shows/{show}/coupons")
-async def list_all(request: web.Request) -> web.Response:
-    require_admin(request)
-    show = request.app[SHOWS].get_show(request.match_info["show"])
-    found = await request.app[COMMERCE].list_coupons(show.id)
-    return web.json_response({"coupons": [c.view() for c in found]})
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.post("/api/shows/{show}/coupons", self.create),
+            web.get("/api/shows/{show}/coupons", self.list_all),
+            web.get("/api/shows/{show}/coupons/{coupon}", self.get),
+            web.post("/api/shows/{show}/coupons/{coupon}/launch", self.launch),
+            web.post("/api/shows/{show}/coupons/{coupon}/stop", self.stop),
+            web.post("/api/shows/{show}/coupons/{coupon}/claim", self.claim),
+        ]
 
+    def _rooms(self, request: web.Request, show_id: str) -> set[str]:
+        return {HQ_ROOM} | {m.distributor for m in self.shows.store.list_mirrors(show_id)}
 
-@routes.get("/api/shows/{show}/coupons/{coupon}")
-async def get(request: web.Request) -> web.Response:
-    require_admin(request)
-    show = request.app[SHOWS].get_show(request.match_info["show"])
-    coupon = await request.app[COMMERCE].load_coupon(show.id, request.match_info["coupon"])
-    return web.json_response(coupon.view())
+    async def create(self, request: web.Request) -> web.Response:
+        self.auth.require_admin(request)
+        show = self.shows.get_show(request.match_info["show"])
+        coupon = parse_coupon(show.id, await read_json(request), self._rooms(request, show.id))
+        created = await self.commerce.create_coupon(coupon)
+        return web.json_response(created.view(), status=201)
 
+    async def list_all(self, request: web.Request) -> web.Response:
+        self.auth.require_admin(request)
+        show = self.shows.get_show(request.match_info["show"])
+        found = await self.commerce.list_coupons(show.id)
+        return web.json_response({"coupons": [c.view() for c in found]})
 
-async def _change(request: web.Request, change, event_type: str) -> web.Response:
-    require_admin(request)
-    show = request.app[SHOWS].get_show(request.match_info["show"])
-    if event_type == "coupon.launched" and show.state is ShowState.ENDED:
-        raise ApiError(409, "show_ended", f"show {show.id!r} has ended; its coupons cannot be launched")
-    coupon = await change(request.app[COMMERCE])(show.id, request.match_info["coupon"])
-    await request.app[SHELF].events.publish(show.id, event_type, {"coupon": coupon.view()})
-    return web.json_response(coupon.view())
+    async def get(self, request: web.Request) -> web.Response:
+        self.auth.require_admin(request)
+        show = self.shows.get_show(request.match_info["show"])
+        coupon = await self.commerce.load_coupon(show.id, request.match_info["coupon"])
+        return web.json_response(coupon.view())
 
+    async def _change(self, request: web.Request, change, event_type: str) -> web.Response:
+        self.auth.require_admin(request)
+        show = self.shows.get_show(request.match_info["show"])
+        if event_type == "coupon.launched" and show.state is ShowState.ENDED:
+            raise ApiError(409, "show_ended", f"show {show.id!r} has ended; its coupons cannot be launched")
+        coupon = await change(self.commerce)(show.id, request.match_info["coupon"])
+        await self.events.publish(show.id, event_type, {"coupon": coupon.view()})
+        return web.json_response(coupon.view())
 
-@routes.post("/api/shows/{show}/coupons/{coupon}/launch")
-async def launch(request: web.Request) -> web.Response:
-    return await _change(request, lambda store: store.launch_coupon, "coupon.launched")
+    async def launch(self, request: web.Request) -> web.Response:
+        return await self._change(request, lambda store: store.launch_coupon, "coupon.launched")
 
+    async def stop(self, request: web.Request) -> web.Response:
+        return await self._change(request, lambda store: store.stop_coupon, "coupon.ended")
 
-@routes.post("/api/shows/{show}/coupons/{coupon}/stop")
-async def stop(request: web.Request) -> web.Response:
-    return await _change(request, lambda store: store.stop_coupon, "coupon.ended")
-
-
-@routes.post("/api/shows/{show}/coupons/{coupon}/claim")
-async def claim(request: web.Request) -> web.Response:
-    request.app[LIMITS]["claims"].check(request)
-    show = request.app[SHOWS].get_show(request.match_info["show"])
-    viewer = verify_viewer(request, show, bearer_token(request))
-    key = request.headers.get("Idempotency-Key", "")
-    if not key or len(key) > 200:
-        raise ApiError(400, "missing_idempotency_key", "send an Idempotency-Key header (at most 200 characters)")
-    req = ClaimRequest(show.id, request.match_info["coupon"], viewer.viewer_id, viewer.room, viewer.sharer, key)
-    if show.state is ShowState.ENDED:
-        # Normally stopped when the show ended; stopping again is harmless and covers an end
-        # whose coupon update did not reach the store. Retried keys still get their answer.
-        await request.app[COMMERCE].stop_coupon(show.id, req.coupon_id)
-    with store_timer("claim"):
-        answer = await request.app[COMMERCE].claim(req)
-    CLAIMS.labels(answer["result"]).inc()
-    if answer["result"] == "claimed":
-        request.app[TICKER].changed(show.id, req.coupon_id)
-        request.app[WEBHOOKS].emit("coupon.claimed", {
-            "show": show.id, "coupon": req.coupon_id, "viewer_id": req.viewer_id, "room": req.room,
-            "sharer": req.sharer, "remaining": answer["remaining"]})
-    return web.json_response(answer)
-
-
-def setup(app: web.Application, store: CommerceStore, events: EventHub) -> None:
-    app[TICKER] = RemainingTicker(store, events)
-    app.add_routes(routes)
-
+    async def claim(self, request: web.Request) -> web.Response:
+        self.limiter.check(request)
+        show = self.shows.get_show(request.match_info["show"])
+        viewer = self.auth.viewer(show, bearer_token(request))
+        key = request.headers.get("Idempotency-Key", "")
+        if not key or len(key) > 200:
+            raise ApiError(400, "missing_idempotency_key", "send an Idempotency-Key header (at most 200 characters)")
+        req = ClaimRequest(show.id, request.match_info["coupon"], viewer.viewer_id, viewer.room, viewer.sharer, key)
+        if show.state is ShowState.ENDED:
+            # Normally stopped when the show ended; stopping again is harmless and covers an end
+            # whose coupon update did not reach the store. Retried keys still get their answer.
+            await self.commerce.stop_coupon(show.id, req.coupon_id)
+        with store_timer("claim"):
+            answer = await self.commerce.claim(req)
+        CLAIMS.labels(answer["result"]).inc()
+        if answer["result"] == "claimed":
+            self.ticker.changed(show.id, req.coupon_id)
+            self.webhooks.emit("coupon.claimed", {
+                "show": show.id, "coupon": req.coupon_id, "viewer_id": req.viewer_id, "room": req.room,
+                "sharer": req.sharer, "remaining": answer["remaining"]})
+        return web.json_response(answer)

@@ -14,9 +14,6 @@ from .util import CORS_HEADERS, cors_origin
 
 log = logging.getLogger(__name__)
 
-DRAINING: web.AppKey[asyncio.Event] = web.AppKey("draining", asyncio.Event)
-
-
 def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status, headers=headers)
 
@@ -51,28 +48,37 @@ async def error_middleware(
         return json_error(500, "internal", "internal server error")
 
 
-@web.middleware
-async def draining_middleware(request: web.Request, handler):
-    """While the server stops, new media sessions go elsewhere (503 + Retry-After)."""
-    if request.app[DRAINING].is_set() and request.method == "POST" and request.path.startswith(("/whip/", "/whep/")):
-        raise ApiError(503, "server_stopping", "this server is stopping; try again in a moment", {"Retry-After": "2"})
-    return await handler(request)
+def draining_middleware(draining: asyncio.Event):
+    """While the server stops (`draining` set), new media sessions go elsewhere (503 + Retry-After)."""
+
+    @web.middleware
+    async def refuse_new_sessions(request: web.Request, handler):
+        if draining.is_set() and request.method == "POST" and request.path.startswith(("/whip/", "/whep/")):
+            raise ApiError(503, "server_stopping", "this server is stopping; try again in a moment",
+                           {"Retry-After": "2"})
+        return await handler(request)
+
+    return refuse_new_sessions
 
 
-@web.middleware
-async def cors_middleware(request: web.Request, handler):
+def cors_middleware(allowed: list[str]):
     """CORS for the origins in [server] cors_origins (browsers elsewhere play, publish, claim)."""
-    origin = cors_origin(request)
-    if request.method == "OPTIONS" and not request.path.startswith(("/whip/", "/whep/")):
-        response = web.Response(status=204)  # a preflight for the API (WHIP/WHEP answer their own)
-    else:
-        response = await handler(request)
-    if origin is not None and not response.prepared:
-        response.headers.update(CORS_HEADERS)
-        response.headers["Access-Control-Allow-Origin"] = origin
-        if origin != "*":
-            response.headers["Vary"] = "Origin"
-    return response
+
+    @web.middleware
+    async def cors(request: web.Request, handler):
+        origin = cors_origin(request, allowed)
+        if request.method == "OPTIONS" and not request.path.startswith(("/whip/", "/whep/")):
+            response = web.Response(status=204)  # a preflight for the API (WHIP/WHEP answer their own)
+        else:
+            response = await handler(request)
+        if origin is not None and not response.prepared:
+            response.headers.update(CORS_HEADERS)
+            response.headers["Access-Control-Allow-Origin"] = origin
+            if origin != "*":
+                response.headers["Vary"] = "Origin"
+        return response
+
+    return cors
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:

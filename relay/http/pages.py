@@ -9,10 +9,9 @@ from importlib import resources
 
 from aiohttp import web
 
+from ..config import Settings
 from ..models import HQ_ROOM
-from .appkeys import SETTINGS, SHOWS
-
-routes = web.RouteTableDef()
+from ..shows import ShowService
 
 ASSETS = {
     "style.css": "text/css",
@@ -68,36 +67,42 @@ def _page(name: str, embeddable_by: list[str] | None = None) -> web.Response:
     return web.Response(text=_document(name), content_type="text/html", headers=headers)
 
 
-@routes.get("/watch/{show}")
-@routes.get("/watch/{show}/{room}")
-async def watch(request: web.Request) -> web.Response:
-    service = request.app[SHOWS]
-    show_id = request.match_info["show"]
-    service.get_show(show_id)
-    service.check_room(show_id, request.match_info.get("room", HQ_ROOM))
-    return _page("watch.html", request.app[SETTINGS].server.embed_origins)
+class Pages:
+    """The watch, studio, ops and replay pages and their assets."""
 
+    def __init__(self, shows: ShowService, settings: Settings) -> None:
+        self.shows = shows
+        self.settings = settings
 
-@routes.get("/studio/{show}")
-async def studio(request: web.Request) -> web.Response:
-    request.app[SHOWS].get_show(request.match_info["show"])
-    return _page("studio.html")
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.get("/watch/{show}", self.watch),
+            web.get("/watch/{show}/{room}", self.watch),
+            web.get("/studio/{show}", self.studio),
+            web.get("/ops", self.ops),
+            web.get("/replay/{show}", self.replay),
+            web.get("/static/{name}", self.static),
+        ]
 
+    async def watch(self, request: web.Request) -> web.Response:
+        show_id = request.match_info["show"]
+        self.shows.get_show(show_id)
+        self.shows.check_room(show_id, request.match_info.get("room", HQ_ROOM))
+        return _page("watch.html", self.settings.server.embed_origins)
 
-@routes.get("/ops")
-async def ops(request: web.Request) -> web.Response:
-    return _page("ops.html")
+    async def studio(self, request: web.Request) -> web.Response:
+        self.shows.get_show(request.match_info["show"])
+        return _page("studio.html")
 
+    async def ops(self, request: web.Request) -> web.Response:
+        return _page("ops.html")
 
-@routes.get("/replay/{show}")
-async def replay(request: web.Request) -> web.Response:
-    request.app[SHOWS].get_show(request.match_info["show"])
-    return _page("replay.html", request.app[SETTINGS].server.embed_origins)
+    async def replay(self, request: web.Request) -> web.Response:
+        self.shows.get_show(request.match_info["show"])
+        return _page("replay.html", self.settings.server.embed_origins)
 
-
-@routes.get("/static/{name}")
-async def static(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    if name not in ASSETS:
-        raise web.HTTPNotFound(text="no such file")
-    return web.Response(text=_static(name), content_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in ASSETS:
+            raise web.HTTPNotFound(text="no such file")
+        return web.Response(text=_static(name), content_type=ASSETS[name], headers={"Cache-Control": "no-cache"})

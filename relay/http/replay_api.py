@@ -7,12 +7,13 @@ import re
 
 from aiohttp import web
 
+from ..commerce.products import ProductShelf
+from ..commerce.tokens import ViewerTokens
 from ..errors import ApiError
 from ..models import Show, is_slug
-from .appkeys import REPLAYS, SHELF, SHOWS, TOKENS
-from .util import require_admin
-
-routes = web.RouteTableDef()
+from ..replay.service import ReplayService
+from ..shows import ShowService
+from .util import Auth
 
 _FILES = {
     re.compile(r"^index\.m3u8$"): ("application/vnd.apple.mpegurl", "no-cache"),
@@ -31,81 +32,92 @@ def _vtt_time(seconds: float) -> str:
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
 
 
-def check_access(request: web.Request, show: Show) -> None:
-    """A private replay's files open with the admin key or a signed link (token in the path, so
-    that the playlist's relative segment URIs carry it too)."""
-    signed = request.match_info.get("token")
-    if signed is not None:
-        request.app[TOKENS].verify_replay(signed, show.id, show.created_at)
-    elif not show.replay_public:
-        require_admin(request)
+class ReplayApi:
+    """Replay files (playlist, segments, MP4, chapters) and the replay info of a show."""
 
+    def __init__(self, shows: ShowService, replays: ReplayService, shelf: ProductShelf, tokens: ViewerTokens,
+                 auth: Auth) -> None:
+        self.shows = shows
+        self.replays = replays
+        self.shelf = shelf
+        self.tokens = tokens
+        self.auth = auth
 
-@routes.get("/replay/{show}/signed/{token}/chapters.vtt")
-@routes.get("/replay/{show}/chapters.vtt")
-async def chapters_vtt(request: web.Request) -> web.Response:
-    """WebVTT chapters: one cue per product card, over the time it was pinned."""
-    show_id = request.match_info["show"]
-    show = request.app[SHOWS].store.get_show(show_id) if is_slug(show_id) else None
-    info = request.app[REPLAYS].describe(show_id, "") if show else None
-    if info is None:
-        raise _not_found()
-    check_access(request, show)
-    lines = ["WEBVTT", ""]
-    for i, chapter in enumerate(await request.app[SHELF].chapters(show_id, info["duration_s"]), 1):
-        lines += [str(i), f"{_vtt_time(chapter['start_s'])} --> {_vtt_time(chapter['end_s'])}",
-                  json.dumps({"product": chapter["product"], "title": chapter["title"]}), ""]
-    return web.Response(text="\n".join(lines), content_type="text/vtt",
-                        headers={"Cache-Control": "no-cache"})
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.get("/replay/{show}/signed/{token}/chapters.vtt", self.chapters_vtt),
+            web.get("/replay/{show}/chapters.vtt", self.chapters_vtt),
+            web.get("/replay/{show}/signed/{token}/{name}", self.replay_file),
+            web.get("/replay/{show}/{name}", self.replay_file),
+            web.get("/api/shows/{show}/replay", self.replay_info),
+        ]
 
+    def check_access(self, request: web.Request, show: Show) -> None:
+        """A private replay's files open with the admin key or a signed link (token in the path, so
+        that the playlist's relative segment URIs carry it too)."""
+        signed = request.match_info.get("token")
+        if signed is not None:
+            self.tokens.verify_replay(signed, show.id, show.created_at)
+        elif not show.replay_public:
+            self.auth.require_admin(request)
 
-@routes.get("/replay/{show}/signed/{token}/{name}")
-@routes.get("/replay/{show}/{name}")
-async def replay_file(request: web.Request) -> web.StreamResponse:
-    """A replay file: the playlist, an init or media segment, or the MP4."""
-    show_id, name = request.match_info["show"], request.match_info["name"]
-    kind = next((v for pattern, v in _FILES.items() if pattern.fullmatch(name)), None)
-    if not is_slug(show_id) or kind is None:
-        raise _not_found()  # anything else (.., encoded slashes, absolute paths) reads nothing
-    replays = request.app[REPLAYS]
-    show = request.app[SHOWS].store.get_show(show_id)
-    if show is None or replays.store.get_replay(show_id) is None:
-        raise _not_found()
-    check_access(request, show)
-    path = replays.folder(show_id) / name
-    if not path.is_file():
-        raise _not_found()
-    content_type, cache = kind
-    if name == "index.m3u8" and replays.store.get_replay(show_id).state.value == "recording":
-        cache = "no-cache"
-    if not show.replay_public:  # a shared cache must never keep what a key or a link unlocked
-        cache = cache.replace("public", "private")
-    response = web.FileResponse(path, headers={"Cache-Control": cache})
-    response.content_type = content_type
-    return response
+    async def chapters_vtt(self, request: web.Request) -> web.Response:
+        """WebVTT chapters: one cue per product card, over the time it was pinned."""
+        show_id = request.match_info["show"]
+        show = self.shows.store.get_show(show_id) if is_slug(show_id) else None
+        info = self.replays.describe(show_id, "") if show else None
+        if info is None:
+            raise _not_found()
+        self.check_access(request, show)
+        lines = ["WEBVTT", ""]
+        for i, chapter in enumerate(await self.shelf.chapters(show_id, info["duration_s"]), 1):
+            lines += [str(i), f"{_vtt_time(chapter['start_s'])} --> {_vtt_time(chapter['end_s'])}",
+                      json.dumps({"product": chapter["product"], "title": chapter["title"]}), ""]
+        return web.Response(text="\n".join(lines), content_type="text/vtt",
+                            headers={"Cache-Control": "no-cache"})
 
+    async def replay_file(self, request: web.Request) -> web.StreamResponse:
+        """A replay file: the playlist, an init or media segment, or the MP4."""
+        show_id, name = request.match_info["show"], request.match_info["name"]
+        kind = next((v for pattern, v in _FILES.items() if pattern.fullmatch(name)), None)
+        if not is_slug(show_id) or kind is None:
+            raise _not_found()  # anything else (.., encoded slashes, absolute paths) reads nothing
+        replays = self.replays
+        show = self.shows.store.get_show(show_id)
+        if show is None or replays.store.get_replay(show_id) is None:
+            raise _not_found()
+        self.check_access(request, show)
+        path = replays.folder(show_id) / name
+        if not path.is_file():
+            raise _not_found()
+        content_type, cache = kind
+        if name == "index.m3u8" and replays.store.get_replay(show_id).state.value == "recording":
+            cache = "no-cache"
+        if not show.replay_public:  # a shared cache must never keep what a key or a link unlocked
+            cache = cache.replace("public", "private")
+        response = web.FileResponse(path, headers={"Cache-Control": cache})
+        response.content_type = content_type
+        return response
 
-@routes.get("/api/shows/{show}/replay")
-async def replay_info(request: web.Request) -> web.Response:
-    show = request.app[SHOWS].get_show(request.match_info["show"])
-    if not show.replay_public:
-        require_admin(request)
-    info = request.app[REPLAYS].describe(show.id, request.app[SHOWS].settings.base_url)
-    if info is None:
-        raise ApiError(404, "replay_not_found", f"show {show.id!r} has not been recorded (it never went live)")
-    info["chapters"] = await request.app[SHELF].chapters(show.id, info["duration_s"])
-    info["chapters_url"] = f"{request.app[SHOWS].settings.base_url}/replay/{show.id}/chapters.vtt"
-    if not show.replay_public:  # only the operator gets here: links to hand to viewers
-        try:
-            ttl = int(request.query.get("link_ttl_s", "86400"))
-        except ValueError:
-            ttl = 0
-        if not 60 <= ttl <= 30 * 86400:
-            raise ApiError(400, "bad_link_ttl", "link_ttl_s must be a number of seconds from 60 to 2592000")
-        token, exp = request.app[TOKENS].issue_replay(show.id, ttl)
-        base = f"{request.app[SHOWS].settings.base_url}/replay/{show.id}/signed/{token}"
-        info["signed_links"] = {"hls_url": f"{base}/index.m3u8",
-                                "mp4_url": f"{base}/show.mp4" if info["mp4_url"] else None,
-                                "chapters_url": f"{base}/chapters.vtt", "expires_at": exp}
-    return web.json_response(info)
-
+    async def replay_info(self, request: web.Request) -> web.Response:
+        show = self.shows.get_show(request.match_info["show"])
+        if not show.replay_public:
+            self.auth.require_admin(request)
+        info = self.replays.describe(show.id, self.shows.settings.base_url)
+        if info is None:
+            raise ApiError(404, "replay_not_found", f"show {show.id!r} has not been recorded (it never went live)")
+        info["chapters"] = await self.shelf.chapters(show.id, info["duration_s"])
+        info["chapters_url"] = f"{self.shows.settings.base_url}/replay/{show.id}/chapters.vtt"
+        if not show.replay_public:  # only the operator gets here: links to hand to viewers
+            try:
+                ttl = int(request.query.get("link_ttl_s", "86400"))
+            except ValueError:
+                ttl = 0
+            if not 60 <= ttl <= 30 * 86400:
+                raise ApiError(400, "bad_link_ttl", "link_ttl_s must be a number of seconds from 60 to 2592000")
+            token, exp = self.tokens.issue_replay(show.id, ttl)
+            base = f"{self.shows.settings.base_url}/replay/{show.id}/signed/{token}"
+            info["signed_links"] = {"hls_url": f"{base}/index.m3u8",
+                                    "mp4_url": f"{base}/show.mp4" if info["mp4_url"] else None,
+                                    "chapters_url": f"{base}/chapters.vtt", "expires_at": exp}
+        return web.json_response(info)

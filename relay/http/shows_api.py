@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..commerce.store import CommerceStore
 from ..config import Settings
 from ..errors import ApiError
 from ..fields import slug_field, text_field
 from ..models import HQ_ROOM, Mirror, Show, ShowState, is_currency, is_slug
+from ..replay.service import ReplayService
 from ..shows import ShowService
-from .appkeys import COMMERCE, REPLAYS, SHOWS
-from .util import read_json, require_admin
-
-routes = web.RouteTableDef()
-
-
-def _service(request: web.Request) -> ShowService:
-    require_admin(request)
-    return request.app[SHOWS]
+from .util import Auth, read_json
 
 
 def show_links(settings: Settings, show_id: str) -> dict[str, str]:
@@ -72,29 +66,6 @@ def show_view(service: ShowService, show: Show, detail: bool = False) -> dict:
     return view
 
 
-@routes.post("/api/shows")
-async def create_show(request: web.Request) -> web.Response:
-    service = _service(request)
-    body = await read_json(request)
-    title = text_field(body, "title")
-    show_id = slug_field(body, "id", required=False)
-    public = body.get("replay_public")
-    if public is not None and not isinstance(public, bool):
-        raise ApiError(422, "invalid_field", "'replay_public' must be true or false")
-    playback = body.get("playback", "public")
-    if playback not in ("public", "token"):
-        raise ApiError(422, "invalid_field", "'playback' must be 'public' or 'token'")
-    ttl = _ttl_field(body, "stream_key_ttl_s")
-    currency = body.get("currency", "CNY")
-    if not is_currency(currency):
-        raise ApiError(422, "invalid_field", "'currency' must be an ISO 4217 code such as CNY, USD or EUR")
-    identity = body.get("identity", "anonymous")
-    if identity not in ("anonymous", "shopper"):
-        raise ApiError(422, "invalid_field", "'identity' must be 'anonymous' or 'shopper'")
-    show, key = service.create_show(title, show_id, public, ttl, playback, currency, identity)
-    return web.json_response({**show_view(service, show), "stream_key": key}, status=201)
-
-
 def _ttl_field(body: dict, name: str) -> float | None:
     value = body.get(name)
     if value is None:
@@ -104,138 +75,167 @@ def _ttl_field(body: dict, name: str) -> float | None:
     return float(value)
 
 
-@routes.post("/api/shows/{show}/stream-key")
-async def rotate_stream_key(request: web.Request) -> web.Response:
-    """A new stream key (shown once); the old one no longer publishes."""
-    service = _service(request)
-    body = await read_json(request) if request.can_read_body else {}
-    show, key = service.rotate_stream_key(request.match_info["show"], _ttl_field(body, "ttl_s"))
-    return web.json_response({"stream_key": key, "stream_key_expires_at": show.stream_key_expires_at})
+class ShowsApi:
+    """The admin API of shows and mirror rooms, their figures, the public status and /healthz."""
 
+    def __init__(self, shows: ShowService, replays: ReplayService, commerce: CommerceStore, auth: Auth) -> None:
+        self.shows = shows
+        self.replays = replays
+        self.commerce = commerce
+        self.auth = auth
 
-@routes.get("/api/shows")
-async def list_shows(request: web.Request) -> web.Response:
-    service = _service(request)
-    return web.json_response({"shows": [show_view(service, s) for s in service.store.list_shows()]})
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.post("/api/shows", self.create_show),
+            web.post("/api/shows/{show}/stream-key", self.rotate_stream_key),
+            web.get("/api/shows", self.list_shows),
+            web.get("/api/shows/{show}", self.get_show),
+            web.delete("/api/shows/{show}", self.delete_show),
+            web.post("/api/shows/{show}/end", self.end_show),
+            web.post("/api/shows/{show}/mirrors", self.add_mirror),
+            web.get("/api/shows/{show}/mirrors", self.list_mirrors),
+            web.get("/api/shows/{show}/mirrors/{distributor}", self.get_mirror),
+            web.delete("/api/shows/{show}/mirrors/{distributor}", self.delete_mirror),
+            web.get("/api/shows/{show}/stats", self.stats),
+            web.get("/api/shows/{show}/status", self.public_status),
+            web.get("/healthz", self.healthz),
+        ]
 
+    def _service(self, request: web.Request) -> ShowService:
+        self.auth.require_admin(request)
+        return self.shows
 
-@routes.get("/api/shows/{show}")
-async def get_show(request: web.Request) -> web.Response:
-    service = _service(request)
-    show = service.get_show(request.match_info["show"])
-    return web.json_response(show_view(service, show, detail=True))
+    async def create_show(self, request: web.Request) -> web.Response:
+        service = self._service(request)
+        body = await read_json(request)
+        title = text_field(body, "title")
+        show_id = slug_field(body, "id", required=False)
+        public = body.get("replay_public")
+        if public is not None and not isinstance(public, bool):
+            raise ApiError(422, "invalid_field", "'replay_public' must be true or false")
+        playback = body.get("playback", "public")
+        if playback not in ("public", "token"):
+            raise ApiError(422, "invalid_field", "'playback' must be 'public' or 'token'")
+        ttl = _ttl_field(body, "stream_key_ttl_s")
+        currency = body.get("currency", "CNY")
+        if not is_currency(currency):
+            raise ApiError(422, "invalid_field", "'currency' must be an ISO 4217 code such as CNY, USD or EUR")
+        identity = body.get("identity", "anonymous")
+        if identity not in ("anonymous", "shopper"):
+            raise ApiError(422, "invalid_field", "'identity' must be 'anonymous' or 'shopper'")
+        show, key = service.create_show(title, show_id, public, ttl, playback, currency, identity)
+        return web.json_response({**show_view(service, show), "stream_key": key}, status=201)
 
+    async def rotate_stream_key(self, request: web.Request) -> web.Response:
+        """A new stream key (shown once); the old one no longer publishes."""
+        service = self._service(request)
+        body = await read_json(request) if request.can_read_body else {}
+        show, key = service.rotate_stream_key(request.match_info["show"], _ttl_field(body, "ttl_s"))
+        return web.json_response({"stream_key": key, "stream_key_expires_at": show.stream_key_expires_at})
 
-@routes.delete("/api/shows/{show}")
-async def delete_show(request: web.Request) -> web.Response:
-    """The show, its rooms, figures, replay and commerce data (shelf, coupons, claims, events)
-    are gone: a new show may take the id and inherits nothing."""
-    await _service(request).delete_show(request.match_info["show"])
-    return web.Response(status=204)
+    async def list_shows(self, request: web.Request) -> web.Response:
+        service = self._service(request)
+        return web.json_response({"shows": [show_view(service, s) for s in service.store.list_shows()]})
 
+    async def get_show(self, request: web.Request) -> web.Response:
+        service = self._service(request)
+        show = service.get_show(request.match_info["show"])
+        return web.json_response(show_view(service, show, detail=True))
 
-@routes.post("/api/shows/{show}/end")
-async def end_show(request: web.Request) -> web.Response:
-    service = _service(request)
-    show = await service.end_show(request.match_info["show"], "ended_by_operator")
-    return web.json_response(show_view(service, show, detail=True))
+    async def delete_show(self, request: web.Request) -> web.Response:
+        """The show, its rooms, figures, replay and commerce data (shelf, coupons, claims, events)
+        are gone: a new show may take the id and inherits nothing."""
+        await self._service(request).delete_show(request.match_info["show"])
+        return web.Response(status=204)
 
+    async def end_show(self, request: web.Request) -> web.Response:
+        service = self._service(request)
+        show = await service.end_show(request.match_info["show"], "ended_by_operator")
+        return web.json_response(show_view(service, show, detail=True))
 
-@routes.post("/api/shows/{show}/mirrors")
-async def add_mirror(request: web.Request) -> web.Response:
-    service = _service(request)
-    show_id = request.match_info["show"]
-    service.get_show(show_id)
-    body = await read_json(request)
-    distributor = slug_field(body, "distributor", required=True)
-    if distributor == HQ_ROOM:
-        raise ApiError(422, "invalid_field", "'hq' is the headquarters room; pick another distributor id")
-    name = text_field(body, "name")
-    mirror = service.add_mirror(show_id, distributor, name)
-    return web.json_response(mirror_view(service.settings, mirror), status=201)
+    async def add_mirror(self, request: web.Request) -> web.Response:
+        service = self._service(request)
+        show_id = request.match_info["show"]
+        service.get_show(show_id)
+        body = await read_json(request)
+        distributor = slug_field(body, "distributor", required=True)
+        if distributor == HQ_ROOM:
+            raise ApiError(422, "invalid_field", "'hq' is the headquarters room; pick another distributor id")
+        name = text_field(body, "name")
+        mirror = service.add_mirror(show_id, distributor, name)
+        return web.json_response(mirror_view(service.settings, mirror), status=201)
 
+    async def list_mirrors(self, request: web.Request) -> web.Response:
+        service = self._service(request)
+        show_id = request.match_info["show"]
+        service.get_show(show_id)
+        figures = service.figures(show_id)
+        mirrors = service.store.list_mirrors(show_id)
+        return web.json_response({"mirrors": [
+            mirror_view(service.settings, m, figures.rooms[m.distributor].viewers if m.distributor in figures.rooms
+                        else 0)
+            for m in mirrors
+        ]})
 
-@routes.get("/api/shows/{show}/mirrors")
-async def list_mirrors(request: web.Request) -> web.Response:
-    service = _service(request)
-    show_id = request.match_info["show"]
-    service.get_show(show_id)
-    figures = service.figures(show_id)
-    mirrors = service.store.list_mirrors(show_id)
-    return web.json_response({"mirrors": [
-        mirror_view(service.settings, m, figures.rooms[m.distributor].viewers if m.distributor in figures.rooms else 0)
-        for m in mirrors
-    ]})
+    async def get_mirror(self, request: web.Request) -> web.Response:
+        service = self._service(request)
+        show_id, distributor = request.match_info["show"], request.match_info["distributor"]
+        mirror = service.get_mirror(show_id, distributor)
+        room = service.figures(show_id).rooms.get(distributor)
+        return web.json_response(mirror_view(service.settings, mirror, room.viewers if room else 0))
 
+    async def delete_mirror(self, request: web.Request) -> web.Response:
+        """The room goes: its viewers are disconnected, its tokens no longer work and its counts are
+        retired (coupon totals keep them; a new room with the same id starts at zero)."""
+        service = self._service(request)
+        mirror = service.get_mirror(request.match_info["show"], request.match_info["distributor"])
+        await self.commerce.retire_room(mirror.show_id, mirror.distributor,
+                                                f"{mirror.distributor}~{mirror.created_at:.6f}")
+        await service.delete_mirror(mirror.show_id, mirror.distributor)
+        return web.Response(status=204)
 
-@routes.get("/api/shows/{show}/mirrors/{distributor}")
-async def get_mirror(request: web.Request) -> web.Response:
-    service = _service(request)
-    show_id, distributor = request.match_info["show"], request.match_info["distributor"]
-    mirror = service.get_mirror(show_id, distributor)
-    room = service.figures(show_id).rooms.get(distributor)
-    return web.json_response(mirror_view(service.settings, mirror, room.viewers if room else 0))
+    async def stats(self, request: web.Request) -> web.Response:
+        service = self._service(request)
+        figures = service.stats(request.match_info["show"])
+        show_id = figures["show"]
+        unique = await self.commerce.viewer_rooms(show_id)
+        claims = await self.commerce.claim_figures(show_id)
+        for room, view in figures["rooms"].items():
+            view["unique_viewers"] = unique.get(room, 0)
+            view.update(claims.get(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}}))
+        return web.json_response(figures)
 
+    async def public_status(self, request: web.Request) -> web.Response:
+        """What a watch or studio page shows: no secrets, no per-room figures."""
+        service = self.shows
+        show = service.get_show(request.match_info["show"])
+        live = service.live.get(show.id)
+        if show.state is not ShowState.LIVE:
+            host = "none"
+        elif live is not None and live.publisher is not None:
+            host = "live"
+        else:
+            host = "reconnecting"
+        figures = service.figures(show.id)
+        viewers = sum(r.viewers for r in figures.rooms.values()) if live else 0
+        replay = self.replays.store.get_replay(show.id) if show.replay_public else None
+        room = request.query.get("room", HQ_ROOM)
+        mirror = service.store.get_mirror(show.id, room) if room != HQ_ROOM and is_slug(room) else None
+        known_room = room == HQ_ROOM or mirror is not None
+        room_viewers = figures.rooms[room].viewers if live and known_room and room in figures.rooms else 0
+        return web.json_response({
+            "id": show.id, "title": show.title, "state": show.state.value, "host": host, "viewers": viewers,
+            "room_viewers": room_viewers, "room_name": mirror.name if mirror else None, "playback": show.playback,
+            "currency": show.currency,
+            "started_at": show.started_at, "ended_at": show.ended_at,
+            "replay_page": f"/replay/{show.id}" if replay is not None else None,
+        }, headers={"Cache-Control": "no-cache"})
 
-@routes.delete("/api/shows/{show}/mirrors/{distributor}")
-async def delete_mirror(request: web.Request) -> web.Response:
-    """The room goes: its viewers are disconnected, its tokens no longer work and its counts are
-    retired (coupon totals keep them; a new room with the same id starts at zero)."""
-    service = _service(request)
-    mirror = service.get_mirror(request.match_info["show"], request.match_info["distributor"])
-    await request.app[COMMERCE].retire_room(mirror.show_id, mirror.distributor,
-                                            f"{mirror.distributor}~{mirror.created_at:.6f}")
-    await service.delete_mirror(mirror.show_id, mirror.distributor)
-    return web.Response(status=204)
-
-
-@routes.get("/api/shows/{show}/stats")
-async def stats(request: web.Request) -> web.Response:
-    service = _service(request)
-    figures = service.stats(request.match_info["show"])
-    show_id = figures["show"]
-    unique = await request.app[COMMERCE].viewer_rooms(show_id)
-    claims = await request.app[COMMERCE].claim_figures(show_id)
-    for room, view in figures["rooms"].items():
-        view["unique_viewers"] = unique.get(room, 0)
-        view.update(claims.get(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}}))
-    return web.json_response(figures)
-
-
-@routes.get("/api/shows/{show}/status")
-async def public_status(request: web.Request) -> web.Response:
-    """What a watch or studio page shows: no secrets, no per-room figures."""
-    service: ShowService = request.app[SHOWS]
-    show = service.get_show(request.match_info["show"])
-    live = service.live.get(show.id)
-    if show.state is not ShowState.LIVE:
-        host = "none"
-    elif live is not None and live.publisher is not None:
-        host = "live"
-    else:
-        host = "reconnecting"
-    figures = service.figures(show.id)
-    viewers = sum(r.viewers for r in figures.rooms.values()) if live else 0
-    replay = request.app[REPLAYS].store.get_replay(show.id) if show.replay_public else None
-    room = request.query.get("room", HQ_ROOM)
-    mirror = service.store.get_mirror(show.id, room) if room != HQ_ROOM and is_slug(room) else None
-    known_room = room == HQ_ROOM or mirror is not None
-    room_viewers = figures.rooms[room].viewers if live and known_room and room in figures.rooms else 0
-    return web.json_response({
-        "id": show.id, "title": show.title, "state": show.state.value, "host": host, "viewers": viewers,
-        "room_viewers": room_viewers, "room_name": mirror.name if mirror else None, "playback": show.playback,
-        "currency": show.currency,
-        "started_at": show.started_at, "ended_at": show.ended_at,
-        "replay_page": f"/replay/{show.id}" if replay is not None else None,
-    }, headers={"Cache-Control": "no-cache"})
-
-
-@routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
-    service: ShowService = request.app[SHOWS]
-    return web.json_response({
-        "ok": True,
-        "store": "ok" if request.app[COMMERCE].available else "unavailable",
-        "live_shows": sum(1 for live in service.live.values() if live.publisher is not None),
-        "viewers": sum(len(live.viewers) for live in service.live.values()),
-    })
+    async def healthz(self, request: web.Request) -> web.Response:
+        service = self.shows
+        return web.json_response({
+            "ok": True,
+            "store": "ok" if self.commerce.available else "unavailable",
+            "live_shows": sum(1 for live in service.live.values() if live.publisher is not None),
+            "viewers": sum(len(live.viewers) for live in service.live.values()),
+        })

@@ -8,11 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..commerce.tokens import ViewerIdentity
+from ..commerce.tokens import ViewerIdentity, ViewerTokens
 from ..errors import ApiError
-from ..models import HQ_ROOM
-from .appkeys import ADMIN_KEY, SETTINGS, SHOWS, TOKENS
-from .limits import client_address
+from ..models import HQ_ROOM, Show
+from ..shows import ShowService
+from .limits import RateLimiter, client_address
 
 SDP_TYPE = "application/sdp"
 
@@ -25,48 +25,52 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
-def client_of(request: web.Request) -> str:
-    """The client's address as this server is set to see it (behind a proxy or not)."""
-    return client_address(request, request.app[SETTINGS].server.trust_forwarded_for)
-
-
 def key_matches(given: str | None, expected: str) -> bool:
     """`given` is the secret `expected` (compared in constant time); never for an empty secret."""
     return given is not None and bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def require_admin(request: web.Request) -> None:
-    token = bearer_token(request)
-    if token is None:
-        raise ApiError(401, "unauthorized", "missing admin key: send Authorization: Bearer <admin key>",
-                       {"WWW-Authenticate": "Bearer"})
-    if not key_matches(token, request.app[ADMIN_KEY]):
-        raise ApiError(401, "unauthorized", "wrong admin key", {"WWW-Authenticate": "Bearer"})
+class Auth:
+    """Who is asking: the admin (its key), a viewer (a signed token of a room that still exists),
+    and from which address (behind a proxy or not)."""
 
+    def __init__(self, admin_key: str, tokens: ViewerTokens, catalog: ShowService, trust_forwarded_for: bool) -> None:
+        self._admin_key = admin_key
+        self._tokens = tokens
+        self._catalog = catalog
+        self._trust_forwarded_for = trust_forwarded_for
 
-def verify_viewer(request: web.Request, show, token: str | None) -> ViewerIdentity:
-    """The identity in a valid viewer token of this show whose room still exists, and existed
-    when the token was made (a deleted room's tokens do not open a new room with its id)."""
-    identity = request.app[TOKENS].verify(token, show.id, show.created_at)
-    if identity.room != HQ_ROOM:
-        mirror = request.app[SHOWS].store.get_mirror(show.id, identity.room)
-        if mirror is None or identity.issued_at < mirror.created_at:
-            raise ApiError(401, "unauthorized", "viewer token is for a room that was removed; get a new one")
-    return identity
+    def client(self, request: web.Request) -> str:
+        """The client's address as this server is set to see it."""
+        return client_address(request, self._trust_forwarded_for)
 
+    def is_admin(self, request: web.Request) -> bool:
+        return key_matches(bearer_token(request), self._admin_key)
 
-def is_admin(request: web.Request) -> bool:
-    """The request carries the admin key (compared in constant time)."""
-    return key_matches(bearer_token(request), request.app[ADMIN_KEY])
+    def require_admin(self, request: web.Request) -> None:
+        token = bearer_token(request)
+        if token is None:
+            raise ApiError(401, "unauthorized", "missing admin key: send Authorization: Bearer <admin key>",
+                           {"WWW-Authenticate": "Bearer"})
+        if not key_matches(token, self._admin_key):
+            raise ApiError(401, "unauthorized", "wrong admin key", {"WWW-Authenticate": "Bearer"})
 
+    def viewer(self, show: Show, token: str | None) -> ViewerIdentity:
+        """The identity in a valid viewer token of this show whose room still exists, and existed
+        when the token was made (a deleted room's tokens do not open a new room with its id)."""
+        identity = self._tokens.verify(token, show.id, show.created_at)
+        if identity.room != HQ_ROOM:
+            mirror = self._catalog.store.get_mirror(show.id, identity.room)
+            if mirror is None or identity.issued_at < mirror.created_at:
+                raise ApiError(401, "unauthorized", "viewer token is for a room that was removed; get a new one")
+        return identity
 
-def check_viewer_token(request: web.Request, show, room: str) -> None:
-    """For shows whose playback needs a token: a valid viewer token of this show and room, from
-    the Authorization header or (for EventSource, which cannot set headers) ?token=."""
-    token = bearer_token(request) or request.query.get("token")
-    identity = verify_viewer(request, show, token)
-    if identity.room != room:
-        raise ApiError(403, "wrong_room", f"this viewer token is for room {identity.room!r}")
+    def check_viewer_token(self, request: web.Request, show: Show, room: str) -> None:
+        """For shows whose playback needs a token: a valid viewer token of this show and room, from
+        the Authorization header or (for EventSource, which cannot set headers) ?token=."""
+        identity = self.viewer(show, bearer_token(request) or request.query.get("token"))
+        if identity.room != room:
+            raise ApiError(403, "wrong_room", f"this viewer token is for room {identity.room!r}")
 
 
 def _no_constant(name: str) -> float:
@@ -112,9 +116,8 @@ def sdp_answer(answer: str, location: str) -> web.Response:
     )
 
 
-def cors_origin(request: web.Request) -> str | None:
+def cors_origin(request: web.Request, allowed: list[str]) -> str | None:
     """The Access-Control-Allow-Origin for this request ([server] cors_origins), None if not allowed."""
-    allowed = request.app[SETTINGS].server.cors_origins
     if "*" in allowed:
         return "*"
     origin = request.headers.get("Origin")
@@ -139,8 +142,16 @@ async def _not_patchable(request: web.Request) -> web.Response:
                    {"Allow": "DELETE, OPTIONS"})
 
 
-def add_session_routes(routes: web.RouteTableDef, offer_paths: list[str], session_path: str) -> None:
+class SessionEndpoint:
+    """What a WHIP or WHEP front-end is given: the show service, who is asking, and its rate limit."""
+
+    def __init__(self, shows: ShowService, auth: Auth, limiter: RateLimiter) -> None:
+        self.shows = shows
+        self.auth = auth
+        self.limiter = limiter
+
+
+def session_routes(offer_paths: list[str], session_path: str) -> list[web.AbstractRouteDef]:
     """What WHIP and WHEP answer alike: PATCH on a session (405) and CORS preflights."""
-    routes.patch(session_path)(_not_patchable)
-    for path in [*offer_paths, session_path]:
-        routes.route("OPTIONS", path)(_preflight)
+    return [web.patch(session_path, _not_patchable),
+            *(web.route("OPTIONS", path, _preflight) for path in [*offer_paths, session_path])]

@@ -4,31 +4,29 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..shows import ShowService
 from ..webrtc import parse_offer
-from .appkeys import LIMITS, SHOWS
-from .util import add_session_routes, bearer_token, client_of, read_sdp, sdp_answer
-
-routes = web.RouteTableDef()
+from .util import SessionEndpoint, bearer_token, read_sdp, sdp_answer, session_routes
 
 
-@routes.post("/whip/{show}")
-async def publish(request: web.Request) -> web.Response:
-    request.app[LIMITS]["whip"].check(request)
-    service: ShowService = request.app[SHOWS]
-    show_id = request.match_info["show"]
-    show = service.get_show(show_id)
-    service.check_stream_key(show, bearer_token(request))
-    offer = parse_offer(await read_sdp(request), sending=True)
-    session, answer = await service.publish(show_id, bearer_token(request), offer, client_of(request))
-    return sdp_answer(answer, f"/whip/{show_id}/{session.id}")
+class WhipApi(SessionEndpoint):
+    """WHIP: a host publishes with its stream key, ends with DELETE."""
 
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.post("/whip/{show}", self.publish),
+            web.delete("/whip/{show}/{session}", self.unpublish),
+            *session_routes(["/whip/{show}"], "/whip/{show}/{session}"),
+        ]
 
-@routes.delete("/whip/{show}/{session}")
-async def unpublish(request: web.Request) -> web.Response:
-    service: ShowService = request.app[SHOWS]
-    await service.unpublish(request.match_info["show"], request.match_info["session"], bearer_token(request))
-    return web.Response(status=200)
+    async def publish(self, request: web.Request) -> web.Response:
+        self.limiter.check(request)
+        show_id = request.match_info["show"]
+        show = self.shows.get_show(show_id)
+        self.shows.check_stream_key(show, bearer_token(request))
+        offer = parse_offer(await read_sdp(request), sending=True)
+        session, answer = await self.shows.publish(show_id, bearer_token(request), offer, self.auth.client(request))
+        return sdp_answer(answer, f"/whip/{show_id}/{session.id}")
 
-
-add_session_routes(routes, ["/whip/{show}"], "/whip/{show}/{session}")
+    async def unpublish(self, request: web.Request) -> web.Response:
+        await self.shows.unpublish(request.match_info["show"], request.match_info["session"], bearer_token(request))
+        return web.Response(status=200)
