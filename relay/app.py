@@ -158,16 +158,18 @@ def build_app(settings: Settings) -> web.Application:
     limits = settings.limits
     behind_proxy = settings.server.trust_forwarded_for
     auth = Auth(admin_key, tokens, service, behind_proxy)
-    app.add_routes(ShowsApi(service, replays, commerce, auth).routes())
-    app.add_routes(WhipApi(service, auth, RateLimiter("WHIP", limits.whip_per_s, behind_proxy)).routes())
-    app.add_routes(WhepApi(service, auth, RateLimiter("WHEP", limits.whep_per_s, behind_proxy)).routes())
-    app.add_routes(Pages(service, settings).routes())
-    app.add_routes(ReplayApi(service, replays, shelf, tokens, auth).routes())
+    # aiohttp tries the routes under one path prefix in the order they were added: the storms'
+    # routes (claims, viewers, events, WHEP) come first.
+    app.add_routes(CouponApi(service, commerce, events, ticker, webhooks, auth,
+                             RateLimiter("claim", limits.claims_per_s, behind_proxy)).routes())
     app.add_routes(CommerceApi(service, shelf, commerce, events, tokens, settings, auth,
                                RateLimiter("viewer registration", limits.viewer_registrations_per_s,
                                            behind_proxy)).routes())
-    app.add_routes(CouponApi(service, commerce, events, ticker, webhooks, auth,
-                             RateLimiter("claim", limits.claims_per_s, behind_proxy)).routes())
+    app.add_routes(WhepApi(service, auth, RateLimiter("WHEP", limits.whep_per_s, behind_proxy)).routes())
+    app.add_routes(WhipApi(service, auth, RateLimiter("WHIP", limits.whip_per_s, behind_proxy)).routes())
+    app.add_routes(ShowsApi(service, replays, commerce, auth).routes())
+    app.add_routes(ReplayApi(service, replays, shelf, tokens, auth).routes())
+    app.add_routes(Pages(service, settings).routes())
     app.router.add_get("/metrics", metrics_route(build_registry(service), settings.auth.metrics_key or admin_key))
     background: dict[str, asyncio.Task] = {}
 

@@ -8,18 +8,19 @@ or a room's cap, never more than a viewer's limit, and a retried request gets it
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 import json
 import logging
+from pathlib import Path
 import queue
 import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ApiError, StoreUnavailable
+from .room_view import coupon_for_room, remaining_in_room
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,7 @@ class Coupon:
         return self.quantity - self.claimed
 
     def remaining_in(self, room: str) -> int:
-        left = self.remaining
-        if room in self.room_caps:
-            left = min(left, self.room_caps[room] - self.rooms_claimed.get(room, 0))
-        return max(0, left)
+        return remaining_in_room(self.remaining, self.room_caps, self.rooms_claimed, room)
 
     def status(self, now: float) -> str:
         if self.state == "draft" or (self.starts_at is not None and now < self.starts_at):
@@ -85,15 +83,9 @@ class Coupon:
         view = {"id": self.id, "title": self.title, "quantity": self.quantity,
                 "per_viewer_limit": self.per_viewer_limit, "duration_s": self.duration_s,
                 "starts_at": self.starts_at, "ends_at": self.ends_at, "state": self.status(now or time.time()),
-                "claimed": self.claimed, "remaining": self.remaining}
-        if room is None:
-            view["room_caps"] = dict(self.room_caps)
-            view["rooms"] = dict(self.rooms_claimed)
-        else:
-            view["remaining"] = self.remaining_in(room)
-            if room in self.room_caps:
-                view["room_cap"] = self.room_caps[room]
-        return view
+                "claimed": self.claimed, "remaining": self.remaining,
+                "room_caps": dict(self.room_caps), "rooms": dict(self.rooms_claimed)}
+        return view if room is None else coupon_for_room(view, room)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 import logging
 import time
-from collections import deque
 from typing import Callable
 
 from ..metrics import EVENT_LAG, store_timer
+from .room_view import coupon_for_room, product_for_room
 from .store import CommerceStore, Event
 
 log = logging.getLogger(__name__)
@@ -147,29 +148,16 @@ def _log_failure(task: asyncio.Task) -> None:
 
 
 def render(event: Event, room: str) -> dict | None:
-    """The event as `room` sees it: its own prices and caps; nothing for a product hidden there."""
+    """The event as `room` sees it: its own prices and caps; a product hidden there is only
+    {id, hidden} (and a card pinned for it is not sent at all)."""
     data = dict(event.data)
-    coupon = data.get("coupon")
-    if isinstance(coupon, dict) and "rooms" in coupon:
-        coupon = dict(coupon)
-        caps, claimed = coupon.pop("room_caps"), coupon.pop("rooms")
-        if room in caps:
-            coupon["room_cap"] = caps[room]
-            coupon["remaining"] = max(0, min(coupon["remaining"], caps[room] - claimed.get(room, 0)))
-        data["coupon"] = coupon
-    product = data.get("product")
-    if isinstance(product, dict) and "rooms" in product:
-        product = dict(product)
-        override = product.pop("rooms").get(room)
-        if override:
-            if override.get("hidden"):
-                if event.type == "product.pinned":
-                    return None
-                # The room learns only that the product is not on its shelf.
-                data["product"] = {"id": product["id"], "hidden": True}
-                return {"seq": event.seq, "type": event.type, "wall_time": event.wall,
-                        "stream_time": event.stream_time, **data}
-            if override.get("price") is not None:
-                product["price"] = override["price"]
+    if isinstance(data.get("coupon"), dict) and "rooms" in data["coupon"]:
+        data["coupon"] = coupon_for_room(data["coupon"], room)
+    if isinstance(data.get("product"), dict) and "rooms" in data["product"]:
+        product = product_for_room(data["product"], room)
+        if product is None:
+            if event.type == "product.pinned":
+                return None
+            product = {"id": data["product"]["id"], "hidden": True}  # not on this room's shelf
         data["product"] = product
     return {"seq": event.seq, "type": event.type, "wall_time": event.wall, "stream_time": event.stream_time, **data}

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 import re
 import secrets
 import time
-from decimal import Decimal, InvalidOperation
 from typing import Callable
 
 from ..errors import ApiError, invalid_field as _invalid
 from ..fields import text_field
 from ..models import is_slug
 from .events import EventHub
+from .room_view import product_for_room
 from .store import CommerceStore, Pin, Product
 
 MAX_PRICE_CENTS = 100_000_000_00
@@ -39,21 +40,11 @@ def parse_price(value: object, field: str = "price") -> int:
 def product_view(product: Product, room: str | None = None) -> dict | None:
     """The product as `room` sees it (its price override), None if hidden there; all rooms' view
     (with overrides) when `room` is None."""
-    price = product.price_cents
     view = {"id": product.id, "title": product.title, "image_url": product.image_url, "link": product.link,
-            "position": product.position}
-    if room is None:
-        view["price"] = price / 100
-        view["rooms"] = {r: {"price": o["price_cents"] / 100 if o.get("price_cents") is not None else None,
-                             "hidden": bool(o.get("hidden"))} for r, o in product.overrides.items()}
-        return view
-    override = product.overrides.get(room, {})
-    if override.get("hidden"):
-        return None
-    if override.get("price_cents") is not None:
-        price = override["price_cents"]
-    view["price"] = price / 100
-    return view
+            "position": product.position, "price": product.price_cents / 100,
+            "rooms": {r: {"price": o["price_cents"] / 100 if o.get("price_cents") is not None else None,
+                          "hidden": bool(o.get("hidden"))} for r, o in product.overrides.items()}}
+    return view if room is None else product_for_room(view, room)
 
 
 class ProductShelf:

@@ -55,6 +55,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._admitted = False
         self._timer: asyncio.TimerHandle | None = None
         self._state = "idle"  # idle | head | body | chunked | handling
+        self._request_started = 0.0  # loop time of the current request's first byte
         self._head = bytearray()
         self._body_left = 0
         self._tail = b""  # the last bytes of a chunked body, to spot its end across reads
@@ -72,6 +73,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._admitted = True
         self._inner.connection_made(transport)
         self._begin_request()
+        self._arm()  # a connection that never says anything is closed too
 
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
@@ -102,9 +104,16 @@ class GuardedProtocol(asyncio.Protocol):
     def _begin_request(self) -> None:
         self._state = "head"
         self._head.clear()
-        self._arm()
+        self._request_started = asyncio.get_running_loop().time()
 
     def _follow(self, data: bytes) -> None:
+        self._take(data)
+        # A request that came whole in one read needs no timer; one still arriving gets the
+        # rest of its deadline.
+        if self._state in ("head", "body", "chunked") and self._timer is None:
+            self._arm()
+
+    def _take(self, data: bytes) -> None:
         while data:
             if self._state in ("idle", "handling"):  # the next request on this connection
                 self._begin_request()
@@ -146,7 +155,8 @@ class GuardedProtocol(asyncio.Protocol):
 
     def _arm(self) -> None:
         self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(self._guard.read_timeout_s, self._expired)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(self._request_started + self._guard.read_timeout_s, self._expired)
 
     def _disarm(self) -> None:
         if self._timer is not None:
