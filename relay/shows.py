@@ -66,6 +66,7 @@ class ShowService:
         self.on_ended: Callable[[str], Awaitable[None]] | None = None  # e.g. the show's coupons end
         self.on_deleting: Callable[[str], Awaitable[None]] | None = None  # e.g. its commerce data goes
         self.pending = PendingSessions(settings.limits.max_pending_sessions_per_address)
+        self._room_since: dict[tuple[str, str], float] = {}  # (show, room) -> the mirror's created_at
 
     # -- lifecycle -------------------------------------------------------------------------
     def recover(self) -> list[str]:
@@ -169,6 +170,7 @@ class ShowService:
             await self.on_deleting(show_id)
         await self.replays.delete(show_id)
         self.store.delete_show(show_id)
+        self._room_since = {k: v for k, v in self._room_since.items() if k[0] != show_id}
 
     def _mark_live(self, show_id: str) -> None:
         show = self.get_show(show_id)  # fresh: a key rotated meanwhile must not be written back
@@ -203,6 +205,7 @@ class ShowService:
             raise ApiError(409, "mirror_exists", f"distributor {distributor!r} already has a room in this show")
         mirror = Mirror(show_id, distributor, name, time.time())
         self.store.add_mirror(mirror)
+        self._room_since.pop((show_id, distributor), None)
         return mirror
 
     def get_mirror(self, show_id: str, distributor: str) -> Mirror:
@@ -211,6 +214,16 @@ class ShowService:
         if mirror is None:
             raise ApiError(404, "mirror_not_found", f"show {show_id!r} has no mirror room {distributor!r}")
         return mirror
+
+    def room_since(self, show_id: str, room: str) -> float | None:
+        """When the mirror room was made (None if there is none): read on every claim, so kept."""
+        key = (show_id, room)
+        if key not in self._room_since:
+            mirror = self.store.get_mirror(show_id, room) if is_slug(room) else None
+            if mirror is None:
+                return None  # not cached: a room made later is found then
+            self._room_since[key] = mirror.created_at
+        return self._room_since[key]
 
     async def delete_mirror(self, show_id: str, distributor: str) -> None:
         self.get_mirror(show_id, distributor)
@@ -222,6 +235,7 @@ class ShowService:
                 await viewer.close()  # its handshake watch lets go of it
             live.figures.rooms.pop(distributor, None)
         self.store.delete_mirror(show_id, distributor)
+        self._room_since.pop((show_id, distributor), None)
 
     def check_room(self, show_id: str, room: str) -> None:
         if room != HQ_ROOM:

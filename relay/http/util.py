@@ -60,8 +60,8 @@ class Auth:
         when the token was made (a deleted room's tokens do not open a new room with its id)."""
         identity = self._tokens.verify(token, show.id, show.created_at)
         if identity.room != HQ_ROOM:
-            mirror = self._catalog.store.get_mirror(show.id, identity.room)
-            if mirror is None or identity.issued_at < mirror.created_at:
+            since = self._catalog.room_since(show.id, identity.room)
+            if since is None or identity.issued_at < since:
                 raise ApiError(401, "unauthorized", "viewer token is for a room that was removed; get a new one")
         return identity
 
