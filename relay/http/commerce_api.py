@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 import json
 import secrets
 import time
@@ -27,19 +28,18 @@ def _sse(event: Event, body: dict) -> bytes:
     return f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(body)}\n\n".encode()
 
 
+@dataclass(eq=False)
 class CommerceApi:
     """Viewers (identity and credit), the shelf and card, and the event stream of a room."""
 
-    def __init__(self, shows: ShowService, shelf: ProductShelf, commerce: CommerceStore, events: EventHub,
-                 tokens: ViewerTokens, settings: Settings, auth: Auth, limiter: RateLimiter) -> None:
-        self.shows = shows
-        self.shelf = shelf
-        self.commerce = commerce
-        self.events = events
-        self.tokens = tokens
-        self.settings = settings
-        self.auth = auth
-        self.limiter = limiter
+    shows: ShowService
+    shelf: ProductShelf
+    commerce: CommerceStore
+    events: EventHub
+    tokens: ViewerTokens
+    settings: Settings
+    auth: Auth
+    limiter: RateLimiter
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import logging
 
 from aiohttp import web
@@ -72,18 +73,17 @@ def parse_coupon(show_id: str, body: dict, rooms: set[str]) -> Coupon:
 
 
 
+@dataclass(eq=False)
 class CouponApi:
     """Flash coupons: create, launch, stop, read, and claim."""
 
-    def __init__(self, shows: ShowService, commerce: CommerceStore, events: EventHub, ticker: RemainingTicker,
-                 webhooks: WebhookSender, auth: Auth, limiter: RateLimiter) -> None:
-        self.shows = shows
-        self.commerce = commerce
-        self.events = events
-        self.ticker = ticker
-        self.webhooks = webhooks
-        self.auth = auth
-        self.limiter = limiter
+    shows: ShowService
+    commerce: CommerceStore
+    events: EventHub
+    ticker: RemainingTicker
+    webhooks: WebhookSender
+    auth: Auth
+    limiter: RateLimiter
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [

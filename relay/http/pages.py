@@ -5,6 +5,7 @@ Plain HTML, CSS and JS modules from relay/static; everything loads from this ser
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 
 from aiohttp import web
@@ -67,12 +68,12 @@ def _page(name: str, embeddable_by: list[str] | None = None) -> web.Response:
     return web.Response(text=_document(name), content_type="text/html", headers=headers)
 
 
+@dataclass(eq=False)
 class Pages:
     """The watch, studio, ops and replay pages and their assets."""
 
-    def __init__(self, shows: ShowService, settings: Settings) -> None:
-        self.shows = shows
-        self.settings = settings
+    shows: ShowService
+    settings: Settings
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [

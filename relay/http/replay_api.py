@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import json
 import re
 
@@ -32,16 +33,15 @@ def _vtt_time(seconds: float) -> str:
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
 
 
+@dataclass(eq=False)
 class ReplayApi:
     """Replay files (playlist, segments, MP4, chapters) and the replay info of a show."""
 
-    def __init__(self, shows: ShowService, replays: ReplayService, shelf: ProductShelf, tokens: ViewerTokens,
-                 auth: Auth) -> None:
-        self.shows = shows
-        self.replays = replays
-        self.shelf = shelf
-        self.tokens = tokens
-        self.auth = auth
+    shows: ShowService
+    replays: ReplayService
+    shelf: ProductShelf
+    tokens: ViewerTokens
+    auth: Auth
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [

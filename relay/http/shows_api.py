@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
 
 from ..commerce.store import CommerceStore
@@ -75,14 +77,14 @@ def _ttl_field(body: dict, name: str) -> float | None:
     return float(value)
 
 
+@dataclass(eq=False)
 class ShowsApi:
     """The admin API of shows and mirror rooms, their figures, the public status and /healthz."""
 
-    def __init__(self, shows: ShowService, replays: ReplayService, commerce: CommerceStore, auth: Auth) -> None:
-        self.shows = shows
-        self.replays = replays
-        self.commerce = commerce
-        self.auth = auth
+    shows: ShowService
+    replays: ReplayService
+    commerce: CommerceStore
+    auth: Auth
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [

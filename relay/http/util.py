@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import hmac
 import json
 from typing import Any
@@ -142,13 +143,13 @@ async def _not_patchable(request: web.Request) -> web.Response:
                    {"Allow": "DELETE, OPTIONS"})
 
 
+@dataclass(eq=False)
 class SessionEndpoint:
     """What a WHIP or WHEP front-end is given: the show service, who is asking, and its rate limit."""
 
-    def __init__(self, shows: ShowService, auth: Auth, limiter: RateLimiter) -> None:
-        self.shows = shows
-        self.auth = auth
-        self.limiter = limiter
+    shows: ShowService
+    auth: Auth
+    limiter: RateLimiter
 
 
 def session_routes(offer_paths: list[str], session_path: str) -> list[web.AbstractRouteDef]:
