@@ -153,6 +153,7 @@ def build_app(settings: Settings) -> web.Application:
         events.forget(show_id)
 
     service.on_deleting = purge_commerce
+    service.on_room_deleting = commerce.retire_room
 
     # HTTP front-ends, each given what it uses
     limits = settings.limits

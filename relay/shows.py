@@ -65,6 +65,8 @@ class ShowService:
         self.on_webhook: Callable[[str, dict], None] = lambda type, data: None
         self.on_ended: Callable[[str], Awaitable[None]] | None = None  # e.g. the show's coupons end
         self.on_deleting: Callable[[str], Awaitable[None]] | None = None  # e.g. its commerce data goes
+        # (show, room, retired name): a deleted room's commerce counts move to a name no room has
+        self.on_room_deleting: Callable[[str, str, str], Awaitable[None]] | None = None
         self.pending = PendingSessions(settings.limits.max_pending_sessions_per_address)
         self._room_since: dict[tuple[str, str], float] = {}  # (show, room) -> the mirror's created_at
 
@@ -226,7 +228,11 @@ class ShowService:
         return self._room_since[key]
 
     async def delete_mirror(self, show_id: str, distributor: str) -> None:
-        self.get_mirror(show_id, distributor)
+        """The room goes: its viewers are disconnected, its tokens no longer work (they are older
+        than any new room with its id) and its counts are retired."""
+        mirror = self.get_mirror(show_id, distributor)
+        if self.on_room_deleting is not None:  # a store failure (503) leaves the room to delete again
+            await self.on_room_deleting(show_id, distributor, f"{distributor}~{mirror.created_at:.6f}")
         live = self.live.get(show_id)
         if live is not None:
             for viewer in live.room_viewers(distributor):
@@ -255,18 +261,12 @@ class ShowService:
         session = PublisherSession(show_id, live.on_frame, live.publisher_gone)
         try:
             answer = await session.answer(offer, self.settings.media.video_codecs)
-        except BaseException:
-            self.pending.close(client)
-            raise
-        # The show may have ended, or its key been rotated, while the answer was being made.
-        current = self.store.get_show(show_id)
-        if current is None or current.state is ShowState.ENDED or self.live.get(show_id) is not live:
-            self.pending.close(client)
-            await session.close()
-            raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
-        try:
+            # The show may have ended, or its key been rotated, while the answer was being made.
+            current = self.store.get_show(show_id)
+            if current is None or current.state is ShowState.ENDED or self.live.get(show_id) is not live:
+                raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
             self.check_stream_key(current, key)
-        except ApiError:
+        except BaseException:
             self.pending.close(client)
             await session.close()
             raise
@@ -337,15 +337,13 @@ class ShowService:
         try:
             answer = await viewer.answer(offer, live.codec_choices(self.settings.media.video_codecs),
                                          live.keyframes.request)
+            if self.live.get(show_id) is not live:  # ended meanwhile
+                raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
         except BaseException:
             live.joining.pop(viewer.id, None)
             self.pending.close(client)
-            raise
-        if self.live.get(show_id) is not live:  # ended meanwhile
-            live.joining.pop(viewer.id, None)
-            self.pending.close(client)
             await viewer.close()
-            raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
+            raise
         watch_handshake(viewer.pc, self.settings.ice.connect_timeout_s,
                         lambda: self._viewer_connected(live, viewer, client),
                         lambda reason: self._viewer_failed(live, viewer, client, reason))

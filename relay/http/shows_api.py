@@ -189,11 +189,7 @@ class ShowsApi:
     async def delete_mirror(self, request: web.Request) -> web.Response:
         """The room goes: its viewers are disconnected, its tokens no longer work and its counts are
         retired (coupon totals keep them; a new room with the same id starts at zero)."""
-        service = self._service(request)
-        mirror = service.get_mirror(request.match_info["show"], request.match_info["distributor"])
-        await self.commerce.retire_room(mirror.show_id, mirror.distributor,
-                                                f"{mirror.distributor}~{mirror.created_at:.6f}")
-        await service.delete_mirror(mirror.show_id, mirror.distributor)
+        await self._service(request).delete_mirror(request.match_info["show"], request.match_info["distributor"])
         return web.Response(status=204)
 
     async def stats(self, request: web.Request) -> web.Response:
