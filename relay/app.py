@@ -6,7 +6,6 @@ import asyncio
 from dataclasses import dataclass
 import logging
 import os
-from pathlib import Path
 import secrets
 import time
 
@@ -34,9 +33,12 @@ from .http.shows_api import ShowsApi
 from .http.util import Auth
 from .http.whep import WhepApi
 from .http.whip import WhipApi
+from .catalog import ShowCatalog
+from .live_registry import LiveRegistry
+from .replay.replay_store import SqliteReplayStore
 from .replay.service import ReplayService
-from .shows import ShowService
-from .store import SqliteStore
+from .show_removal import ShowRemoval
+from .show_store import SqliteShowStore
 from .webhooks import WebhookSender, signing_key
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,9 @@ class Services:
     """What the app built, for the command (the demo) and for tests; handlers never look here."""
 
     settings: Settings
-    shows: ShowService
+    catalog: ShowCatalog
+    live: LiveRegistry
+    removal: ShowRemoval
     replays: ReplayService
     commerce: CommerceStore
     events: EventHub
@@ -125,53 +129,56 @@ def build_app(settings: Settings) -> web.Application:
     except ValueError as exc:
         raise ConfigError(f"[webhooks] secret: {exc}") from None
 
-    # Stores and services
-    store = SqliteStore(Path(settings.data_path) / "relay.db")
-    replays = ReplayService(settings.replay, store, settings.data_path / "replays")
-    service = ShowService(settings, store, replays)
+    # Stores and services, each given what it uses
+    db_path = settings.data_path / "relay.db"
+    show_store = SqliteShowStore(db_path)
+    catalog = ShowCatalog(show_store)
     commerce = open_commerce_store(settings)
-    events = EventHub(commerce, replays.stream_time)
-    shelf = ProductShelf(commerce, events, lambda show_id: {m.distributor for m in store.list_mirrors(show_id)},
-                         replays.stream_time)
-    # Processes sharing Redis sign alike: without a configured secret they read one kept there.
-    shared_secret = not settings.auth.token_secret and isinstance(commerce, RedisCommerceStore)
-    tokens = ViewerTokens(None if shared_secret else load_secret(settings.auth.token_secret, settings.data_path))
     webhooks = WebhookSender(hooks.urls, hooks.secret, hooks.timeout_s, hooks.max_queue, hooks.max_attempts)
-    ticker = RemainingTicker(commerce, events)
-    app[SERVICES] = Services(settings, service, replays, commerce, events, shelf, tokens, webhooks)
 
-    # What the services tell each other
-    service.on_webhook = webhooks.emit
-    replays.on_ready = lambda show_id: webhooks.emit(
-        "replay.ready", {"show": show_id, **(replays.describe(show_id, settings.base_url) or {})})
-    service.on_state = events.publish_soon
-    service.on_viewer_channel = lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel)
-    service.on_ended = lambda show_id: end_coupons(commerce, events, show_id)
+    async def replay_ready(show_id: str) -> None:
+        webhooks.emit("replay.ready", {"show": show_id, **(await replays.describe(show_id, settings.base_url) or {})})
+
+    replays = ReplayService(settings.replay, SqliteReplayStore(db_path), settings.data_path / "replays", replay_ready)
+    events = EventHub(commerce, replays.stream_time)
+
+    async def mirror_ids(show_id: str) -> set[str]:
+        return {m.distributor for m in await catalog.mirrors(show_id)}
+
+    shelf = ProductShelf(commerce, events, mirror_ids, replays.stream_time)
+    live = LiveRegistry(
+        settings, catalog, replays, show_store, on_state=events.publish_soon, on_webhook=webhooks.emit,
+        on_viewer_channel=lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel),
+        on_ended=lambda show_id: end_coupons(commerce, events, show_id))
 
     async def purge_commerce(show_id: str) -> None:  # a store failure (503) leaves the show to delete again
         await commerce.purge_show(show_id)
         events.forget(show_id)
 
-    service.on_deleting = purge_commerce
-    service.on_room_deleting = commerce.retire_room
+    removal = ShowRemoval(catalog, live, replays, on_deleting=purge_commerce, on_room_deleting=commerce.retire_room)
+    # Processes sharing Redis sign alike: without a configured secret they read one kept there.
+    shared_secret = not settings.auth.token_secret and isinstance(commerce, RedisCommerceStore)
+    tokens = ViewerTokens(None if shared_secret else load_secret(settings.auth.token_secret, settings.data_path))
+    ticker = RemainingTicker(commerce, events)
+    app[SERVICES] = Services(settings, catalog, live, removal, replays, commerce, events, shelf, tokens, webhooks)
 
     # HTTP front-ends, each given what it uses
     limits = settings.limits
     behind_proxy = settings.server.trust_forwarded_for
-    auth = Auth(admin_key, tokens, service, behind_proxy)
+    auth = Auth(admin_key, tokens, catalog, behind_proxy)
     # aiohttp tries the routes under one path prefix in the order they were added: the storms'
     # routes (claims, viewers, events, WHEP) come first.
-    app.add_routes(CouponApi(service, commerce, events, ticker, webhooks, auth,
+    app.add_routes(CouponApi(catalog, commerce, events, ticker, webhooks, auth,
                              RateLimiter("claim", limits.claims_per_s, behind_proxy)).routes())
-    app.add_routes(CommerceApi(service, shelf, commerce, events, tokens, settings, auth,
+    app.add_routes(CommerceApi(catalog, shelf, commerce, events, tokens, settings, auth,
                                RateLimiter("viewer registration", limits.viewer_registrations_per_s,
                                            behind_proxy)).routes())
-    app.add_routes(WhepApi(service, auth, RateLimiter("WHEP", limits.whep_per_s, behind_proxy)).routes())
-    app.add_routes(WhipApi(service, auth, RateLimiter("WHIP", limits.whip_per_s, behind_proxy)).routes())
-    app.add_routes(ShowsApi(service, replays, commerce, auth).routes())
-    app.add_routes(ReplayApi(service, replays, shelf, tokens, auth).routes())
-    app.add_routes(Pages(service, settings).routes())
-    app.router.add_get("/metrics", metrics_route(build_registry(service), settings.auth.metrics_key or admin_key))
+    app.add_routes(WhepApi(live, auth, RateLimiter("WHEP", limits.whep_per_s, behind_proxy)).routes())
+    app.add_routes(WhipApi(live, auth, RateLimiter("WHIP", limits.whip_per_s, behind_proxy)).routes())
+    app.add_routes(ShowsApi(catalog, live, removal, replays, commerce, auth, settings).routes())
+    app.add_routes(ReplayApi(catalog, replays, shelf, tokens, auth, settings).routes())
+    app.add_routes(Pages(catalog, settings).routes())
+    app.router.add_get("/metrics", metrics_route(build_registry(live), settings.auth.metrics_key or admin_key))
     background: dict[str, asyncio.Task] = {}
 
     async def on_startup(app: web.Application) -> None:
@@ -179,19 +186,20 @@ def build_app(settings: Settings) -> web.Application:
         await webhooks.start()
         if shared_secret:  # read in the background: media flows while Redis is away
             background["secret"] = asyncio.ensure_future(_read_shared_secret(commerce, tokens))
-        waiting = service.recover()
+        waiting = await live.recover()
         if waiting:
             log.warning("shows live at the last stop, waiting %.0fs for their hosts: %s",
                         settings.media.grace_period_s, ", ".join(waiting))
-        replays.recover(continuing=set(waiting))
+        await replays.recover(continuing=set(waiting))
         background["retention"] = asyncio.ensure_future(replays.run_retention())
+        background["figures"] = asyncio.ensure_future(live.run_figures_saver())
         background["expiry"] = asyncio.ensure_future(_expire_claim_requests(commerce, limits.idempotency_retention_s))
 
     async def on_shutdown(app: web.Application) -> None:
         # New sessions are refused from here on; readers hear that this server is stopping
         # (players reconnect, to another process or to this one when it is back).
         draining.set()
-        for show_id in list(service.live):
+        for show_id in list(live.running):
             try:
                 await events.publish(show_id, "server.stopping", {"reconnect": True})
             except ApiError as exc:
@@ -200,11 +208,12 @@ def build_app(settings: Settings) -> web.Application:
         events.close()  # event streams end now, or the server would wait on them
         for task in background.values():
             task.cancel()
-        await service.shutdown()
+        await live.shutdown()
         await replays.shutdown()
         await commerce.close()
         await webhooks.close()
-        store.close()
+        replays.store.close()
+        show_store.close()
 
     app.on_response_prepare.append(security_headers)
     app.on_startup.append(on_startup)

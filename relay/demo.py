@@ -15,10 +15,9 @@ DEMO_SHOW = "demo"
 
 
 async def start_demo(services: Services) -> WhipClient:
-    service = services.shows
-    if service.store.get_show(DEMO_SHOW):
-        await service.delete_show(DEMO_SHOW)  # a fresh show: no coupons or claims of the last run
-    _, key = service.create_show("Demo show", DEMO_SHOW)
+    if await services.catalog.find(DEMO_SHOW):
+        await services.removal.delete_show(DEMO_SHOW)  # a fresh show: no coupons or claims of the last run
+    _, key = await services.catalog.create_show("Demo show", DEMO_SHOW)
     base = services.settings.base_url
     loop = asyncio.get_running_loop()
     video = await loop.run_in_executor(None, lambda: encode_pattern(1280, 720, 30, 4.0, 60, 2_000_000))

@@ -9,6 +9,7 @@ from typing import Awaitable, Callable
 
 from .config import MediaSettings
 from .fanout.forwarder import Forwarder
+from .fanout.frame_queue import FrameQueue
 from .fanout.keyframes import KeyframeRequester
 from .fanout.viewer import ViewerSession
 from .ingest.publisher import PublisherSession
@@ -20,8 +21,8 @@ log = logging.getLogger(__name__)
 class LiveShow:
     """Holds one show's stream and its readers.
 
-    The publisher feeds one `Forwarder` per track; every viewer, HQ or mirror room, reads
-    from the same forwarders. When the host drops, viewers stay connected for the grace
+    The publisher feeds one `Forwarder` per track; every reader (each viewer, HQ or mirror
+    room, and the recorder) reads from the same forwarders through its own `FrameQueue`. When the host drops, viewers stay connected for the grace
     period and `on_host_gone_for_good` is called when it runs out.
     """
 
@@ -40,6 +41,7 @@ class LiveShow:
         self.pending: dict[str, PublisherSession] = {}  # answered, ICE/DTLS not done yet
         self.viewers: dict[str, ViewerSession] = {}  # connected: they count and receive frames
         self.joining: dict[str, ViewerSession] = {}  # answered, ICE/DTLS not done yet
+        self.readers: list[FrameQueue] = []  # not viewers: the recorder
         self.reconnecting_until: float | None = None
         self.keyframes = KeyframeRequester(media.keyframe_request_interval_s, self._send_keyframe_request)
         self.forwarders = {
@@ -122,10 +124,16 @@ class LiveShow:
         video = self.forwarders["video"].codec
         return {"audio": ["opus"], "video": [video] if video else list(video_codecs)}
 
+    def add_reader(self, queue: FrameQueue) -> None:
+        """A reader of every track (frames of both, in the order they arrive)."""
+        self.readers.append(queue)
+        for forwarder in self.forwarders.values():
+            forwarder.add_reader(queue)
+
     def add_viewer(self, viewer: ViewerSession) -> None:
         self.viewers[viewer.id] = viewer
         for kind, queue in viewer.queues.items():
-            self.forwarders[kind].add_viewer(queue)
+            self.forwarders[kind].add_reader(queue)
         room = self.figures.room(viewer.room)
         room.viewers += 1
         room.total_sessions += 1
@@ -135,7 +143,7 @@ class LiveShow:
         if self.viewers.pop(viewer.id, None) is None:
             return False
         for kind, queue in viewer.queues.items():
-            self.forwarders[kind].remove_viewer(queue)
+            self.forwarders[kind].remove_reader(queue)
         self.figures.room(viewer.room).viewers -= 1
         asyncio.ensure_future(viewer.close())
         return True
@@ -178,7 +186,7 @@ class LiveShow:
                     "frames": f.frames_in,
                     "keyframes": f.keyframes_in,
                     "gop_cache_frames": f.gop_frames,
-                    "viewers": f.viewer_count,
+                    "viewers": f.reader_count - len(self.readers),
                 }
                 for kind, f in self.forwarders.items()
                 if f.codec

@@ -122,6 +122,15 @@ class Relay:
         await client.connected()
         return client
 
+    async def figures_saved_since(self, show_id: str, since: float) -> None:
+        """Live room figures are saved every [media] figures_save_interval_s: wait for a save."""
+
+        async def saved() -> bool:
+            saved_at = (await self.api("GET", f"/api/shows/{show_id}/stats"))[1]["figures_saved_at"]
+            return saved_at is not None and saved_at > since
+
+        await self.wait_for(saved, what=f"the room figures of {show_id} to be saved")
+
     async def wait_for(self, predicate, timeout: float = 10.0, what: str = "condition") -> None:
         """Poll an async predicate until it holds (state visible only through the API)."""
         deadline = time.monotonic() + timeout

@@ -76,7 +76,8 @@ async def test_whip_bad_input_changes_nothing(scene):
     assert_error(status, body, 405)
 
     assert await snapshot(relay, "shop") == before
-    assert not relay.app[SERVICES].shows.live.get("shop") or relay.app[SERVICES].shows.live["shop"].publisher is None
+    live = relay.app[SERVICES].live.running.get("shop")
+    assert live is None or live.publisher is None
 
 
 async def test_whep_bad_input_changes_nothing(scene, h264_clip):
@@ -96,7 +97,7 @@ async def test_whep_bad_input_changes_nothing(scene, h264_clip):
 
     after = await snapshot(relay, "shop")
     assert after == before
-    live = relay.app[SERVICES].shows.live.get("shop")
+    live = relay.app[SERVICES].live.running.get("shop")
     assert live is None or not live.viewers
 
 

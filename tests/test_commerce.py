@@ -74,7 +74,7 @@ async def test_viewer_tokens_keep_the_room_and_record_the_latest_sharer(relay):
     await relay.create_show("credit", mirrors=("d1",))
     status, viewer = await relay.request("POST", "/api/shows/credit/viewers", json={"room": "d1", "ref": "amy"})
     assert status == 201 and viewer["room"] == "d1" and viewer["viewer_id"]
-    created = relay.app[SERVICES].shows.get_show("credit").created_at
+    created = (await relay.app[SERVICES].catalog.show("credit")).created_at
     identity = relay.app[SERVICES].tokens.verify(viewer["token"], "credit", created)
     assert identity == ViewerIdentity("credit", "d1", viewer["viewer_id"], "amy")
 

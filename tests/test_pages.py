@@ -216,8 +216,10 @@ async def test_watch_page_plays_again_by_itself_after_a_server_restart(server_pr
     show = await relay.create_show("phoenix", mirrors=("d1",))
     await relay.publish(show, tracks(h264_clip, None))
     pages = Pages(browser, relay.base)
+    joined_after = time.time()
     watch = await pages.open("/watch/phoenix/d1", PHONE)
     await playing(watch)
+    await relay.figures_saved_since("phoenix", joined_after)  # the first session counts after the crash
 
     server.stop(signal.SIGKILL)  # a crash mid-show; the page is not reloaded
     await relay.close_clients()

@@ -89,9 +89,11 @@ async def test_sigkill_mid_show_then_the_host_comes_back_and_the_show_goes_on(se
     relay = client_for(server)
     show = await relay.create_show("crash", mirrors=("d1",))
     await relay.publish(show, tracks(h264_clip, None))
+    joined_after = time.time()
     viewer = await relay.viewer("crash", "d1", kinds=("video",), decode=False)
     await viewer.first_frame("video")
     assert (await relay.show("crash"))["state"] == "live"
+    await relay.figures_saved_since("crash", joined_after)
     server.stop(signal.SIGKILL)
     await relay.close_clients()
 

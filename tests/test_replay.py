@@ -263,7 +263,7 @@ async def test_retention_deletes_old_replays_but_never_a_live_one(make_relay, h2
     await relay.wait_for(lambda: _has_segment(relay, "live-now"), timeout=15, what="a segment of the live show")
 
     far_future = time.time() + 31 * 86400
-    assert replays.expire(now=far_future) == ["old"]
+    assert await replays.expire(now=far_future) == ["old"]
     assert not replay_dir(relay, "old").exists()
     assert (await relay.api("GET", "/api/shows/old/replay"))[0] == 404
     assert replay_dir(relay, "live-now").exists()

@@ -13,7 +13,7 @@ from relay.app import SERVICES
 from relay.clients.signaling import SignalingError
 
 
-async def test_a_rotated_stream_key_stops_new_publishes_and_keeps_the_host_on_air(relay, h264_clip):
+async def test_a_rotated_stream_key_stops_new_publishes_and_keeps_the_host_on_air(relay, h264_clip, monkeypatch):
     show = await relay.create_show("keys")
     host = await relay.publish(show, tracks(h264_clip, None))
     viewer = await relay.viewer("keys", kinds=("video",), decode=False)
@@ -45,10 +45,8 @@ async def test_a_rotated_stream_key_stops_new_publishes_and_keeps_the_host_on_ai
     # An expired key is refused with its own error; the show itself is untouched.
     await relay.create_show("keys2")
     rotated = (await relay.api("POST", "/api/shows/keys2/stream-key", {"ttl_s": 3600}))[1]
-    service = relay.app[SERVICES].shows
-    stored = service.get_show("keys2")
-    stored.stream_key_expires_at = time.time() - 1  # as if its hour had passed
-    service.store.update_show(stored)
+    hour_later = time.time() + 3601  # as if its hour had passed
+    monkeypatch.setattr(relay.app[SERVICES].catalog, "clock", lambda: hour_later)
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{relay.base}/whip/keys2", data="v=0\r\n", headers={
                 "Authorization": f"Bearer {rotated['stream_key']}", "Content-Type": "application/sdp"}) as res:

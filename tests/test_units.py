@@ -14,7 +14,7 @@ from relay import aiortc_hooks
 from relay.config import ConfigError, Settings, load_settings
 from relay.fanout.forwarder import Forwarder
 from relay.fanout.keyframes import KeyframeRequester
-from relay.fanout.viewer_queue import QueueClosed, ViewerQueue
+from relay.fanout.frame_queue import FrameQueue, QueueClosed
 from relay.media import RelayFrame
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ def test_aiortc_hook_points_are_all_there():
 
 
 async def test_slow_viewer_skips_to_the_next_keyframe_and_counts_drops():
-    queue = ViewerQueue(capacity=3, video=True)
+    queue = FrameQueue(capacity=3, video=True)
     queue.put(frame(0))  # no keyframe yet: dropped
     assert len(queue) == 0 and queue.dropped == 1
     for n in (1, 2, 3):
@@ -49,7 +49,7 @@ async def test_slow_viewer_skips_to_the_next_keyframe_and_counts_drops():
 
 
 async def test_audio_queue_drops_oldest_but_keeps_going():
-    queue = ViewerQueue(capacity=2, video=False)
+    queue = FrameQueue(capacity=2, video=False)
     for n in range(5):
         queue.put(RelayFrame("audio", "opus", b"", [b"x"], n, True))
     assert queue.dropped == 2 + 2 and [(await queue.get()).timestamp for _ in range(len(queue))] == [4]
@@ -63,9 +63,9 @@ async def test_forwarder_packetizes_once_for_every_viewer_and_caches_the_gop():
     requests = []
     forwarder = Forwarder("video", gop_cache_max_frames=100, request_keyframe=lambda: requests.append(1))
     forwarder.start_source("VP8")
-    queues = [ViewerQueue(10, video=True) for _ in range(3)]
+    queues = [FrameQueue(10, video=True) for _ in range(3)]
     for q in queues:
-        forwarder.add_viewer(q)
+        forwarder.add_reader(q)
     forwarder.push(vp8(True), 1000)
     forwarder.push(vp8(False), 4000)
     got = [[await q.get(), await q.get()] for q in queues]
@@ -73,8 +73,8 @@ async def test_forwarder_packetizes_once_for_every_viewer_and_caches_the_gop():
     assert got[0][0].keyframe and not got[0][1].keyframe
     assert [f.timestamp for f in got[0]] == [0, 3000]
 
-    late = ViewerQueue(10, video=True)
-    forwarder.add_viewer(late)
+    late = FrameQueue(10, video=True)
+    forwarder.add_reader(late)
     assert [f.timestamp for f in [await late.get(), await late.get()]] == [0, 3000]
     assert len(requests) == 3  # the first three joined before any keyframe; the late one had the cache
 
@@ -82,8 +82,8 @@ async def test_forwarder_packetizes_once_for_every_viewer_and_caches_the_gop():
 async def test_forwarder_keeps_timestamps_moving_forward_across_a_host_reconnect():
     forwarder = Forwarder("video", 100, lambda: None)
     forwarder.start_source("VP8")
-    queue = ViewerQueue(10, video=True)
-    forwarder.add_viewer(queue)
+    queue = FrameQueue(10, video=True)
+    forwarder.add_reader(queue)
     forwarder.push(vp8(True), 50_000)
     forwarder.push(vp8(False), 53_000)
     forwarder.start_source("VP8")  # a new host session: timestamps restart from its own origin

@@ -1,30 +1,24 @@
 """Flash coupons and claims: atomic, idempotent, durable before they are acknowledged.
 
-One writer thread owns the coupon tables. Claims queue up and are decided in batches, each
-batch one SQLite transaction (one disk sync for many claims): never more than the quantity
-or a room's cap, never more than a viewer's limit, and a retried request gets its first answer.
+The model and the embedded store's SQL. Each function here runs on the store's SQLite thread,
+where claims that queue up are decided in batches, one transaction (one disk sync) each:
+never more than the quantity or a room's cap, never more than a viewer's limit, and a
+retried request gets its first answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 import json
 import logging
-from pathlib import Path
-import queue
 import secrets
 import sqlite3
-import threading
 import time
-from typing import Any, Callable
 
-from ..errors import ApiError, StoreUnavailable
+from ..errors import ApiError
 from .room_view import coupon_for_room, remaining_in_room
 
 log = logging.getLogger(__name__)
-
-MAX_BATCH = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS coupons (
@@ -98,93 +92,12 @@ class ClaimRequest:
     idempotency_key: str
 
 
-class CouponLedger:
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._jobs: queue.Queue = queue.Queue()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="coupon-ledger", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-
-    # -- the API (event loop side) ---------------------------------------------------------
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn(db, *args)` on the ledger thread inside a transaction."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._jobs.put((fn, args, loop, future))
-        return await future
-
-    async def claim(self, request: ClaimRequest) -> dict:
-        return await self.call(_claim, request)
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(10)
-
-    # -- the ledger thread -----------------------------------------------------------------
-    def _run(self) -> None:
-        db = sqlite3.connect(str(self._path), isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
-        columns = {r["name"] for r in db.execute("PRAGMA table_info(claim_requests)")}
-        if "created_at" not in columns:  # a data dir made by an older version
-            db.execute("ALTER TABLE claim_requests ADD COLUMN created_at REAL NOT NULL DEFAULT 0")
-        self._ready.set()
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                break
-            batch = [job]
-            while len(batch) < MAX_BATCH:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._jobs.put(None)
-                    break
-                batch.append(job)
-            self._run_batch(db, batch)
-        db.close()
-
-    @staticmethod
-    def _run_batch(db: sqlite3.Connection, batch: list) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            for fn, args, _, _ in batch:
-                db.execute("SAVEPOINT job")
-                try:
-                    outcomes.append((True, fn(db, *args)))
-                    db.execute("RELEASE job")
-                except Exception as exc:  # this job's changes only are undone
-                    db.execute("ROLLBACK TO job")
-                    db.execute("RELEASE job")
-                    outcomes.append((False, exc))
-            db.execute("COMMIT")  # durable (synchronous=FULL) before any answer goes out
-        except sqlite3.Error as exc:
-            log.exception("coupon ledger: a batch of %d failed", len(batch))
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            error = StoreUnavailable("coupon store", exc)
-            outcomes = [(False, error)] * len(batch)
-        for (ok, value), (_, _, loop, future) in zip(outcomes, batch):
-            loop.call_soon_threadsafe(_settle, future, ok, value)
-
-
-def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def setup(db: sqlite3.Connection) -> None:
+    """The coupon tables, made or brought up to date."""
+    db.executescript(_SCHEMA)
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(claim_requests)")}
+    if "created_at" not in columns:  # a data dir made by an older version
+        db.execute("ALTER TABLE claim_requests ADD COLUMN created_at REAL NOT NULL DEFAULT 0")
 
 
 def decide(coupon: Coupon, room: str, mine: int, now: float) -> str:
@@ -252,7 +165,7 @@ def stop_coupon(db: sqlite3.Connection, show_id: str, coupon_id: str) -> Coupon:
     return load_coupon(db, show_id, coupon_id)
 
 
-def _claim(db: sqlite3.Connection, req: ClaimRequest) -> dict:
+def claim(db: sqlite3.Connection, req: ClaimRequest) -> dict:
     seen = db.execute(
         "SELECT coupon_id, response FROM claim_requests WHERE show_id=? AND viewer_id=? AND idempotency_key=?",
         (req.show_id, req.viewer_id, req.idempotency_key)).fetchone()

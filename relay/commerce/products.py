@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 import re
 import secrets
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from ..errors import ApiError, invalid_field as _invalid
 from ..fields import text_field
@@ -50,7 +50,7 @@ def product_view(product: Product, room: str | None = None) -> dict | None:
 class ProductShelf:
     """Every change to a show's shelf or card goes through here and becomes an event."""
 
-    def __init__(self, store: CommerceStore, events: EventHub, rooms: Callable[[str], set[str]],
+    def __init__(self, store: CommerceStore, events: EventHub, rooms: Callable[[str], Awaitable[set[str]]],
                  stream_time: Callable[[str, float], float | None]) -> None:
         self.store = store
         self.events = events
@@ -76,14 +76,14 @@ class ProductShelf:
         if any(p.id == product_id for p in existing):
             raise ApiError(409, "product_exists", f"product {product_id!r} is already on the shelf")
         product = Product(show_id, product_id, "", 0, position=max((p.position for p in existing), default=-1) + 1)
-        self._apply(product, body, creating=True)
+        self._apply(product, body, await self._rooms(show_id), creating=True)
         await self.store.save_product(product)
         await self.events.publish(show_id, "shelf.updated", {"product": product_view(product), "change": "added"})
         return product
 
     async def update(self, show_id: str, product_id: str, body: dict) -> Product:
         product = await self.get(show_id, product_id)
-        self._apply(product, body, creating=False)
+        self._apply(product, body, await self._rooms(show_id), creating=False)
         await self.store.save_product(product)
         await self.events.publish(show_id, "shelf.updated", {"product": product_view(product), "change": "updated"})
         return product
@@ -95,7 +95,7 @@ class ProductShelf:
         await self.store.delete_product(show_id, product_id)
         await self.events.publish(show_id, "shelf.updated", {"product": {"id": product_id}, "change": "removed"})
 
-    def _apply(self, product: Product, body: dict, creating: bool) -> None:
+    def _apply(self, product: Product, body: dict, known: set[str], creating: bool) -> None:
         if creating or "title" in body:
             product.title = text_field(body, "title")
         if creating or "price" in body:
@@ -115,7 +115,6 @@ class ProductShelf:
             rooms = body["rooms"]
             if not isinstance(rooms, dict):
                 raise _invalid("rooms", "must be an object of distributor -> {price, hidden}")
-            known = self._rooms(product.show_id)
             overrides = dict(product.overrides)
             for room, override in rooms.items():
                 if room not in known:

@@ -1,7 +1,7 @@
 """The embedded commerce store: durable SQLite in the data dir, one process.
 
-Viewers, the shelf, pins and events are small writes made on the event loop; coupons and
-claims go through the `CouponLedger` thread, which commits claims in batches.
+Every statement runs on the store's SQLite thread (the event loop never waits on the disk);
+writes that queue up, claims above all, commit together in one transaction.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import sqlite3
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from ..sqlite_thread import SqliteThread
 from . import coupons
-from .coupons import ClaimRequest, Coupon, CouponLedger
+from .coupons import ClaimRequest, Coupon
 from .store import Event, EventListener, Pin, Product
 
 _SCHEMA = """
@@ -43,15 +44,10 @@ CREATE TABLE IF NOT EXISTS events (
 
 
 class SqliteCommerceStore:
-    """CommerceStore on the relay's SQLite file (its own connections)."""
+    """CommerceStore on the relay's SQLite file (its own connection, on its own thread)."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(str(path), isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._ledger = CouponLedger(path)
+        self._db = SqliteThread(path, _setup, "commerce store")
         self._listener: EventListener | None = None
         self.available = True  # an embedded store is there while the process is
 
@@ -59,124 +55,151 @@ class SqliteCommerceStore:
         self._listener = listener
 
     async def close(self) -> None:
-        self._ledger.close()
         self._db.close()
 
     async def purge_show(self, show_id: str) -> None:
-        await self._ledger.call(coupons.purge_show, show_id)
+        await self._db.call(coupons.purge_show, show_id)
 
     async def expire_requests(self, before: float) -> int:
-        return await self._ledger.call(coupons.expire_requests, before)
+        return await self._db.call(coupons.expire_requests, before)
 
     async def retire_room(self, show_id: str, room: str, retired: str) -> None:
-        await self._ledger.call(coupons.retire_room, show_id, room, retired)
+        await self._db.call(coupons.retire_room, show_id, room, retired)
 
     async def register_viewer(self, show_id: str, viewer_id: str, room: str, sharer: str | None, now: float) -> str:
-        self._db.execute("INSERT OR IGNORE INTO viewers VALUES (?,?,?,?,?,?)",
-                         (show_id, viewer_id, room, sharer, sharer, now))
-        return self._db.execute("SELECT room FROM viewers WHERE show_id=? AND viewer_id=?",
-                                (show_id, viewer_id)).fetchone()["room"]
+        return await self._db.call(_register_viewer, show_id, viewer_id, room, sharer, now)
 
     async def count_registration(self, show_id: str, address: str) -> int:
-        return self._db.execute(
-            "INSERT INTO registrations VALUES (?,?,1) ON CONFLICT(show_id, address) DO UPDATE SET n=n+1"
-            " RETURNING n", (show_id, address)).fetchone()["n"]
+        return await self._db.call(_fetch_value,
+                                   "INSERT INTO registrations VALUES (?,?,1) ON CONFLICT(show_id, address)"
+                                   " DO UPDATE SET n=n+1 RETURNING n", (show_id, address))
 
     async def record_sharer(self, show_id: str, viewer_id: str, sharer: str) -> None:
-        self._db.execute("UPDATE viewers SET last_sharer=? WHERE show_id=? AND viewer_id=?",
-                         (sharer, show_id, viewer_id))
+        await self._db.call(_execute, "UPDATE viewers SET last_sharer=? WHERE show_id=? AND viewer_id=?",
+                            (sharer, show_id, viewer_id))
 
     async def viewer_rooms(self, show_id: str) -> dict[str, int]:
-        rows = self._db.execute("SELECT room, COUNT(*) AS n FROM viewers WHERE show_id=? GROUP BY room", (show_id,))
+        rows = await self._db.call(_fetch_all, "SELECT room, COUNT(*) AS n FROM viewers WHERE show_id=?"
+                                   " GROUP BY room", (show_id,))
         return {r["room"]: r["n"] for r in rows}
 
     async def save_product(self, product: Product) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO products VALUES (?,?,?,?,?,?,?,?)",
-            (product.show_id, product.id, product.title, product.price_cents, product.image_url, product.link,
-             product.position, json.dumps(product.overrides)),
-        )
+        await self._db.call(_execute, "INSERT OR REPLACE INTO products VALUES (?,?,?,?,?,?,?,?)",
+                            (product.show_id, product.id, product.title, product.price_cents, product.image_url,
+                             product.link, product.position, json.dumps(product.overrides)))
 
     async def delete_product(self, show_id: str, product_id: str) -> None:
-        self._db.execute("DELETE FROM products WHERE show_id=? AND product_id=?", (show_id, product_id))
+        await self._db.call(_execute, "DELETE FROM products WHERE show_id=? AND product_id=?", (show_id, product_id))
 
     async def products(self, show_id: str) -> list[Product]:
-        rows = self._db.execute("SELECT * FROM products WHERE show_id=? ORDER BY position, product_id", (show_id,))
+        rows = await self._db.call(_fetch_all, "SELECT * FROM products WHERE show_id=?"
+                                   " ORDER BY position, product_id", (show_id,))
         return [Product(r["show_id"], r["product_id"], r["title"], r["price_cents"], r["image_url"], r["link"],
                         r["position"], json.loads(r["overrides"])) for r in rows]
 
     async def open_pin(self, show_id: str, pin: Pin) -> None:
-        self._db.execute("INSERT INTO pins (show_id, product_id, start_wall, start_s) VALUES (?,?,?,?)",
-                         (show_id, pin.product_id, pin.start_wall, pin.start_s))
+        await self._db.call(_execute, "INSERT INTO pins (show_id, product_id, start_wall, start_s) VALUES (?,?,?,?)",
+                            (show_id, pin.product_id, pin.start_wall, pin.start_s))
 
     async def close_pin(self, show_id: str, end_wall: float, end_s: float | None) -> Pin | None:
-        row = self._db.execute("SELECT * FROM pins WHERE show_id=? AND end_wall IS NULL ORDER BY id DESC LIMIT 1",
-                               (show_id,)).fetchone()
-        if row is None:
-            return None
-        self._db.execute("UPDATE pins SET end_wall=?, end_s=? WHERE id=?", (end_wall, end_s, row["id"]))
-        return Pin(row["product_id"], row["start_wall"], row["start_s"], end_wall, end_s)
+        return await self._db.call(_close_pin, show_id, end_wall, end_s)
 
     async def pins(self, show_id: str) -> list[Pin]:
-        rows = self._db.execute("SELECT * FROM pins WHERE show_id=? ORDER BY id", (show_id,))
+        rows = await self._db.call(_fetch_all, "SELECT * FROM pins WHERE show_id=? ORDER BY id", (show_id,))
         return [Pin(r["product_id"], r["start_wall"], r["start_s"], r["end_wall"], r["end_s"]) for r in rows]
 
     async def append_event(self, show_id: str, type: str, wall: float, stream_time: float | None,
                            data: dict) -> Event:
-        # One transaction, no await inside it: the sequence number and the row together, and
+        # The sequence number and the row in one job (one savepoint); jobs run in order, so
         # events reach the listener in sequence order.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM events WHERE show_id=?",
-                                   (show_id,)).fetchone()
-            self._db.execute("INSERT INTO events VALUES (?,?,?,?,?,?)",
-                             (show_id, row["seq"], type, wall, stream_time, json.dumps(data)))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        event = Event(show_id, row["seq"], type, wall, stream_time, data)
+        event = await self._db.call(_append_event, show_id, type, wall, stream_time, data)
         if self._listener is not None:
             await self._listener(event)
         return event
 
     async def events_after(self, show_id: str, seq: int, limit: int = 1000) -> list[Event]:
-        rows = self._db.execute("SELECT * FROM events WHERE show_id=? AND seq>? ORDER BY seq LIMIT ?",
-                                (show_id, seq, limit))
-        return [Event(r["show_id"], r["seq"], r["type"], r["wall"], r["stream_time"], json.loads(r["data"]))
-                for r in rows]
+        rows = await self._db.call(_fetch_all, "SELECT * FROM events WHERE show_id=? AND seq>? ORDER BY seq LIMIT ?",
+                                   (show_id, seq, limit))
+        return [_event(r) for r in rows]
 
     async def current_state(self, show_id: str) -> tuple[list[Event], int]:
-        rows = self._db.execute(
-            "SELECT * FROM events WHERE seq IN ("
-            " SELECT MAX(seq) FROM events WHERE show_id=:s AND type IN ('product.pinned', 'product.unpinned')"
-            " UNION SELECT MAX(seq) FROM events WHERE show_id=:s AND type LIKE 'show.%'"
-            " UNION SELECT MAX(seq) FROM events WHERE show_id=:s AND type LIKE 'coupon.%'"
-            "  GROUP BY json_extract(data, '$.coupon.id')"
-            ") AND show_id=:s ORDER BY seq", {"s": show_id})
-        events = [Event(r["show_id"], r["seq"], r["type"], r["wall"], r["stream_time"], json.loads(r["data"]))
-                  for r in rows]
-        newest = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE show_id=?", (show_id,)).fetchone()[0]
-        return events, newest
+        rows, newest = await self._db.call(_current_state, show_id)
+        return [_event(r) for r in rows], newest
 
-    # -- coupons (on the ledger thread) ----------------------------------------------------
+    # -- coupons ---------------------------------------------------------------------------
     async def create_coupon(self, coupon: Coupon) -> Coupon:
-        return await self._ledger.call(coupons.create_coupon, coupon)
+        return await self._db.call(coupons.create_coupon, coupon)
 
     async def launch_coupon(self, show_id: str, coupon_id: str) -> Coupon:
-        return await self._ledger.call(coupons.launch_coupon, show_id, coupon_id)
+        return await self._db.call(coupons.launch_coupon, show_id, coupon_id)
 
     async def stop_coupon(self, show_id: str, coupon_id: str) -> Coupon:
-        return await self._ledger.call(coupons.stop_coupon, show_id, coupon_id)
+        return await self._db.call(coupons.stop_coupon, show_id, coupon_id)
 
     async def load_coupon(self, show_id: str, coupon_id: str) -> Coupon:
-        return await self._ledger.call(coupons.load_coupon, show_id, coupon_id)
+        return await self._db.call(coupons.load_coupon, show_id, coupon_id)
 
     async def list_coupons(self, show_id: str) -> list[Coupon]:
-        return await self._ledger.call(coupons.list_coupons, show_id)
+        return await self._db.call(coupons.list_coupons, show_id)
 
     async def claim(self, request: ClaimRequest) -> dict:
-        return await self._ledger.claim(request)
+        return await self._db.call(coupons.claim, request)
 
     async def claim_figures(self, show_id: str) -> dict:
-        return await self._ledger.call(coupons.claim_figures, show_id)
+        return await self._db.call(coupons.claim_figures, show_id)
+
+
+# -- on the store's thread ---------------------------------------------------------------
+def _setup(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    coupons.setup(db)
+
+
+def _execute(db: sqlite3.Connection, sql: str, params: tuple) -> None:
+    db.execute(sql, params)
+
+
+def _fetch_all(db: sqlite3.Connection, sql: str, params: tuple) -> list[sqlite3.Row]:
+    return db.execute(sql, params).fetchall()
+
+
+def _fetch_value(db: sqlite3.Connection, sql: str, params: tuple):
+    return db.execute(sql, params).fetchone()[0]
+
+
+def _register_viewer(db: sqlite3.Connection, show_id: str, viewer_id: str, room: str, sharer: str | None,
+                     now: float) -> str:
+    db.execute("INSERT OR IGNORE INTO viewers VALUES (?,?,?,?,?,?)", (show_id, viewer_id, room, sharer, sharer, now))
+    return db.execute("SELECT room FROM viewers WHERE show_id=? AND viewer_id=?", (show_id, viewer_id)).fetchone()[0]
+
+
+def _close_pin(db: sqlite3.Connection, show_id: str, end_wall: float, end_s: float | None) -> Pin | None:
+    row = db.execute("SELECT * FROM pins WHERE show_id=? AND end_wall IS NULL ORDER BY id DESC LIMIT 1",
+                     (show_id,)).fetchone()
+    if row is None:
+        return None
+    db.execute("UPDATE pins SET end_wall=?, end_s=? WHERE id=?", (end_wall, end_s, row["id"]))
+    return Pin(row["product_id"], row["start_wall"], row["start_s"], end_wall, end_s)
+
+
+def _append_event(db: sqlite3.Connection, show_id: str, type: str, wall: float, stream_time: float | None,
+                  data: dict) -> Event:
+    seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE show_id=?", (show_id,)).fetchone()[0]
+    db.execute("INSERT INTO events VALUES (?,?,?,?,?,?)", (show_id, seq, type, wall, stream_time, json.dumps(data)))
+    return Event(show_id, seq, type, wall, stream_time, data)
+
+
+def _current_state(db: sqlite3.Connection, show_id: str) -> tuple[list[sqlite3.Row], int]:
+    rows = db.execute(
+        "SELECT * FROM events WHERE seq IN ("
+        " SELECT MAX(seq) FROM events WHERE show_id=:s AND type IN ('product.pinned', 'product.unpinned')"
+        " UNION SELECT MAX(seq) FROM events WHERE show_id=:s AND type LIKE 'show.%'"
+        " UNION SELECT MAX(seq) FROM events WHERE show_id=:s AND type LIKE 'coupon.%'"
+        "  GROUP BY json_extract(data, '$.coupon.id')"
+        ") AND show_id=:s ORDER BY seq", {"s": show_id}).fetchall()
+    newest = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE show_id=?", (show_id,)).fetchone()[0]
+    return rows, newest
+
+
+def _event(r: sqlite3.Row) -> Event:
+    return Event(r["show_id"], r["seq"], r["type"], r["wall"], r["stream_time"], json.loads(r["data"]))

@@ -8,7 +8,7 @@ from typing import Callable
 from ..media import CLOCK_RATES, RelayFrame
 from .meter import METER
 from .packetizer import Packetizer
-from .viewer_queue import ViewerQueue
+from .frame_queue import FrameQueue
 
 
 class Forwarder:
@@ -16,7 +16,7 @@ class Forwarder:
 
     Each frame from the host is packetized once, stamped with a timestamp that stays
     continuous across host reconnects, kept in the newest-GOP cache (video), and put on every
-    viewer's queue, whatever room the viewer is in. No I/O here.
+    reader's queue (viewers, whatever room they are in, and the recorder). No I/O here.
     """
 
     def __init__(self, kind: str, gop_cache_max_frames: int, request_keyframe: Callable[[], None]) -> None:
@@ -24,11 +24,10 @@ class Forwarder:
         self.codec: str | None = None
         self.frames_in = 0
         self.keyframes_in = 0
-        self.listeners: list[Callable[[RelayFrame], None]] = []
         self._request_keyframe = request_keyframe
         self._gop_max = gop_cache_max_frames
         self._gop: list[RelayFrame] = []
-        self._queues: set[ViewerQueue] = set()
+        self._readers: set[FrameQueue] = set()
         self._packetizer: Packetizer | None = None
         self._clock_rate = 90000
         self._offset = 0
@@ -37,8 +36,8 @@ class Forwarder:
         self._new_source = True
 
     @property
-    def viewer_count(self) -> int:
-        return len(self._queues)
+    def reader_count(self) -> int:
+        return len(self._readers)
 
     @property
     def gop_frames(self) -> int:
@@ -51,7 +50,7 @@ class Forwarder:
         self._packetizer = Packetizer.for_codec(codec)
         self._gop.clear()
         self._new_source = True
-        for queue in self._queues:
+        for queue in self._readers:
             queue.restart()
 
     def push(self, data: bytes, timestamp: int) -> None:
@@ -86,14 +85,12 @@ class Forwarder:
                     self._gop.append(frame)
                 else:
                     self._gop = []  # too long a GOP to cache: new viewers wait for a keyframe
-        for queue in self._queues:
+        for queue in self._readers:
             queue.put(frame)
-        for listener in self.listeners:
-            listener(frame)
 
-    def add_viewer(self, queue: ViewerQueue) -> None:
-        """Attach a viewer's queue; a video viewer starts at the cached keyframe at once."""
-        self._queues.add(queue)
+    def add_reader(self, queue: FrameQueue) -> None:
+        """Attach a reader's queue; a video reader starts at the cached keyframe at once."""
+        self._readers.add(queue)
         if self.kind != "video":
             return
         if self._gop:
@@ -103,5 +100,5 @@ class Forwarder:
         elif self._packetizer is not None:
             self._request_keyframe()
 
-    def remove_viewer(self, queue: ViewerQueue) -> None:
-        self._queues.discard(queue)
+    def remove_reader(self, queue: FrameQueue) -> None:
+        self._readers.discard(queue)

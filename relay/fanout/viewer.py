@@ -13,7 +13,7 @@ from aiortc.mediastreams import MediaStreamError
 from .. import aiortc_hooks
 from ..webrtc import Offer, answer_offer, codec_preferences, new_peer_connection, on_connection_end
 from ..metrics import JOIN_SECONDS
-from .viewer_queue import ViewerQueue
+from .frame_queue import FrameQueue
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class _SharedTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
 
-    async def recv(self):  # never called: the sender reads its ViewerQueue
+    async def recv(self):  # never called: the sender reads its FrameQueue
         raise MediaStreamError
 
 
@@ -38,7 +38,7 @@ class ViewerSession:
         self.show_id = show_id
         self.room = room
         self.pc = new_peer_connection()
-        self.queues: dict[str, ViewerQueue] = {}
+        self.queues: dict[str, FrameQueue] = {}
         self.codecs: dict[str, str] = {}
         self.started_at = time.time()
         self.closed = False
@@ -50,7 +50,7 @@ class ViewerSession:
         for media in offer.media:
             transceiver = self.pc.addTransceiver(_SharedTrack(media.kind), direction="sendonly")
             transceiver.setCodecPreferences(codec_preferences(media.kind, codecs[media.kind]))
-            queue = ViewerQueue(self._queue_frames, video=media.kind == "video")
+            queue = FrameQueue(self._queue_frames, video=media.kind == "video")
             queue.on_drop = on_keyframe_request
             if media.kind == "video":
                 queue.on_first = self._joined

@@ -10,14 +10,14 @@ import time
 
 from aiohttp import web
 
+from ..catalog import ShowCatalog
 from ..commerce.events import EventHub, render
 from ..commerce.products import ProductShelf, product_view
 from ..commerce.store import MAX_SEQ, CommerceStore, Event
 from ..commerce.tokens import ViewerIdentity, ViewerTokens, shopper_viewer_id, verify_shopper_token
 from ..config import Settings
 from ..errors import ApiError
-from ..models import HQ_ROOM, ShowState, is_slug
-from ..shows import ShowService
+from ..models import HQ_ROOM, Show, ShowState, is_slug
 from .limits import RateLimiter
 from .util import Auth, bearer_token, cors_origin, read_json
 
@@ -32,7 +32,7 @@ def _sse(event: Event, body: dict) -> bytes:
 class CommerceApi:
     """Viewers (identity and credit), the shelf and card, and the event stream of a room."""
 
-    shows: ShowService
+    catalog: ShowCatalog
     shelf: ProductShelf
     commerce: CommerceStore
     events: EventHub
@@ -54,21 +54,20 @@ class CommerceApi:
             web.get("/events/{show}/{room}", self.event_stream),
         ]
 
-    def _show(self, request: web.Request):
-        return self.shows.get_show(request.match_info["show"])
+    async def _show(self, request: web.Request) -> Show:
+        return await self.catalog.show(request.match_info["show"])
 
     async def register_viewer(self, request: web.Request) -> web.Response:
         """A viewer's identity: the room it entered through is kept for good; a new ?ref only
         records the latest sharer. On a show with identity "shopper", viewers are the brand's
         users: its backend registers them by `shopper_id` (admin key), or the page brings a
         `shopper_token` the brand signed; coupon limits then count per shopper."""
-        shows = self.shows
         tokens = self.tokens
         existing = bearer_token(request)
         admin = self.auth.is_admin(request)
         if not admin:  # the brand's backend issues tokens for many viewers from one address
             self.limiter.check(request)
-        show = self._show(request)
+        show = await self._show(request)
         if admin:
             existing = None  # the operator (or the brand's backend) registers a new viewer
         elif show.playback == "token" and existing is None:
@@ -78,12 +77,12 @@ class CommerceApi:
         ref = body.get("ref")
         if not isinstance(room, str):
             raise ApiError(422, "invalid_field", "'room' must be 'hq' or a distributor id")
-        shows.check_room(show.id, room)
+        await self.catalog.check_room(show.id, room)
         if ref is not None and not is_slug(ref):
             raise ApiError(422, "invalid_field", "'ref' must be a slug")
         store = self.commerce
         if existing:
-            identity = self.auth.viewer(show, existing)
+            identity = await self.auth.viewer(show, existing)
             if ref:
                 identity = ViewerIdentity(show.id, identity.room, identity.viewer_id, ref)
                 await store.record_sharer(show.id, identity.viewer_id, ref)
@@ -118,15 +117,15 @@ class CommerceApi:
     async def list_products(self, request: web.Request) -> web.Response:
         """The admin sees every room's prices and hidden products; anyone else sees one room's shelf
         (?room=, HQ by default) as that room shows it, with a viewer token on token-only shows."""
-        show = self._show(request)
+        show = await self._show(request)
         shelf = self.shelf
         products, pinned = await shelf.list(show.id), await shelf.pinned(show.id)
         if self.auth.is_admin(request):
             return web.json_response({"products": [product_view(p) for p in products], "pinned": pinned})
         room = request.query.get("room", HQ_ROOM)
-        self.shows.check_room(show.id, room)
+        await self.catalog.check_room(show.id, room)
         if show.playback == "token":
-            self.auth.check_viewer_token(request, show, room)
+            await self.auth.check_viewer_token(request, show, room)
         views = [v for v in (product_view(p, room) for p in products) if v is not None]
         if pinned not in {v["id"] for v in views}:
             pinned = None
@@ -134,25 +133,25 @@ class CommerceApi:
 
     async def add_product(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
-        show = self._show(request)
+        show = await self._show(request)
         product = await self.shelf.add(show.id, await read_json(request))
         return web.json_response(product_view(product), status=201)
 
     async def update_product(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
-        show = self._show(request)
+        show = await self._show(request)
         product = await self.shelf.update(show.id, request.match_info["product"], await read_json(request))
         return web.json_response(product_view(product))
 
     async def delete_product(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
-        show = self._show(request)
+        show = await self._show(request)
         await self.shelf.remove(show.id, request.match_info["product"])
         return web.Response(status=204)
 
     async def pin(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
-        show = self._show(request)
+        show = await self._show(request)
         if show.state is ShowState.ENDED:
             raise ApiError(409, "show_ended", "the show has ended")
         await self.shelf.pin(show.id, request.match_info["product"])
@@ -160,18 +159,17 @@ class CommerceApi:
 
     async def unpin(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
-        show = self._show(request)
+        show = await self._show(request)
         await self.shelf.unpin(show.id)
         return web.json_response({"pinned": None})
 
     async def event_stream(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events of a room; Last-Event-ID resumes with no gap and no duplicate."""
-        shows = self.shows
-        show = self._show(request)
+        show = await self._show(request)
         room = request.match_info.get("room", HQ_ROOM)
-        shows.check_room(show.id, room)
+        await self.catalog.check_room(show.id, room)
         if show.playback == "token":
-            self.auth.check_viewer_token(request, show, room)
+            await self.auth.check_viewer_token(request, show, room)
         raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
         try:
             last = int(raw) if raw is not None else None

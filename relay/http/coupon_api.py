@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 
+from ..catalog import ShowCatalog
 from ..commerce.coupon_updates import RemainingTicker
 from ..commerce.coupons import ClaimRequest, Coupon
 from ..commerce.events import EventHub
@@ -15,7 +16,6 @@ from ..errors import ApiError, invalid_field as _invalid
 from ..fields import slug_field, text_field
 from ..metrics import CLAIMS, store_timer
 from ..models import HQ_ROOM, ShowState
-from ..shows import ShowService
 from ..webhooks import WebhookSender
 from .limits import RateLimiter
 from .util import Auth, bearer_token, read_json
@@ -77,7 +77,7 @@ def parse_coupon(show_id: str, body: dict, rooms: set[str]) -> Coupon:
 class CouponApi:
     """Flash coupons: create, launch, stop, read, and claim."""
 
-    shows: ShowService
+    catalog: ShowCatalog
     commerce: CommerceStore
     events: EventHub
     ticker: RemainingTicker
@@ -95,31 +95,31 @@ class CouponApi:
             web.post("/api/shows/{show}/coupons/{coupon}/claim", self.claim),
         ]
 
-    def _rooms(self, request: web.Request, show_id: str) -> set[str]:
-        return {HQ_ROOM} | {m.distributor for m in self.shows.store.list_mirrors(show_id)}
+    async def _rooms(self, show_id: str) -> set[str]:
+        return {HQ_ROOM} | {m.distributor for m in await self.catalog.mirrors(show_id)}
 
     async def create(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
-        show = self.shows.get_show(request.match_info["show"])
-        coupon = parse_coupon(show.id, await read_json(request), self._rooms(request, show.id))
+        show = await self.catalog.show(request.match_info["show"])
+        coupon = parse_coupon(show.id, await read_json(request), await self._rooms(show.id))
         created = await self.commerce.create_coupon(coupon)
         return web.json_response(created.view(), status=201)
 
     async def list_all(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
-        show = self.shows.get_show(request.match_info["show"])
+        show = await self.catalog.show(request.match_info["show"])
         found = await self.commerce.list_coupons(show.id)
         return web.json_response({"coupons": [c.view() for c in found]})
 
     async def get(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
-        show = self.shows.get_show(request.match_info["show"])
+        show = await self.catalog.show(request.match_info["show"])
         coupon = await self.commerce.load_coupon(show.id, request.match_info["coupon"])
         return web.json_response(coupon.view())
 
     async def _change(self, request: web.Request, change, event_type: str) -> web.Response:
         self.auth.require_admin(request)
-        show = self.shows.get_show(request.match_info["show"])
+        show = await self.catalog.show(request.match_info["show"])
         if event_type == "coupon.launched" and show.state is ShowState.ENDED:
             raise ApiError(409, "show_ended", f"show {show.id!r} has ended; its coupons cannot be launched")
         coupon = await change(self.commerce)(show.id, request.match_info["coupon"])
@@ -134,8 +134,8 @@ class CouponApi:
 
     async def claim(self, request: web.Request) -> web.Response:
         self.limiter.check(request)
-        show = self.shows.get_show(request.match_info["show"])
-        viewer = self.auth.viewer(show, bearer_token(request))
+        show = await self.catalog.show(request.match_info["show"])
+        viewer = await self.auth.viewer(show, bearer_token(request))
         key = request.headers.get("Idempotency-Key", "")
         if not key or len(key) > 200:
             raise ApiError(400, "missing_idempotency_key", "send an Idempotency-Key header (at most 200 characters)")

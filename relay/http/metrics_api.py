@@ -12,7 +12,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ..errors import ApiError
 from ..fanout.meter import METER
 from ..metrics import SHARED
-from ..shows import ShowService
+from ..live_registry import LiveRegistry
 from ..webrtc import open_peer_count
 from .util import bearer_token, key_matches
 
@@ -20,15 +20,14 @@ from .util import bearer_token, key_matches
 class LiveCollector:
     """Read at scrape time: shows, publishers, viewers and the media meter."""
 
-    def __init__(self, service: ShowService) -> None:
-        self._service = service
+    def __init__(self, registry: LiveRegistry) -> None:
+        self._registry = registry
 
     def collect(self):
-        service = self._service
         publishers = GaugeMetricFamily("relay_publishers", "Hosts publishing now")
         shows = GaugeMetricFamily("relay_live_shows", "Shows live now (with or without their host)")
         viewers = GaugeMetricFamily("relay_viewers", "Viewers connected now", labels=["show", "room"])
-        live_shows = list(service.live.items())
+        live_shows = list(self._registry.running.items())
         publishers.add_metric([], sum(1 for _, live in live_shows if live.publisher is not None))
         shows.add_metric([], len(live_shows))
         for show_id, live in live_shows:
@@ -63,11 +62,11 @@ class LiveCollector:
         yield requests
 
 
-def build_registry(service: ShowService) -> CollectorRegistry:
+def build_registry(live: LiveRegistry) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     for metric in SHARED:
         registry.register(metric)
-    registry.register(LiveCollector(service))
+    registry.register(LiveCollector(live))
     return registry
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..models import HQ_ROOM
-from ..shows import ShowService
+from ..catalog import ShowCatalog
 
 ASSETS = {
     "style.css": "text/css",
@@ -72,7 +72,7 @@ def _page(name: str, embeddable_by: list[str] | None = None) -> web.Response:
 class Pages:
     """The watch, studio, ops and replay pages and their assets."""
 
-    shows: ShowService
+    catalog: ShowCatalog
     settings: Settings
 
     def routes(self) -> list[web.AbstractRouteDef]:
@@ -86,20 +86,18 @@ class Pages:
         ]
 
     async def watch(self, request: web.Request) -> web.Response:
-        show_id = request.match_info["show"]
-        self.shows.get_show(show_id)
-        self.shows.check_room(show_id, request.match_info.get("room", HQ_ROOM))
+        await self.catalog.check_room(request.match_info["show"], request.match_info.get("room", HQ_ROOM))
         return _page("watch.html", self.settings.server.embed_origins)
 
     async def studio(self, request: web.Request) -> web.Response:
-        self.shows.get_show(request.match_info["show"])
+        await self.catalog.show(request.match_info["show"])
         return _page("studio.html")
 
     async def ops(self, request: web.Request) -> web.Response:
         return _page("ops.html")
 
     async def replay(self, request: web.Request) -> web.Response:
-        self.shows.get_show(request.match_info["show"])
+        await self.catalog.show(request.match_info["show"])
         return _page("replay.html", self.settings.server.embed_origins)
 
     async def static(self, request: web.Request) -> web.Response:

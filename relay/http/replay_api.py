@@ -8,12 +8,13 @@ import re
 
 from aiohttp import web
 
+from ..catalog import ShowCatalog
 from ..commerce.products import ProductShelf
 from ..commerce.tokens import ViewerTokens
+from ..config import Settings
 from ..errors import ApiError
 from ..models import Show, is_slug
 from ..replay.service import ReplayService
-from ..shows import ShowService
 from .util import Auth
 
 _FILES = {
@@ -37,11 +38,12 @@ def _vtt_time(seconds: float) -> str:
 class ReplayApi:
     """Replay files (playlist, segments, MP4, chapters) and the replay info of a show."""
 
-    shows: ShowService
+    catalog: ShowCatalog
     replays: ReplayService
     shelf: ProductShelf
     tokens: ViewerTokens
     auth: Auth
+    settings: Settings
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [
@@ -64,8 +66,8 @@ class ReplayApi:
     async def chapters_vtt(self, request: web.Request) -> web.Response:
         """WebVTT chapters: one cue per product card, over the time it was pinned."""
         show_id = request.match_info["show"]
-        show = self.shows.store.get_show(show_id) if is_slug(show_id) else None
-        info = self.replays.describe(show_id, "") if show else None
+        show = await self.catalog.find(show_id)
+        info = await self.replays.describe(show_id, "") if show else None
         if info is None:
             raise _not_found()
         self.check_access(request, show)
@@ -83,15 +85,16 @@ class ReplayApi:
         if not is_slug(show_id) or kind is None:
             raise _not_found()  # anything else (.., encoded slashes, absolute paths) reads nothing
         replays = self.replays
-        show = self.shows.store.get_show(show_id)
-        if show is None or replays.store.get_replay(show_id) is None:
+        show = await self.catalog.find(show_id)
+        replay = await replays.record(show_id) if show else None
+        if replay is None:
             raise _not_found()
         self.check_access(request, show)
         path = replays.folder(show_id) / name
         if not path.is_file():
             raise _not_found()
         content_type, cache = kind
-        if name == "index.m3u8" and replays.store.get_replay(show_id).state.value == "recording":
+        if name == "index.m3u8" and replay.state.value == "recording":
             cache = "no-cache"
         if not show.replay_public:  # a shared cache must never keep what a key or a link unlocked
             cache = cache.replace("public", "private")
@@ -100,14 +103,14 @@ class ReplayApi:
         return response
 
     async def replay_info(self, request: web.Request) -> web.Response:
-        show = self.shows.get_show(request.match_info["show"])
+        show = await self.catalog.show(request.match_info["show"])
         if not show.replay_public:
             self.auth.require_admin(request)
-        info = self.replays.describe(show.id, self.shows.settings.base_url)
+        info = await self.replays.describe(show.id, self.settings.base_url)
         if info is None:
             raise ApiError(404, "replay_not_found", f"show {show.id!r} has not been recorded (it never went live)")
         info["chapters"] = await self.shelf.chapters(show.id, info["duration_s"])
-        info["chapters_url"] = f"{self.shows.settings.base_url}/replay/{show.id}/chapters.vtt"
+        info["chapters_url"] = f"{self.settings.base_url}/replay/{show.id}/chapters.vtt"
         if not show.replay_public:  # only the operator gets here: links to hand to viewers
             try:
                 ttl = int(request.query.get("link_ttl_s", "86400"))
@@ -116,7 +119,7 @@ class ReplayApi:
             if not 60 <= ttl <= 30 * 86400:
                 raise ApiError(400, "bad_link_ttl", "link_ttl_s must be a number of seconds from 60 to 2592000")
             token, exp = self.tokens.issue_replay(show.id, ttl)
-            base = f"{self.shows.settings.base_url}/replay/{show.id}/signed/{token}"
+            base = f"{self.settings.base_url}/replay/{show.id}/signed/{token}"
             info["signed_links"] = {"hls_url": f"{base}/index.m3u8",
                                     "mp4_url": f"{base}/show.mp4" if info["mp4_url"] else None,
                                     "chapters_url": f"{base}/chapters.vtt", "expires_at": exp}

@@ -6,13 +6,15 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..catalog import ShowCatalog
 from ..commerce.store import CommerceStore
 from ..config import Settings
 from ..errors import ApiError
 from ..fields import slug_field, text_field
-from ..models import HQ_ROOM, Mirror, Show, ShowState, is_currency, is_slug
+from ..models import HQ_ROOM, Mirror, Show, ShowState, is_currency
+from ..live_registry import LiveRegistry
 from ..replay.service import ReplayService
-from ..shows import ShowService
+from ..show_removal import ShowRemoval
 from .util import Auth, read_json
 
 
@@ -39,12 +41,12 @@ def mirror_view(settings: Settings, mirror: Mirror, viewers: int | None = None) 
     return view
 
 
-def show_view(service: ShowService, show: Show, detail: bool = False) -> dict:
-    view = {
+def show_view(settings: Settings, show: Show) -> dict:
+    return {
         "id": show.id,
         "title": show.title,
         "state": show.state.value,
-        **show_links(service.settings, show.id),
+        **show_links(settings, show.id),
         "created_at": show.created_at,
         "started_at": show.started_at,
         "ended_at": show.ended_at,
@@ -55,17 +57,6 @@ def show_view(service: ShowService, show: Show, detail: bool = False) -> dict:
         "identity": show.identity,
         "stream_key_expires_at": show.stream_key_expires_at,
     }
-    if detail:
-        figures = service.figures(show.id)
-        live = service.live.get(show.id)
-        view.update(live.describe() if live else {"publisher": None, "reconnecting_until": None})
-        mirrors = service.store.list_mirrors(show.id)
-        view["viewers"] = {HQ_ROOM: figures.room(HQ_ROOM).viewers} | {
-            m.distributor: figures.rooms[m.distributor].viewers if m.distributor in figures.rooms else 0
-            for m in mirrors
-        }
-        view["mirrors"] = [mirror_view(service.settings, m) for m in mirrors]
-    return view
 
 
 def _ttl_field(body: dict, name: str) -> float | None:
@@ -81,10 +72,13 @@ def _ttl_field(body: dict, name: str) -> float | None:
 class ShowsApi:
     """The admin API of shows and mirror rooms, their figures, the public status and /healthz."""
 
-    shows: ShowService
+    catalog: ShowCatalog
+    live: LiveRegistry
+    removal: ShowRemoval
     replays: ReplayService
     commerce: CommerceStore
     auth: Auth
+    settings: Settings
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [
@@ -103,12 +97,26 @@ class ShowsApi:
             web.get("/healthz", self.healthz),
         ]
 
-    def _service(self, request: web.Request) -> ShowService:
+    def _admin(self, request: web.Request) -> ShowCatalog:
         self.auth.require_admin(request)
-        return self.shows
+        return self.catalog
+
+    async def _detail(self, show: Show) -> dict:
+        """A show as the admin API shows it alone: with its publisher, tracks, rooms and viewers."""
+        view = show_view(self.settings, show)
+        figures = await self.live.figures(show.id)
+        live = self.live.running.get(show.id)
+        view.update(live.describe() if live else {"publisher": None, "reconnecting_until": None})
+        mirrors = await self.catalog.mirrors(show.id)
+        view["viewers"] = {HQ_ROOM: figures.room(HQ_ROOM).viewers} | {
+            m.distributor: figures.rooms[m.distributor].viewers if m.distributor in figures.rooms else 0
+            for m in mirrors
+        }
+        view["mirrors"] = [mirror_view(self.settings, m) for m in mirrors]
+        return view
 
     async def create_show(self, request: web.Request) -> web.Response:
-        service = self._service(request)
+        catalog = self._admin(request)
         body = await read_json(request)
         title = text_field(body, "title")
         show_id = slug_field(body, "id", required=False)
@@ -125,76 +133,74 @@ class ShowsApi:
         identity = body.get("identity", "anonymous")
         if identity not in ("anonymous", "shopper"):
             raise ApiError(422, "invalid_field", "'identity' must be 'anonymous' or 'shopper'")
-        show, key = service.create_show(title, show_id, public, ttl, playback, currency, identity)
-        return web.json_response({**show_view(service, show), "stream_key": key}, status=201)
+        show, key = await catalog.create_show(title, show_id, public, ttl, playback, currency, identity)
+        return web.json_response({**show_view(self.settings, show), "stream_key": key}, status=201)
 
     async def rotate_stream_key(self, request: web.Request) -> web.Response:
         """A new stream key (shown once); the old one no longer publishes."""
-        service = self._service(request)
+        catalog = self._admin(request)
         body = await read_json(request) if request.can_read_body else {}
-        show, key = service.rotate_stream_key(request.match_info["show"], _ttl_field(body, "ttl_s"))
+        show, key = await catalog.rotate_stream_key(request.match_info["show"], _ttl_field(body, "ttl_s"))
         return web.json_response({"stream_key": key, "stream_key_expires_at": show.stream_key_expires_at})
 
     async def list_shows(self, request: web.Request) -> web.Response:
-        service = self._service(request)
-        return web.json_response({"shows": [show_view(service, s) for s in service.store.list_shows()]})
+        catalog = self._admin(request)
+        return web.json_response({"shows": [show_view(self.settings, s) for s in await catalog.list_shows()]})
 
     async def get_show(self, request: web.Request) -> web.Response:
-        service = self._service(request)
-        show = service.get_show(request.match_info["show"])
-        return web.json_response(show_view(service, show, detail=True))
+        show = await self._admin(request).show(request.match_info["show"])
+        return web.json_response(await self._detail(show))
 
     async def delete_show(self, request: web.Request) -> web.Response:
         """The show, its rooms, figures, replay and commerce data (shelf, coupons, claims, events)
         are gone: a new show may take the id and inherits nothing."""
-        await self._service(request).delete_show(request.match_info["show"])
+        self._admin(request)
+        await self.removal.delete_show(request.match_info["show"])
         return web.Response(status=204)
 
     async def end_show(self, request: web.Request) -> web.Response:
-        service = self._service(request)
-        show = await service.end_show(request.match_info["show"], "ended_by_operator")
-        return web.json_response(show_view(service, show, detail=True))
+        self._admin(request)
+        show = await self.live.end_show(request.match_info["show"], "ended_by_operator")
+        return web.json_response(await self._detail(show))
 
     async def add_mirror(self, request: web.Request) -> web.Response:
-        service = self._service(request)
+        catalog = self._admin(request)
         show_id = request.match_info["show"]
-        service.get_show(show_id)
+        await catalog.show(show_id)
         body = await read_json(request)
         distributor = slug_field(body, "distributor", required=True)
         if distributor == HQ_ROOM:
             raise ApiError(422, "invalid_field", "'hq' is the headquarters room; pick another distributor id")
         name = text_field(body, "name")
-        mirror = service.add_mirror(show_id, distributor, name)
-        return web.json_response(mirror_view(service.settings, mirror), status=201)
+        mirror = await catalog.add_mirror(show_id, distributor, name)
+        return web.json_response(mirror_view(self.settings, mirror), status=201)
 
     async def list_mirrors(self, request: web.Request) -> web.Response:
-        service = self._service(request)
         show_id = request.match_info["show"]
-        service.get_show(show_id)
-        figures = service.figures(show_id)
-        mirrors = service.store.list_mirrors(show_id)
+        mirrors = await self._admin(request).mirrors(show_id)
+        figures = await self.live.figures(show_id)
         return web.json_response({"mirrors": [
-            mirror_view(service.settings, m, figures.rooms[m.distributor].viewers if m.distributor in figures.rooms
+            mirror_view(self.settings, m, figures.rooms[m.distributor].viewers if m.distributor in figures.rooms
                         else 0)
             for m in mirrors
         ]})
 
     async def get_mirror(self, request: web.Request) -> web.Response:
-        service = self._service(request)
         show_id, distributor = request.match_info["show"], request.match_info["distributor"]
-        mirror = service.get_mirror(show_id, distributor)
-        room = service.figures(show_id).rooms.get(distributor)
-        return web.json_response(mirror_view(service.settings, mirror, room.viewers if room else 0))
+        mirror = await self._admin(request).mirror(show_id, distributor)
+        room = (await self.live.figures(show_id)).rooms.get(distributor)
+        return web.json_response(mirror_view(self.settings, mirror, room.viewers if room else 0))
 
     async def delete_mirror(self, request: web.Request) -> web.Response:
         """The room goes: its viewers are disconnected, its tokens no longer work and its counts are
         retired (coupon totals keep them; a new room with the same id starts at zero)."""
-        await self._service(request).delete_mirror(request.match_info["show"], request.match_info["distributor"])
+        self._admin(request)
+        await self.removal.delete_mirror(request.match_info["show"], request.match_info["distributor"])
         return web.Response(status=204)
 
     async def stats(self, request: web.Request) -> web.Response:
-        service = self._service(request)
-        figures = service.stats(request.match_info["show"])
+        self._admin(request)
+        figures = await self.live.stats(request.match_info["show"])
         show_id = figures["show"]
         unique = await self.commerce.viewer_rooms(show_id)
         claims = await self.commerce.claim_figures(show_id)
@@ -205,20 +211,20 @@ class ShowsApi:
 
     async def public_status(self, request: web.Request) -> web.Response:
         """What a watch or studio page shows: no secrets, no per-room figures."""
-        service = self.shows
-        show = service.get_show(request.match_info["show"])
-        live = service.live.get(show.id)
+        show = await self.catalog.show(request.match_info["show"])
+        live = self.live.running.get(show.id)
         if show.state is not ShowState.LIVE:
             host = "none"
         elif live is not None and live.publisher is not None:
             host = "live"
         else:
             host = "reconnecting"
-        figures = service.figures(show.id)
+        figures = await self.live.figures(show.id)
         viewers = sum(r.viewers for r in figures.rooms.values()) if live else 0
-        replay = self.replays.store.get_replay(show.id) if show.replay_public else None
+        replay = await self.replays.record(show.id) if show.replay_public else None
         room = request.query.get("room", HQ_ROOM)
-        mirror = service.store.get_mirror(show.id, room) if room != HQ_ROOM and is_slug(room) else None
+        mirrors = await self.catalog.mirrors(show.id) if room != HQ_ROOM else []
+        mirror = next((m for m in mirrors if m.distributor == room), None)
         known_room = room == HQ_ROOM or mirror is not None
         room_viewers = figures.rooms[room].viewers if live and known_room and room in figures.rooms else 0
         return web.json_response({
@@ -230,10 +236,10 @@ class ShowsApi:
         }, headers={"Cache-Control": "no-cache"})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        service = self.shows
+        running = self.live.running.values()
         return web.json_response({
             "ok": True,
             "store": "ok" if self.commerce.available else "unavailable",
-            "live_shows": sum(1 for live in service.live.values() if live.publisher is not None),
-            "viewers": sum(len(live.viewers) for live in service.live.values()),
+            "live_shows": sum(1 for live in running if live.publisher is not None),
+            "viewers": sum(len(live.viewers) for live in running),
         })

@@ -12,7 +12,8 @@ from aiohttp import web
 from ..commerce.tokens import ViewerIdentity, ViewerTokens
 from ..errors import ApiError
 from ..models import HQ_ROOM, Show
-from ..shows import ShowService
+from ..catalog import ShowCatalog
+from ..live_registry import LiveRegistry
 from .limits import RateLimiter, client_address
 
 SDP_TYPE = "application/sdp"
@@ -35,7 +36,7 @@ class Auth:
     """Who is asking: the admin (its key), a viewer (a signed token of a room that still exists),
     and from which address (behind a proxy or not)."""
 
-    def __init__(self, admin_key: str, tokens: ViewerTokens, catalog: ShowService, trust_forwarded_for: bool) -> None:
+    def __init__(self, admin_key: str, tokens: ViewerTokens, catalog: ShowCatalog, trust_forwarded_for: bool) -> None:
         self._admin_key = admin_key
         self._tokens = tokens
         self._catalog = catalog
@@ -56,20 +57,20 @@ class Auth:
         if not key_matches(token, self._admin_key):
             raise ApiError(401, "unauthorized", "wrong admin key", {"WWW-Authenticate": "Bearer"})
 
-    def viewer(self, show: Show, token: str | None) -> ViewerIdentity:
+    async def viewer(self, show: Show, token: str | None) -> ViewerIdentity:
         """The identity in a valid viewer token of this show whose room still exists, and existed
         when the token was made (a deleted room's tokens do not open a new room with its id)."""
         identity = self._tokens.verify(token, show.id, show.created_at)
         if identity.room != HQ_ROOM:
-            since = self._catalog.room_since(show.id, identity.room)
+            since = await self._catalog.room_since(show.id, identity.room)
             if since is None or identity.issued_at < since:
                 raise ApiError(401, "unauthorized", "viewer token is for a room that was removed; get a new one")
         return identity
 
-    def check_viewer_token(self, request: web.Request, show: Show, room: str) -> None:
+    async def check_viewer_token(self, request: web.Request, show: Show, room: str) -> None:
         """For shows whose playback needs a token: a valid viewer token of this show and room, from
         the Authorization header or (for EventSource, which cannot set headers) ?token=."""
-        identity = self.viewer(show, bearer_token(request) or request.query.get("token"))
+        identity = await self.viewer(show, bearer_token(request) or request.query.get("token"))
         if identity.room != room:
             raise ApiError(403, "wrong_room", f"this viewer token is for room {identity.room!r}")
 
@@ -145,9 +146,9 @@ async def _not_patchable(request: web.Request) -> web.Response:
 
 @dataclass(eq=False)
 class SessionEndpoint:
-    """What a WHIP or WHEP front-end is given: the show service, who is asking, and its rate limit."""
+    """What a WHIP or WHEP front-end is given: the live registry, who is asking, and its rate limit."""
 
-    shows: ShowService
+    live: LiveRegistry
     auth: Auth
     limiter: RateLimiter
 

@@ -22,17 +22,15 @@ class WhepApi(SessionEndpoint):
 
     async def play(self, request: web.Request) -> web.Response:
         self.limiter.check(request)
-        show_id = request.match_info["show"]
         room = request.match_info.get("room", HQ_ROOM)
-        show = self.shows.get_show(show_id)
-        self.shows.check_room(show_id, room)
+        show = await self.live.admit_viewer(request.match_info["show"], room)
         if show.playback == "token":
-            self.auth.check_viewer_token(request, show, room)
+            await self.auth.check_viewer_token(request, show, room)
         offer = parse_offer(await read_sdp(request), sending=False)
-        viewer, answer = await self.shows.watch(show_id, room, offer, self.auth.client(request))
-        return sdp_answer(answer, f"/whep/{show_id}/{room}/{viewer.id}")
+        viewer, answer = await self.live.watch(show, room, offer, self.auth.client(request))
+        return sdp_answer(answer, f"/whep/{show.id}/{room}/{viewer.id}")
 
     async def stop(self, request: web.Request) -> web.Response:
         m = request.match_info
-        await self.shows.stop_watching(m["show"], m["room"], m["session"])
+        await self.live.stop_watching(m["show"], m["room"], m["session"])
         return web.Response(status=200)

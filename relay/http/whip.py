@@ -20,13 +20,12 @@ class WhipApi(SessionEndpoint):
 
     async def publish(self, request: web.Request) -> web.Response:
         self.limiter.check(request)
-        show_id = request.match_info["show"]
-        show = self.shows.get_show(show_id)
-        self.shows.check_stream_key(show, bearer_token(request))
+        key = bearer_token(request)
+        show = await self.live.admit_host(request.match_info["show"], key)
         offer = parse_offer(await read_sdp(request), sending=True)
-        session, answer = await self.shows.publish(show_id, bearer_token(request), offer, self.auth.client(request))
-        return sdp_answer(answer, f"/whip/{show_id}/{session.id}")
+        session, answer = await self.live.publish(show, key, offer, self.auth.client(request))
+        return sdp_answer(answer, f"/whip/{show.id}/{session.id}")
 
     async def unpublish(self, request: web.Request) -> web.Response:
-        await self.shows.unpublish(request.match_info["show"], request.match_info["session"], bearer_token(request))
+        await self.live.unpublish(request.match_info["show"], request.match_info["session"], bearer_token(request))
         return web.Response(status=200)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 import logging
-import threading
 import time
-from collections import deque
-from concurrent.futures import Future
 from pathlib import Path
 
+from ..fanout.frame_queue import FrameQueue, QueueClosed
 from ..metrics import RECORDED_SEGMENTS, RECORDING_ERRORS
 from ..media import RelayFrame
 from .playlist import Playlist, Segment
@@ -24,11 +24,12 @@ RETRY_S = 10
 class Recorder:
     """Turns a show's frames into an HLS fMP4 replay that grows segment by segment.
 
-    `offer()` is called from the forwarding path for every frame and only appends to a
-    bounded queue; a writer thread does all muxing and disk I/O. If the disk falls behind,
-    frames are dropped (video up to the next keyframe) with a logged error, and viewers are
-    unaffected. Each host session is a run; runs after the first start with a discontinuity.
-    With `resume`, the playlist recorded before a server restart, it continues that replay.
+    A reader of the live show like any viewer: `queue` (both tracks, in arrival order) is
+    attached to the show's forwarders, and a writer thread does all muxing and disk I/O. If the
+    disk falls behind, the queue drops frames (video up to the next keyframe) with a logged
+    error, and viewers are unaffected. Each host session is a run; runs after the first start
+    with a discontinuity. With `resume`, the playlist recorded before a server restart, it
+    continues that replay. Made on the event loop.
     """
 
     def __init__(self, show_id: str, folder: Path, target_s: float, max_queued_frames: int = 900,
@@ -39,14 +40,9 @@ class Recorder:
         self.timeline = Timeline()
         self.playlist = resume or Playlist()
         self.playlist.ended = False
-        self.dropped = 0
         self.error: str | None = None
-        self._max = max_queued_frames
-        self._queue: deque = deque()
-        self._queued_frames = 0
-        self._cond = threading.Condition()
-        self._skip_video = False
-        self._finished: Future[Playlist] = Future()
+        self.queue = FrameQueue(max_queued_frames, video=True, metered=False)
+        self.queue.on_drop = self._falling_behind
         self._writer: SegmentWriter | None = None
         self._runs = 0
         self._segments = 0
@@ -57,72 +53,58 @@ class Recorder:
         self._codecs: dict[str, str] | None = None  # of the current host session
         self._retry_at = 0.0
         folder.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._run, name=f"recorder-{show_id}", daemon=True)
-        self._thread.start()
+        # One thread: runs, frames and the end are written in the order they were given.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"recorder-{show_id}")
+        self._pump = asyncio.ensure_future(self._write_frames())
+
+    @property
+    def dropped(self) -> int:
+        return self.queue.dropped
 
     # -- called on the event loop ----------------------------------------------------------
-    def offer(self, frame: RelayFrame) -> None:
-        if self._skip_video and frame.kind == "video":
-            if not frame.keyframe:
-                self.dropped += 1
-                return
-            self._skip_video = False
-        with self._cond:
-            if self._queued_frames >= self._max:
-                self.dropped += 1
-                if frame.kind == "video":
-                    self._skip_video = True
-                if self.dropped == 1 or self.dropped % 500 == 0:
-                    log.error("show %s: recording falls behind (disk too slow?); %d frames dropped",
-                              self.show_id, self.dropped)
-                return
-            self._queue.append(("frame", frame, time.time()))
-            self._queued_frames += 1
-            self._cond.notify()
-
     def new_run(self, codecs: dict[str, str]) -> None:
         """A host session started: the next frames begin a new run."""
-        self._control(("run", dict(codecs), None))
+        self._thread.submit(self._new_run, dict(codecs))
 
-    def finish(self) -> Future:
-        """Close the last segment and mark the playlist ended; the future gives the Playlist."""
-        self._control(("end", None, None))
-        return self._finished
+    async def finish(self) -> Playlist:
+        """Write the frames still queued, close the last segment and mark the playlist ended."""
+        self.queue.finish()
+        try:
+            await self._pump
+            return await asyncio.get_running_loop().run_in_executor(self._thread, self._end)
+        finally:
+            self._thread.shutdown(wait=False)
 
     def stream_time(self, wall: float) -> float:
         return self.timeline.stream_time(wall)
 
-    def _control(self, item: tuple) -> None:
-        with self._cond:
-            self._queue.append(item)
-            self._cond.notify()
+    async def _write_frames(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                frame = await self.queue.get()
+            except QueueClosed:
+                return
+            try:
+                await loop.run_in_executor(self._thread, self._write, frame, time.time())
+            except Exception:  # the next frame is tried all the same
+                log.exception("show %s: recording a frame failed", self.show_id)
+
+    def _falling_behind(self) -> None:
+        log.error("show %s: recording falls behind (disk too slow?); %d frames dropped so far",
+                  self.show_id, self.dropped)
 
     # -- the writer thread -----------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while not self._queue:
-                        self._cond.wait()
-                    kind, payload, wall = self._queue.popleft()
-                    if kind == "frame":
-                        self._queued_frames -= 1
-                if kind == "frame":
-                    self._write(payload, wall)
-                elif kind == "run":
-                    self._close_run()
-                    self._retry_at = 0.0
-                    self._start_run(payload)
-                else:
-                    self._close_run()
-                    self.playlist.ended = True
-                    self._save_playlist()
-                    self._finished.set_result(self.playlist)
-                    return
-        except BaseException as exc:  # the future must complete whatever happens
-            log.exception("show %s: recorder thread failed", self.show_id)
-            if not self._finished.done():
-                self._finished.set_exception(exc)
+    def _new_run(self, codecs: dict[str, str]) -> None:
+        self._close_run()
+        self._retry_at = 0.0
+        self._start_run(codecs)
+
+    def _end(self) -> Playlist:
+        self._close_run()
+        self.playlist.ended = True
+        self._save_playlist()
+        return self.playlist
 
     def _start_run(self, codecs: dict[str, str]) -> None:
         self._codecs = codecs

@@ -8,12 +8,11 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable, Protocol
 
 from ..config import ReplaySettings
-from ..fanout.forwarder import Forwarder
+from ..fanout.frame_queue import FrameQueue
 from ..models import Replay, ReplayState
-from ..store import ShowStore
 from .mp4 import remux_to_mp4
 from .playlist import Playlist
 from .recorder import PLAYLIST, Recorder
@@ -23,34 +22,61 @@ log = logging.getLogger(__name__)
 MP4_NAME = "show.mp4"
 
 
+class ReplayStore(Protocol):
+    """Where replay records are kept."""
+
+    async def save_replay(self, replay: Replay) -> None: ...
+    async def get_replay(self, show_id: str) -> Replay | None: ...
+    async def list_replays(self) -> list[Replay]: ...
+    async def delete_replay(self, show_id: str) -> None: ...
+
+
 class ReplayService:
-    def __init__(self, settings: ReplaySettings, store: ShowStore, root: Path) -> None:
+    """Every replay state change: recording while live, processing, ready, failed, expired."""
+
+    def __init__(self, settings: ReplaySettings, store: ReplayStore, root: Path,
+                 on_ready: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.root = root
         self.recorders: dict[str, Recorder] = {}
-        self._paused: dict[str, Playlist] = {}
-        self.on_ready: Callable[[str], None] = lambda show_id: None  # replays of shows that went on after a restart
+        self._paused: dict[str, Playlist] = {}  # replays of shows that go on after a restart
+        self._on_ready = on_ready
         self._tasks: set[asyncio.Task] = set()
+        self._begins: dict[str, asyncio.Task] = {}  # the replay's record being made
+        self._deleting: set[str] = set()
 
     def folder(self, show_id: str) -> Path:
         return self.root / show_id
 
     # -- live ------------------------------------------------------------------------------
-    def on_publish(self, show_id: str, forwarders: dict[str, Forwarder], codecs: dict[str, str]) -> None:
-        """A host session started: the first one creates the replay, later ones continue it."""
+    def on_publish(self, show_id: str, codecs: dict[str, str]) -> FrameQueue | None:
+        """A host session started: the first one creates the replay and returns the queue the
+        recorder reads (to attach to the show), later ones continue it."""
         if not self.settings.enabled:
-            return
+            return None
         recorder = self.recorders.get(show_id)
+        made = recorder is None
         if recorder is None:
             recorder = Recorder(show_id, self.folder(show_id), self.settings.segment_target_s,
                                 self.settings.max_queued_frames, resume=self._paused.pop(show_id, None))
             self.recorders[show_id] = recorder
-            for forwarder in forwarders.values():
-                forwarder.listeners.append(recorder.offer)
-            if self.store.get_replay(show_id) is None:
-                self.store.save_replay(Replay(show_id, ReplayState.RECORDING, time.time()))
+            self._begins[show_id] = self._spawn(self._begin(show_id))
         recorder.new_run(codecs)
+        return recorder.queue if made else None
+
+    async def _begin(self, show_id: str) -> None:
+        try:
+            if await self.store.get_replay(show_id) is None:
+                await self.store.save_replay(Replay(show_id, ReplayState.RECORDING, time.time()))
+        finally:
+            self._begins.pop(show_id, None)
+
+    async def _begun(self, show_id: str) -> None:
+        """Wait until the replay's record exists, if it is being made."""
+        begin = self._begins.get(show_id)
+        if begin is not None:
+            await asyncio.wait([begin])
 
     def stream_time(self, show_id: str, wall: float) -> float | None:
         """Replay stream time of a wall-clock instant, for placing events on the replay timeline."""
@@ -78,18 +104,18 @@ class ReplayService:
 
     async def _finish(self, show_id: str, recorder: Recorder) -> None:
         try:
-            playlist = await asyncio.wrap_future(recorder.finish())
+            playlist = await recorder.finish()
         except Exception as exc:
-            self._update(show_id, state=ReplayState.FAILED, error=f"recording failed: {exc}")
+            await self._update(show_id, state=ReplayState.FAILED, error=f"recording failed: {exc}")
             return
         await self._process(show_id, playlist, recorder.error)
 
     async def _process(self, show_id: str, playlist: Playlist, error: str | None = None) -> None:
         if not playlist.segments:
-            self._update(show_id, state=ReplayState.FAILED, ended_at=time.time(),
+            await self._update(show_id, state=ReplayState.FAILED, ended_at=time.time(),
                          error=error or "no media was recorded")
             return
-        self._update(show_id, state=ReplayState.PROCESSING, ended_at=time.time(), error=error,
+        await self._update(show_id, state=ReplayState.PROCESSING, ended_at=time.time(), error=error,
                      duration_s=round(playlist.duration, 3), discontinuities=playlist.discontinuities)
         folder = self.folder(show_id)
         try:
@@ -97,27 +123,29 @@ class ReplayService:
                 None, remux_to_mp4, folder, playlist, folder / MP4_NAME)
         except Exception as exc:
             log.exception("show %s: making the MP4 failed", show_id)
-            self._update(show_id, state=ReplayState.FAILED, error=f"making the MP4 failed: {exc}")
+            await self._update(show_id, state=ReplayState.FAILED, error=f"making the MP4 failed: {exc}")
             return
-        self._update(show_id, state=ReplayState.READY, mp4_ready=True)
-        self.on_ready(show_id)
+        await self._update(show_id, state=ReplayState.READY, mp4_ready=True)
+        if self._on_ready is not None:
+            await self._on_ready(show_id)
         log.info("show %s: replay ready (%.1fs, %d discontinuities)", show_id, playlist.duration,
                  playlist.discontinuities)
 
-    def _update(self, show_id: str, **changes) -> None:
-        replay = self.store.get_replay(show_id)
-        if replay is None:  # the show was deleted meanwhile
+    async def _update(self, show_id: str, **changes) -> None:
+        await self._begun(show_id)
+        replay = await self.store.get_replay(show_id)
+        if replay is None or show_id in self._deleting:  # the show is being deleted
             return
         for key, value in changes.items():
             setattr(replay, key, value)
-        self.store.save_replay(replay)
+        await self.store.save_replay(replay)
 
     # -- after a restart -------------------------------------------------------------------
-    def recover(self, continuing: set[str] = frozenset()) -> None:
+    async def recover(self, continuing: set[str] = frozenset()) -> None:
         """Replays left recording or processing by the last stop: those of `continuing` shows
         (waiting for their host again) go on when it publishes; the others are finished from
         what is on disk."""
-        for replay in self.store.list_replays():
+        for replay in await self.store.list_replays():
             if replay.state not in (ReplayState.RECORDING, ReplayState.PROCESSING):
                 continue
             path = self.folder(replay.show_id) / PLAYLIST
@@ -141,24 +169,29 @@ class ReplayService:
     async def delete(self, show_id: str) -> None:
         recorder = self.recorders.pop(show_id, None)
         self._paused.pop(show_id, None)
-        if recorder is not None:  # its thread stops writing before the files go
-            try:
-                await asyncio.wait_for(asyncio.wrap_future(recorder.finish()), 10)
-            except Exception as exc:
-                log.warning("show %s: the recording ended badly while being deleted: %s", show_id, exc)
-        self.store.delete_replay(show_id)
-        shutil.rmtree(self.folder(show_id), ignore_errors=True)
+        self._deleting.add(show_id)
+        try:
+            await self._begun(show_id)
+            if recorder is not None:  # its thread stops writing before the files go
+                try:
+                    await asyncio.wait_for(recorder.finish(), 10)
+                except Exception as exc:
+                    log.warning("show %s: the recording ended badly while being deleted: %s", show_id, exc)
+            await self.store.delete_replay(show_id)
+            shutil.rmtree(self.folder(show_id), ignore_errors=True)
+        finally:
+            self._deleting.discard(show_id)
 
-    def expire(self, now: float | None = None) -> list[str]:
+    async def expire(self, now: float | None = None) -> list[str]:
         """Forget replays that ended longer ago than the retention period (never a live one)
         and delete their files; returns their show ids."""
         cutoff = (now or time.time()) - self.settings.retention_days * 86400
         expired = []
-        for replay in self.store.list_replays():
+        for replay in await self.store.list_replays():
             if replay.show_id in self.recorders or replay.state is ReplayState.RECORDING:
                 continue
             if replay.ended_at is not None and replay.ended_at < cutoff:
-                self.store.delete_replay(replay.show_id)
+                await self.store.delete_replay(replay.show_id)
                 expired.append(replay.show_id)
         for show_id in expired:
             shutil.rmtree(self.folder(show_id), ignore_errors=True)
@@ -169,7 +202,7 @@ class ReplayService:
     async def run_retention(self) -> None:
         while True:
             try:
-                self.expire()
+                await self.expire()
             except Exception:
                 log.exception("replay retention failed")
             await asyncio.sleep(self.settings.retention_check_interval_s)
@@ -178,14 +211,19 @@ class ReplayService:
         for show_id in list(self.recorders):
             recorder = self.recorders.pop(show_id)
             try:
-                await asyncio.wait_for(asyncio.wrap_future(recorder.finish()), 10)
+                await asyncio.wait_for(recorder.finish(), 10)
             except Exception:
                 log.exception("show %s: closing the recording failed", show_id)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=30)
 
-    def describe(self, show_id: str, base_url: str) -> dict | None:
-        replay = self.store.get_replay(show_id)
+    async def record(self, show_id: str) -> Replay | None:
+        """The show's replay record (None if it was never recorded)."""
+        await self._begun(show_id)
+        return await self.store.get_replay(show_id)
+
+    async def describe(self, show_id: str, base_url: str) -> dict | None:
+        replay = await self.record(show_id)
         if replay is None:
             return None
         duration = replay.duration_s

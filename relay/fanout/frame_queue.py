@@ -1,4 +1,4 @@
-"""A viewer's bounded queue of frames for one track."""
+"""A reader's bounded queue of frames: a viewer's track, or the recorder's."""
 
 from __future__ import annotations
 
@@ -9,25 +9,26 @@ from typing import Callable
 from aiortc.mediastreams import MediaStreamError
 
 from ..media import RelayFrame
-from .meter import METER
+from .meter import METER, MediaMeter
 
 
 class QueueClosed(MediaStreamError):
     """The queue was closed: the viewer or the show is gone (ends the sender's loop quietly)."""
 
 
-class ViewerQueue:
-    """Frames waiting to be sent to one viewer on one track.
+class FrameQueue:
+    """Frames waiting for one reader: a viewer's track, or the recorder (both tracks).
 
-    Bounded: when `capacity` frames are waiting, the viewer is too slow; the waiting frames
-    are dropped and, for video, everything up to the next keyframe too (a frame without its
-    references would not decode). Drops are counted. Never blocks the producer.
+    Bounded: when `capacity` frames are waiting, the reader is too slow; the waiting frames
+    are dropped and, for a video queue, video up to the next keyframe too (a frame without
+    its references would not decode; audio in a mixed queue goes on). Drops are counted. Never blocks the producer.
+    Viewers' queues count in the media meter (`metered`); the recorder's do not.
     """
 
     __slots__ = ("capacity", "needs_keyframe", "dropped", "sent", "_frames", "_waiter",
-                 "_closed", "_video", "on_drop", "on_first", "_kind")
+                 "_closed", "_video", "on_drop", "on_first", "_kind", "_meter")
 
-    def __init__(self, capacity: int, video: bool) -> None:
+    def __init__(self, capacity: int, video: bool, metered: bool = True) -> None:
         self.capacity = capacity
         self.needs_keyframe = video
         self.dropped = 0
@@ -39,25 +40,26 @@ class ViewerQueue:
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._video = video
+        self._meter = METER if metered else MediaMeter()
 
     def __len__(self) -> int:
         return len(self._frames)
 
     def put(self, frame: RelayFrame) -> None:
-        if self.needs_keyframe:
+        if self.needs_keyframe and frame.kind == self._kind:  # (audio passes a mixed queue)
             if not frame.keyframe:
                 self.dropped += 1
-                METER.frames_dropped[self._kind] += 1
+                self._meter.frames_dropped[frame.kind] += 1
                 return
             self.needs_keyframe = False
         if len(self._frames) >= self.capacity:
             self.dropped += len(self._frames)
-            METER.frames_dropped[self._kind] += len(self._frames)
+            self._meter.frames_dropped[self._kind] += len(self._frames)
             self._frames.clear()
-            if self._video and not frame.keyframe:
+            if self._video and not (frame.keyframe and frame.kind == "video"):
                 self.needs_keyframe = True
                 self.dropped += 1
-                METER.frames_dropped[self._kind] += 1
+                self._meter.frames_dropped[frame.kind] += 1
                 if self.on_drop is not None:
                     self.on_drop()
                 return
@@ -84,11 +86,18 @@ class ViewerQueue:
         if not self.sent and self.on_first is not None:
             self.on_first()
         self.sent += 1
-        meter = METER
+        meter = self._meter
         meter.frames_sent[self._kind] += 1
         meter.packets_sent[self._kind] += len(frame.payloads)
         meter.bytes_sent[self._kind] += frame.size
         return frame
+
+    def finish(self) -> None:
+        """No more frames come: the reader gets those waiting, then QueueClosed."""
+        self._closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self) -> None:
         self._closed = True

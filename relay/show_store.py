@@ -1,0 +1,154 @@
+"""The embedded show store: shows, mirror rooms and room figures in SQLite under the data dir.
+
+Every statement runs on the store's own thread; the event loop only awaits the answer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from .models import Mirror, RoomFigures, Show, ShowState
+from .sqlite_thread import SqliteThread
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS shows (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stream_key_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    end_reason TEXT,
+    replay_public INTEGER NOT NULL DEFAULT 1,
+    stream_key_expires_at REAL,
+    playback TEXT NOT NULL DEFAULT 'public',
+    currency TEXT NOT NULL DEFAULT 'CNY',
+    identity TEXT NOT NULL DEFAULT 'anonymous'
+);
+CREATE TABLE IF NOT EXISTS mirrors (
+    show_id TEXT NOT NULL REFERENCES shows(id) ON DELETE CASCADE,
+    distributor TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (show_id, distributor)
+);
+CREATE TABLE IF NOT EXISTS room_figures (
+    show_id TEXT NOT NULL REFERENCES shows(id) ON DELETE CASCADE,
+    room TEXT NOT NULL,
+    peak_viewers INTEGER NOT NULL,
+    total_sessions INTEGER NOT NULL,
+    PRIMARY KEY (show_id, room)
+);
+"""
+
+
+def _show(row: sqlite3.Row) -> Show:
+    return Show(
+        id=row["id"],
+        title=row["title"],
+        state=ShowState(row["state"]),
+        stream_key_hash=row["stream_key_hash"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        end_reason=row["end_reason"],
+        replay_public=bool(row["replay_public"]),
+        stream_key_expires_at=row["stream_key_expires_at"],
+        playback=row["playback"],
+        currency=row["currency"],
+        identity=row["identity"],
+    )
+
+
+class SqliteShowStore:
+    """The show catalog's store and the live figures' store, on one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = SqliteThread(path, _setup, "show store")
+
+    async def create_show(self, show: Show) -> None:
+        await self._db.call(_execute,
+                            "INSERT INTO shows (id, title, state, stream_key_hash, created_at, started_at, ended_at,"
+                            " end_reason, replay_public, stream_key_expires_at, playback, currency, identity)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            (show.id, show.title, show.state.value, show.stream_key_hash, show.created_at,
+                             show.started_at, show.ended_at, show.end_reason, int(show.replay_public),
+                             show.stream_key_expires_at, show.playback, show.currency, show.identity))
+
+    async def get_show(self, show_id: str) -> Show | None:
+        rows = await self._db.call(_fetch_all, "SELECT * FROM shows WHERE id=?", (show_id,))
+        return _show(rows[0]) if rows else None
+
+    async def list_shows(self) -> list[Show]:
+        return [_show(r) for r in await self._db.call(_fetch_all, "SELECT * FROM shows ORDER BY created_at", ())]
+
+    async def update_show(self, show: Show) -> None:
+        await self._db.call(_execute,
+                            "UPDATE shows SET title=?, state=?, stream_key_hash=?, started_at=?, ended_at=?,"
+                            " end_reason=?, replay_public=?, stream_key_expires_at=?, playback=? WHERE id=?",
+                            (show.title, show.state.value, show.stream_key_hash, show.started_at, show.ended_at,
+                             show.end_reason, int(show.replay_public), show.stream_key_expires_at, show.playback,
+                             show.id))
+
+    async def delete_show(self, show_id: str) -> None:
+        await self._db.call(_execute, "DELETE FROM shows WHERE id=?", (show_id,))
+
+    async def add_mirror(self, mirror: Mirror) -> None:
+        await self._db.call(_execute, "INSERT INTO mirrors VALUES (?,?,?,?)",
+                            (mirror.show_id, mirror.distributor, mirror.name, mirror.created_at))
+
+    async def list_mirrors(self, show_id: str) -> list[Mirror]:
+        rows = await self._db.call(_fetch_all, "SELECT * FROM mirrors WHERE show_id=? ORDER BY created_at",
+                                   (show_id,))
+        return [Mirror(**dict(r)) for r in rows]
+
+    async def delete_mirror(self, show_id: str, distributor: str) -> None:
+        await self._db.call(_delete_mirror, show_id, distributor)
+
+    async def save_room_figures(self, show_id: str, rooms: dict[str, RoomFigures]) -> None:
+        await self._db.call(_save_room_figures, show_id, rooms)
+
+    async def load_room_figures(self, show_id: str) -> dict[str, RoomFigures]:
+        rows = await self._db.call(_fetch_all, "SELECT room, peak_viewers, total_sessions FROM room_figures"
+                                   " WHERE show_id=?", (show_id,))
+        return {r["room"]: RoomFigures(peak_viewers=r["peak_viewers"], total_sessions=r["total_sessions"])
+                for r in rows}
+
+    def close(self) -> None:
+        self._db.close()
+
+
+# -- on the store's thread ---------------------------------------------------------------
+def _setup(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(shows)")}
+    for column, kind in (("stream_key_expires_at", "REAL"), ("playback", "TEXT NOT NULL DEFAULT 'public'"),
+                         ("currency", "TEXT NOT NULL DEFAULT 'CNY'"),
+                         ("identity", "TEXT NOT NULL DEFAULT 'anonymous'")):
+        if column not in columns:  # a data dir made by an older version
+            db.execute(f"ALTER TABLE shows ADD COLUMN {column} {kind}")
+
+
+def _execute(db: sqlite3.Connection, sql: str, params: tuple) -> None:
+    db.execute(sql, params)
+
+
+def _fetch_all(db: sqlite3.Connection, sql: str, params: tuple) -> list[sqlite3.Row]:
+    return db.execute(sql, params).fetchall()
+
+
+def _delete_mirror(db: sqlite3.Connection, show_id: str, distributor: str) -> None:
+    db.execute("DELETE FROM mirrors WHERE show_id=? AND distributor=?", (show_id, distributor))
+    db.execute("DELETE FROM room_figures WHERE show_id=? AND room=?", (show_id, distributor))
+
+
+def _save_room_figures(db: sqlite3.Connection, show_id: str, rooms: dict[str, RoomFigures]) -> None:
+    if db.execute("SELECT 1 FROM shows WHERE id=?", (show_id,)).fetchone() is None:
+        return  # deleted meanwhile
+    db.executemany(
+        "INSERT INTO room_figures VALUES (?,?,?,?) ON CONFLICT(show_id, room) DO UPDATE SET"
+        " peak_viewers=excluded.peak_viewers, total_sessions=excluded.total_sessions",
+        [(show_id, room, f.peak_viewers, f.total_sessions) for room, f in rooms.items()])
