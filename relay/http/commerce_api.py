@@ -16,9 +16,11 @@ from ..commerce.store import MAX_SEQ, CommerceStore, Event
 from ..commerce.tokens import ViewerIdentity, ViewerTokens, shopper_viewer_id, verify_shopper_token
 from ..config import Settings
 from ..errors import ApiError
-from ..models import HQ_ROOM, ShowState, is_slug
+from ..models import HQ_ROOM, ShowState
 from ..shows import ShowService
 from .limits import RateLimiter
+from .schemas.commerce import NewProduct, NewViewer, ProductChange
+from .schemas.common import parse
 from .util import Auth, bearer_token, cors_origin, read_json
 
 KEEPALIVE_S = 15.0
@@ -73,14 +75,9 @@ class CommerceApi:
             existing = None  # the operator (or the brand's backend) registers a new viewer
         elif show.playback == "token" and existing is None:
             self.auth.require_admin(request)  # token playback: only the brand's backend issues viewer tokens
-        body = await read_json(request)
-        room = body.get("room", HQ_ROOM)
-        ref = body.get("ref")
-        if not isinstance(room, str):
-            raise ApiError(422, "invalid_field", "'room' must be 'hq' or a distributor id")
+        body = parse(NewViewer, await read_json(request))
+        room, ref = body.room, body.ref
         shows.check_room(show.id, room)
-        if ref is not None and not is_slug(ref):
-            raise ApiError(422, "invalid_field", "'ref' must be a slug")
         store = self.commerce
         if existing:
             identity = self.auth.viewer(show, existing)
@@ -95,13 +92,13 @@ class CommerceApi:
         return web.json_response({"viewer_id": viewer_id, "room": room, "token": tokens.issue(identity)},
                                  status=201)
 
-    async def _new_viewer_id(self, request: web.Request, show, body: dict, admin: bool) -> str:
+    async def _new_viewer_id(self, request: web.Request, show, body: NewViewer, admin: bool) -> str:
         """A shopper's own id (from the brand), else a fresh anonymous one (capped per address)."""
-        if admin and body.get("shopper_id") is not None:
-            return shopper_viewer_id(body["shopper_id"])
-        if body.get("shopper_token") is not None:
+        if admin and body.shopper_id is not None:
+            return shopper_viewer_id(body.shopper_id)
+        if body.shopper_token is not None:
             secret = self.settings.auth.shopper_secret
-            return shopper_viewer_id(verify_shopper_token(body["shopper_token"], secret, show.id))
+            return shopper_viewer_id(verify_shopper_token(body.shopper_token, secret, show.id))
         if show.identity == "shopper":
             raise ApiError(403, "shopper_required",
                            "this show counts coupons per shopper: sign in on the brand's site (it registers you "
@@ -135,13 +132,15 @@ class CommerceApi:
     async def add_product(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = self._show(request)
-        product = await self.shelf.add(show.id, await read_json(request))
+        new = parse(NewProduct, await read_json(request))
+        product = await self.shelf.add(show.id, new.id, new.edit())
         return web.json_response(product_view(product), status=201)
 
     async def update_product(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = self._show(request)
-        product = await self.shelf.update(show.id, request.match_info["product"], await read_json(request))
+        change = parse(ProductChange, await read_json(request))
+        product = await self.shelf.update(show.id, request.match_info["product"], change.edit())
         return web.json_response(product_view(product))
 
     async def delete_product(self, request: web.Request) -> web.Response:

@@ -8,69 +8,20 @@ import logging
 from aiohttp import web
 
 from ..commerce.coupon_updates import RemainingTicker
-from ..commerce.coupons import ClaimRequest, Coupon
+from ..commerce.coupons import ClaimRequest
 from ..commerce.events import EventHub
 from ..commerce.store import CommerceStore
-from ..errors import ApiError, invalid_field as _invalid
-from ..fields import slug_field, text_field
+from ..errors import ApiError, invalid_field
 from ..metrics import CLAIMS, store_timer
 from ..models import HQ_ROOM, ShowState
 from ..shows import ShowService
 from ..webhooks import WebhookSender
 from .limits import RateLimiter
+from .schemas.commerce import NewCoupon
+from .schemas.common import parse
 from .util import Auth, bearer_token, read_json
 
 log = logging.getLogger(__name__)
-
-
-def _int(body: dict, field: str, low: int, high: int, default: int | None = None) -> int:
-    value = body.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _invalid(field, f"must be an integer from {low} to {high}")
-    return value
-
-
-def _time(body: dict, field: str) -> float | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise _invalid(field, "must be a Unix time in seconds")
-    return float(value)
-
-
-def parse_coupon(show_id: str, body: dict, rooms: set[str]) -> Coupon:
-    coupon_id = slug_field(body, "id", required=False)
-    title = text_field(body, "title")
-    quantity = _int(body, "quantity", 1, 10_000_000)
-    limit = _int(body, "per_viewer_limit", 1, quantity, default=1)
-    duration = body.get("duration_s")
-    starts_at, ends_at = _time(body, "starts_at"), _time(body, "ends_at")
-    if duration is not None:
-        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 < duration <= 86400:
-            raise _invalid("duration_s", "must be a number of seconds from 0 to 86400")
-        if ends_at is not None:
-            raise _invalid("duration_s", "cannot be given with 'ends_at'")
-        if starts_at is not None:
-            ends_at = starts_at + duration
-    elif ends_at is None:
-        raise _invalid("duration_s", "or 'ends_at' is required: a flash coupon has a time window")
-    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
-        raise _invalid("ends_at", "must be after 'starts_at'")
-    caps = body.get("room_caps", {})
-    if not isinstance(caps, dict):
-        raise _invalid("room_caps", "must be an object of distributor -> count")
-    for room, cap in caps.items():
-        if room not in rooms:
-            raise _invalid("room_caps", f"names {room!r}, which is not a room of this show")
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-            raise _invalid("room_caps", "counts must be non-negative integers")
-    if sum(caps.values()) > quantity:
-        raise _invalid("room_caps", f"add up to {sum(caps.values())}, more than the quantity {quantity}")
-    return Coupon(show_id, coupon_id, title, quantity, limit,
-                  float(duration) if duration is not None else None, starts_at, ends_at, dict(caps), "draft")
-
-
 
 
 @dataclass(eq=False)
@@ -95,13 +46,17 @@ class CouponApi:
             web.post("/api/shows/{show}/coupons/{coupon}/claim", self.claim),
         ]
 
-    def _rooms(self, request: web.Request, show_id: str) -> set[str]:
+    def _rooms(self, show_id: str) -> set[str]:
         return {HQ_ROOM} | {m.distributor for m in self.shows.store.list_mirrors(show_id)}
 
     async def create(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = self.shows.get_show(request.match_info["show"])
-        coupon = parse_coupon(show.id, await read_json(request), self._rooms(request, show.id))
+        new = parse(NewCoupon, await read_json(request))
+        unknown = sorted(set(new.room_caps) - self._rooms(show.id))
+        if unknown:
+            raise invalid_field("room_caps", f"names {unknown[0]!r}, which is not a room of this show")
+        coupon = new.coupon(show.id)
         created = await self.commerce.create_coupon(coupon)
         return web.json_response(created.view(), status=201)
 

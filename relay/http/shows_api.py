@@ -8,11 +8,11 @@ from aiohttp import web
 
 from ..commerce.store import CommerceStore
 from ..config import Settings
-from ..errors import ApiError
-from ..fields import slug_field, text_field
-from ..models import HQ_ROOM, Mirror, Show, ShowState, is_currency, is_slug
+from ..models import HQ_ROOM, Mirror, Show, ShowState, is_slug
 from ..replay.service import ReplayService
 from ..shows import ShowService
+from .schemas.common import parse
+from .schemas.shows import NewMirror, NewShow, NewStreamKey
 from .util import Auth, read_json
 
 
@@ -68,15 +68,6 @@ def show_view(service: ShowService, show: Show, detail: bool = False) -> dict:
     return view
 
 
-def _ttl_field(body: dict, name: str) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 60 <= value <= 365 * 86400:
-        raise ApiError(422, "invalid_field", f"{name!r} must be a number of seconds from 60 to 31536000")
-    return float(value)
-
-
 @dataclass(eq=False)
 class ShowsApi:
     """The admin API of shows and mirror rooms, their figures, the public status and /healthz."""
@@ -109,30 +100,16 @@ class ShowsApi:
 
     async def create_show(self, request: web.Request) -> web.Response:
         service = self._service(request)
-        body = await read_json(request)
-        title = text_field(body, "title")
-        show_id = slug_field(body, "id", required=False)
-        public = body.get("replay_public")
-        if public is not None and not isinstance(public, bool):
-            raise ApiError(422, "invalid_field", "'replay_public' must be true or false")
-        playback = body.get("playback", "public")
-        if playback not in ("public", "token"):
-            raise ApiError(422, "invalid_field", "'playback' must be 'public' or 'token'")
-        ttl = _ttl_field(body, "stream_key_ttl_s")
-        currency = body.get("currency", "CNY")
-        if not is_currency(currency):
-            raise ApiError(422, "invalid_field", "'currency' must be an ISO 4217 code such as CNY, USD or EUR")
-        identity = body.get("identity", "anonymous")
-        if identity not in ("anonymous", "shopper"):
-            raise ApiError(422, "invalid_field", "'identity' must be 'anonymous' or 'shopper'")
-        show, key = service.create_show(title, show_id, public, ttl, playback, currency, identity)
+        new = parse(NewShow, await read_json(request))
+        show, key = service.create_show(new.title, new.id, new.replay_public, new.stream_key_ttl_s, new.playback,
+                                        new.currency, new.identity)
         return web.json_response({**show_view(service, show), "stream_key": key}, status=201)
 
     async def rotate_stream_key(self, request: web.Request) -> web.Response:
         """A new stream key (shown once); the old one no longer publishes."""
         service = self._service(request)
-        body = await read_json(request) if request.can_read_body else {}
-        show, key = service.rotate_stream_key(request.match_info["show"], _ttl_field(body, "ttl_s"))
+        options = parse(NewStreamKey, await read_json(request) if request.can_read_body else {})
+        show, key = service.rotate_stream_key(request.match_info["show"], options.ttl_s)
         return web.json_response({"stream_key": key, "stream_key_expires_at": show.stream_key_expires_at})
 
     async def list_shows(self, request: web.Request) -> web.Response:
@@ -159,12 +136,8 @@ class ShowsApi:
         service = self._service(request)
         show_id = request.match_info["show"]
         service.get_show(show_id)
-        body = await read_json(request)
-        distributor = slug_field(body, "distributor", required=True)
-        if distributor == HQ_ROOM:
-            raise ApiError(422, "invalid_field", "'hq' is the headquarters room; pick another distributor id")
-        name = text_field(body, "name")
-        mirror = service.add_mirror(show_id, distributor, name)
+        new = parse(NewMirror, await read_json(request))
+        mirror = service.add_mirror(show_id, new.distributor, new.name)
         return web.json_response(mirror_view(service.settings, mirror), status=201)
 
     async def list_mirrors(self, request: web.Request) -> web.Response:
