@@ -23,6 +23,7 @@ from .commerce.store import CommerceStore
 from .commerce.tokens import ViewerTokens, load_secret
 from .config import ConfigError, Settings
 from .errors import ApiError
+from .http.api_docs import ApiDocs
 from .http.commerce_api import CommerceApi
 from .http.coupon_api import CouponApi
 from .http.limits import RateLimiter
@@ -172,6 +173,7 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(ReplayApi(service, replays, shelf, tokens, auth).routes())
     app.add_routes(Pages(service, settings).routes())
     app.router.add_get("/metrics", metrics_route(build_registry(service), settings.auth.metrics_key or admin_key))
+    app.add_routes(ApiDocs().routes())  # describes every route above: the last to be added
     background: dict[str, asyncio.Task] = {}
 
     async def on_startup(app: web.Application) -> None:

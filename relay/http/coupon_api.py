@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import logging
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -17,11 +18,22 @@ from ..models import HQ_ROOM, ShowState
 from ..shows import ShowService
 from ..webhooks import WebhookSender
 from .limits import RateLimiter
-from .schemas.commerce import NewCoupon
+from .openapi import JSON_BODY, NO_SHOW, RATE, STORE, VIEWER, Param, Reply, admin_operation, operation
+from .schemas.commerce import ClaimAnswer, CouponList, CouponView, NewCoupon
 from .schemas.common import parse
 from .util import Auth, bearer_token, read_json
 
 log = logging.getLogger(__name__)
+
+NO_COUPON = {404: "coupon_not_found"}
+
+
+def coupon_admin(summary: str, replies: dict[int, Reply], *errors: dict[int, str], **more: Any) -> Callable:
+    """An operation on a show's coupons (the admin key)."""
+    return admin_operation(summary, "coupons", replies, NO_SHOW, STORE, *errors, **more)
+
+
+CHANGED = {200: Reply("the coupon", CouponView)}
 
 
 @dataclass(eq=False)
@@ -49,6 +61,8 @@ class CouponApi:
     def _rooms(self, show_id: str) -> set[str]:
         return {HQ_ROOM} | {m.distributor for m in self.shows.store.list_mirrors(show_id)}
 
+    @coupon_admin("Create a coupon", {201: Reply("the draft coupon", CouponView)}, JSON_BODY,
+                  {409: "coupon_exists"}, body=NewCoupon)
     async def create(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = self.shows.get_show(request.match_info["show"])
@@ -60,12 +74,14 @@ class CouponApi:
         created = await self.commerce.create_coupon(coupon)
         return web.json_response(created.view(), status=201)
 
+    @coupon_admin("List coupons", {200: Reply("every coupon of the show", CouponList)})
     async def list_all(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = self.shows.get_show(request.match_info["show"])
         found = await self.commerce.list_coupons(show.id)
         return web.json_response({"coupons": [c.view() for c in found]})
 
+    @coupon_admin("Read a coupon", {200: Reply("claimed and remaining, per room", CouponView)}, NO_COUPON)
     async def get(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = self.shows.get_show(request.match_info["show"])
@@ -81,12 +97,21 @@ class CouponApi:
         await self.events.publish(show.id, event_type, {"coupon": coupon.view()})
         return web.json_response(coupon.view())
 
+    @coupon_admin("Launch a coupon", CHANGED, NO_COUPON, {409: "show_ended or coupon_stopped"})
     async def launch(self, request: web.Request) -> web.Response:
         return await self._change(request, lambda store: store.launch_coupon, "coupon.launched")
 
+    @coupon_admin("Stop a coupon", CHANGED, NO_COUPON)
     async def stop(self, request: web.Request) -> web.Response:
         return await self._change(request, lambda store: store.stop_coupon, "coupon.ended")
 
+    @operation("Claim a coupon", tag="coupons", auth=(VIEWER,),
+               params=(Param("Idempotency-Key", "header", "one per claim: a retry gets the first answer",
+                             {"type": "string", "minLength": 1, "maxLength": 200}, required=True),),
+               replies={200: Reply("the answer: claimed or why not", ClaimAnswer)},
+               errors=(NO_SHOW, NO_COUPON, RATE, STORE,
+                       {400: "missing_idempotency_key", 401: "unauthorized or token_expired: the viewer token",
+                        409: "idempotency_key_reused: the key was used for another coupon"}))
     async def claim(self, request: web.Request) -> web.Response:
         self.limiter.check(request)
         show = self.shows.get_show(request.match_info["show"])

@@ -11,8 +11,10 @@ from ..config import Settings
 from ..models import HQ_ROOM, Mirror, Show, ShowState, is_slug
 from ..replay.service import ReplayService
 from ..shows import ShowService
+from .openapi import JSON_BODY, NO_SHOW, STORE, Param, Reply, admin_operation as admin, operation
 from .schemas.common import parse
-from .schemas.shows import NewMirror, NewShow, NewStreamKey
+from .schemas.shows import (Health, MirrorList, MirrorView, NewMirror, NewShow, NewStreamKey, PublicStatus,
+                            ShowCreated, ShowDetail, ShowList, ShowStats, StreamKey)
 from .util import Auth, read_json
 
 
@@ -37,6 +39,10 @@ def mirror_view(settings: Settings, mirror: Mirror, viewers: int | None = None) 
     if viewers is not None:
         view["viewers"] = viewers
     return view
+
+
+SHOWS, MIRRORS = "shows", "mirror rooms"
+NO_MIRROR = {404: "mirror_not_found"}
 
 
 def show_view(service: ShowService, show: Show, detail: bool = False) -> dict:
@@ -98,6 +104,8 @@ class ShowsApi:
         self.auth.require_admin(request)
         return self.shows
 
+    @admin("Create a show", SHOWS, {201: Reply("the show, with its stream key (shown this once)", ShowCreated)},
+           JSON_BODY, {409: "show_exists: a show has this id"}, body=NewShow)
     async def create_show(self, request: web.Request) -> web.Response:
         service = self._service(request)
         new = parse(NewShow, await read_json(request))
@@ -105,6 +113,8 @@ class ShowsApi:
                                         new.currency, new.identity)
         return web.json_response({**show_view(service, show), "stream_key": key}, status=201)
 
+    @admin("Rotate the stream key", SHOWS, {200: Reply("the new key (shown this once)", StreamKey)},
+           JSON_BODY, NO_SHOW, {409: "show_ended"}, body=NewStreamKey, body_required=False)
     async def rotate_stream_key(self, request: web.Request) -> web.Response:
         """A new stream key (shown once); the old one no longer publishes."""
         service = self._service(request)
@@ -112,26 +122,32 @@ class ShowsApi:
         show, key = service.rotate_stream_key(request.match_info["show"], options.ttl_s)
         return web.json_response({"stream_key": key, "stream_key_expires_at": show.stream_key_expires_at})
 
+    @admin("List shows", SHOWS, {200: Reply("every show", ShowList)})
     async def list_shows(self, request: web.Request) -> web.Response:
         service = self._service(request)
         return web.json_response({"shows": [show_view(service, s) for s in service.store.list_shows()]})
 
+    @admin("Read a show", SHOWS, {200: Reply("the show with its live state", ShowDetail)}, NO_SHOW)
     async def get_show(self, request: web.Request) -> web.Response:
         service = self._service(request)
         show = service.get_show(request.match_info["show"])
         return web.json_response(show_view(service, show, detail=True))
 
+    @admin("Delete a show", SHOWS, {204: Reply("gone, with everything it had")}, NO_SHOW, STORE)
     async def delete_show(self, request: web.Request) -> web.Response:
         """The show, its rooms, figures, replay and commerce data (shelf, coupons, claims, events)
         are gone: a new show may take the id and inherits nothing."""
         await self._service(request).delete_show(request.match_info["show"])
         return web.Response(status=204)
 
+    @admin("End a show", SHOWS, {200: Reply("the ended show", ShowDetail)}, NO_SHOW)
     async def end_show(self, request: web.Request) -> web.Response:
         service = self._service(request)
         show = await service.end_show(request.match_info["show"], "ended_by_operator")
         return web.json_response(show_view(service, show, detail=True))
 
+    @admin("Add a mirror room", MIRRORS, {201: Reply("the room", MirrorView)}, JSON_BODY, NO_SHOW,
+           {409: "mirror_exists: the distributor has a room in this show"}, body=NewMirror)
     async def add_mirror(self, request: web.Request) -> web.Response:
         service = self._service(request)
         show_id = request.match_info["show"]
@@ -140,6 +156,8 @@ class ShowsApi:
         mirror = service.add_mirror(show_id, new.distributor, new.name)
         return web.json_response(mirror_view(service.settings, mirror), status=201)
 
+    @admin("List a show's mirror rooms", MIRRORS, {200: Reply("the rooms with their viewers now", MirrorList)},
+           NO_SHOW)
     async def list_mirrors(self, request: web.Request) -> web.Response:
         service = self._service(request)
         show_id = request.match_info["show"]
@@ -152,6 +170,8 @@ class ShowsApi:
             for m in mirrors
         ]})
 
+    @admin("Read a mirror room", MIRRORS, {200: Reply("the room with its viewers now", MirrorView)}, NO_SHOW,
+           NO_MIRROR)
     async def get_mirror(self, request: web.Request) -> web.Response:
         service = self._service(request)
         show_id, distributor = request.match_info["show"], request.match_info["distributor"]
@@ -159,12 +179,15 @@ class ShowsApi:
         room = service.figures(show_id).rooms.get(distributor)
         return web.json_response(mirror_view(service.settings, mirror, room.viewers if room else 0))
 
+    @admin("Delete a mirror room", MIRRORS, {204: Reply("gone")}, NO_SHOW, NO_MIRROR, STORE)
     async def delete_mirror(self, request: web.Request) -> web.Response:
         """The room goes: its viewers are disconnected, its tokens no longer work and its counts are
         retired (coupon totals keep them; a new room with the same id starts at zero)."""
         await self._service(request).delete_mirror(request.match_info["show"], request.match_info["distributor"])
         return web.Response(status=204)
 
+    @admin("A show's figures", SHOWS, {200: Reply("viewers, sessions, unique viewers and claims per room",
+                                                  ShowStats)}, NO_SHOW, STORE)
     async def stats(self, request: web.Request) -> web.Response:
         service = self._service(request)
         figures = service.stats(request.match_info["show"])
@@ -176,6 +199,8 @@ class ShowsApi:
             view.update(claims.get(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}}))
         return web.json_response(figures)
 
+    @operation("A show's public status", tag=SHOWS, replies={200: Reply("the status", PublicStatus)},
+               errors=(NO_SHOW,), params=(Param("room", "query", "the room whose viewers to count; 'hq' by default"),))
     async def public_status(self, request: web.Request) -> web.Response:
         """What a watch or studio page shows: no secrets, no per-room figures."""
         service = self.shows
@@ -202,6 +227,8 @@ class ShowsApi:
             "replay_page": f"/replay/{show.id}" if replay is not None else None,
         }, headers={"Cache-Control": "no-cache"})
 
+    @operation("Health", tag="operations", replies={200: Reply("up; whether the commerce store is reachable",
+                                                                Health)})
     async def healthz(self, request: web.Request) -> web.Response:
         service = self.shows
         return web.json_response({

@@ -26,6 +26,12 @@ class Rule:
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
         return core_schema.no_info_wrap_validator_function(self._check, handler(source))
 
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: Any) -> dict[str, Any]:
+        described = handler(schema)
+        if "$ref" not in described:  # a model's own schema is shared: its rule is said where it is used
+            described.setdefault("description", self.text)
+        return described
+
     def _check(self, value: Any, inner: Any) -> Any:
         try:
             return inner(value)
