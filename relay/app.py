@@ -22,6 +22,7 @@ from .commerce.store import CommerceStore
 from .commerce.tokens import ViewerTokens, load_secret
 from .config import ConfigError, Settings
 from .errors import ApiError
+from .http.api_docs import ApiDocs
 from .http.commerce_api import CommerceApi
 from .http.coupon_api import CouponApi
 from .http.limits import RateLimiter
@@ -179,6 +180,7 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(ReplayApi(catalog, replays, shelf, tokens, auth, settings).routes())
     app.add_routes(Pages(catalog, settings).routes())
     app.router.add_get("/metrics", metrics_route(build_registry(live), settings.auth.metrics_key or admin_key))
+    app.add_routes(ApiDocs().routes())  # describes every route above: the last to be added
     background: dict[str, asyncio.Task] = {}
 
     async def on_startup(app: web.Application) -> None:

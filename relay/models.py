@@ -10,13 +10,6 @@ HQ_ROOM = "hq"
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: no trailing newline slips through
 
 
-_CURRENCY = re.compile(r"[A-Z]{3}")
-
-
-def is_currency(value: object) -> bool:
-    """An ISO 4217 alphabetic code (CNY, USD, EUR ...)."""
-    return isinstance(value, str) and bool(_CURRENCY.fullmatch(value))
-
 
 def is_slug(value: object) -> bool:
     return isinstance(value, str) and bool(_SLUG.fullmatch(value))

@@ -91,3 +91,9 @@ def test_only_the_http_front_ends_and_the_wiring_speak_http():
     found = {m: _offending(m, deps, ("aiohttp.web", "relay.http")) for m, deps in graph().items()
              if not m.startswith(allowed) and m != "relay.demo"}
     assert not any(found.values()), {m: bad for m, bad in found.items() if bad}
+
+
+def test_only_the_http_layer_validates_bodies_with_pydantic():
+    found = {m: _offending(m, deps, ("pydantic", "pydantic_core")) for m, deps in graph().items()
+             if not m.startswith("relay.http")}
+    assert not any(found.values()), {m: bad for m, bad in found.items() if bad}

@@ -2,39 +2,36 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-import re
+from dataclasses import dataclass
 import secrets
 import time
 from typing import Awaitable, Callable
 
-from ..errors import ApiError, invalid_field as _invalid
-from ..fields import text_field
-from ..models import is_slug
+from ..errors import ApiError, invalid_field
 from .events import EventHub
 from .room_view import product_for_room
 from .store import CommerceStore, Pin, Product
 
-MAX_PRICE_CENTS = 100_000_000_00
-_URL = re.compile(r"^https?://[^\s]{1,2000}$")
+
+@dataclass(frozen=True)
+class RoomPrice:
+    """How one mirror room shows a product: its own price (None: the show's), or hidden."""
+
+    price_cents: int | None
+    hidden: bool = False
 
 
-def parse_price(value: object, field: str = "price") -> int:
-    """A price as a JSON number or decimal string with at most 2 decimals, in cents."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _invalid(field, "must be a number")
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation as exc:
-        raise _invalid(field, "must be a number") from exc
-    if not amount.is_finite() or amount < 0:
-        raise _invalid(field, "must be a non-negative amount with at most 2 decimals")
-    if amount * 100 > MAX_PRICE_CENTS:  # before quantize, which cannot hold 1e400
-        raise _invalid(field, "is too large")
-    if amount != amount.quantize(Decimal("0.01")):
-        raise _invalid(field, "must be a non-negative amount with at most 2 decimals")
-    cents = int(amount * 100)
-    return cents
+@dataclass
+class ProductEdit:
+    """What a request sets on a product (the HTTP layer has checked each value); None leaves
+    a field as it is. In `rooms`, None drops that room's override."""
+
+    title: str | None = None
+    price_cents: int | None = None
+    image_url: str | None = None
+    link: str | None = None
+    position: int | None = None
+    rooms: dict[str, RoomPrice | None] | None = None
 
 
 def product_view(product: Product, room: str | None = None) -> dict | None:
@@ -66,24 +63,21 @@ class ProductShelf:
             raise ApiError(404, "product_not_found", f"show {show_id!r} has no product {product_id!r}")
         return product
 
-    async def add(self, show_id: str, body: dict) -> Product:
-        product_id = body.get("id")
-        if product_id is None:
-            product_id = "p" + secrets.token_hex(4)
-        elif not is_slug(product_id):
-            raise _invalid("id", "must be a slug: 1-64 of a-z, 0-9, '-', '_'")
+    async def add(self, show_id: str, product_id: str | None, fields: ProductEdit) -> Product:
+        """A new product (title and price set), last on the shelf unless placed."""
+        product_id = product_id or "p" + secrets.token_hex(4)
         existing = await self.store.products(show_id)
         if any(p.id == product_id for p in existing):
             raise ApiError(409, "product_exists", f"product {product_id!r} is already on the shelf")
         product = Product(show_id, product_id, "", 0, position=max((p.position for p in existing), default=-1) + 1)
-        self._apply(product, body, await self._rooms(show_id), creating=True)
+        self._apply(product, fields, await self._rooms(show_id))
         await self.store.save_product(product)
         await self.events.publish(show_id, "shelf.updated", {"product": product_view(product), "change": "added"})
         return product
 
-    async def update(self, show_id: str, product_id: str, body: dict) -> Product:
+    async def update(self, show_id: str, product_id: str, change: ProductEdit) -> Product:
         product = await self.get(show_id, product_id)
-        self._apply(product, body, await self._rooms(show_id), creating=False)
+        self._apply(product, change, await self._rooms(show_id))
         await self.store.save_product(product)
         await self.events.publish(show_id, "shelf.updated", {"product": product_view(product), "change": "updated"})
         return product
@@ -95,41 +89,20 @@ class ProductShelf:
         await self.store.delete_product(show_id, product_id)
         await self.events.publish(show_id, "shelf.updated", {"product": {"id": product_id}, "change": "removed"})
 
-    def _apply(self, product: Product, body: dict, known: set[str], creating: bool) -> None:
-        if creating or "title" in body:
-            product.title = text_field(body, "title")
-        if creating or "price" in body:
-            product.price_cents = parse_price(body.get("price"))
-        for field in ("image_url", "link"):
-            if field in body:
-                value = body[field]
-                if not isinstance(value, str) or (value and not _URL.fullmatch(value)):
-                    raise _invalid(field, "must be an http(s) URL")
-                setattr(product, field, value)
-        if "position" in body:
-            position = body["position"]
-            if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position <= 10_000:
-                raise _invalid("position", "must be an integer from 0 to 10000")
-            product.position = position
-        if "rooms" in body:
-            rooms = body["rooms"]
-            if not isinstance(rooms, dict):
-                raise _invalid("rooms", "must be an object of distributor -> {price, hidden}")
+    def _apply(self, product: Product, change: ProductEdit, known: set[str]) -> None:
+        for name in ("title", "price_cents", "image_url", "link", "position"):
+            value = getattr(change, name)
+            if value is not None:
+                setattr(product, name, value)
+        if change.rooms is not None:
             overrides = dict(product.overrides)
-            for room, override in rooms.items():
+            for room, override in change.rooms.items():
                 if room not in known:
-                    raise _invalid("rooms", f"names {room!r}, which is not a mirror room of this show")
+                    raise invalid_field("rooms", f"names {room!r}, which is not a mirror room of this show")
                 if override is None:
                     overrides.pop(room, None)
-                    continue
-                if not isinstance(override, dict) or set(override) - {"price", "hidden"}:
-                    raise _invalid("rooms", "entries must be {\"price\": number|null, \"hidden\": bool}")
-                hidden = override.get("hidden", False)
-                if not isinstance(hidden, bool):
-                    raise _invalid("rooms", "'hidden' must be true or false")
-                price = override.get("price")
-                overrides[room] = {"price_cents": None if price is None else parse_price(price, "rooms.price"),
-                                   "hidden": hidden}
+                else:
+                    overrides[room] = {"price_cents": override.price_cents, "hidden": override.hidden}
             product.overrides = overrides
 
     # -- the card --------------------------------------------------------------------------

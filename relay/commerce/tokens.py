@@ -41,7 +41,8 @@ def load_secret(configured: str, data_dir: Path) -> str:
     return secret
 
 
-_SHOPPER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+SHOPPER_ID_PATTERN = r"[A-Za-z0-9_.:@-]{1,128}"
+_SHOPPER_ID = re.compile(SHOPPER_ID_PATTERN)
 
 
 def shopper_viewer_id(shopper_id: object) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import json
 import secrets
 import time
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -17,11 +18,27 @@ from ..commerce.store import MAX_SEQ, CommerceStore, Event
 from ..commerce.tokens import ViewerIdentity, ViewerTokens, shopper_viewer_id, verify_shopper_token
 from ..config import Settings
 from ..errors import ApiError
-from ..models import HQ_ROOM, Show, ShowState, is_slug
+from ..models import HQ_ROOM, Show, ShowState
 from .limits import RateLimiter
+from .openapi import (ADMIN, JSON_BODY, NO_SHOW, RATE, STORE, VIEWER, VIEWER_QUERY, Param, Reply, admin_operation,
+                      operation)
+from .schemas.commerce import NewProduct, NewViewer, Pinned, ProductChange, ProductList, ProductView, ViewerToken
+from .schemas.common import parse
 from .util import Auth, bearer_token, cors_origin, read_json
 
 KEEPALIVE_S = 15.0
+SHELF = "shelf"
+NO_ROOM = {404: "mirror_not_found: no such room"}
+NO_PRODUCT = {404: "product_not_found"}
+# A viewer of a token-playback show: its token, in the header or (EventSource) as ?token=.
+ROOM_VIEWER = {401: "unauthorized or token_expired: a token-playback show needs a valid viewer token of a room "
+                    "that exists", 403: "wrong_room: the token is for another room"}
+ROOM_PARAM = Param("room", "query", "the room whose view to read; 'hq' by default")
+
+
+def shelf_admin(summary: str, replies: dict[int, Reply], *errors: dict[int, str], **more: Any) -> Callable:
+    """A change to the shelf or the card (the admin key)."""
+    return admin_operation(summary, SHELF, replies, NO_SHOW, STORE, *errors, **more)
 
 
 def _sse(event: Event, body: dict) -> bytes:
@@ -57,6 +74,15 @@ class CommerceApi:
     async def _show(self, request: web.Request) -> Show:
         return await self.catalog.show(request.match_info["show"])
 
+    @operation("Register a viewer", tag="viewers", body=NewViewer, auth=(VIEWER, ADMIN), public_too=True,
+               replies={201: Reply("a new viewer and its token", ViewerToken),
+                        200: Reply("the viewer of the token sent (its latest sharer recorded), a fresh token",
+                                   ViewerToken)},
+               errors=(JSON_BODY, NO_SHOW, NO_ROOM, RATE, STORE,
+                       {401: "unauthorized or token_expired: a wrong viewer or shopper token; on a token-playback "
+                             "show only the admin registers new viewers",
+                        403: "shopper_required: a shopper show needs shopper_id (admin) or shopper_token",
+                        429: "too_many_registrations: this address's viewers for this show"}))
     async def register_viewer(self, request: web.Request) -> web.Response:
         """A viewer's identity: the room it entered through is kept for good; a new ?ref only
         records the latest sharer. On a show with identity "shopper", viewers are the brand's
@@ -72,14 +98,9 @@ class CommerceApi:
             existing = None  # the operator (or the brand's backend) registers a new viewer
         elif show.playback == "token" and existing is None:
             self.auth.require_admin(request)  # token playback: only the brand's backend issues viewer tokens
-        body = await read_json(request)
-        room = body.get("room", HQ_ROOM)
-        ref = body.get("ref")
-        if not isinstance(room, str):
-            raise ApiError(422, "invalid_field", "'room' must be 'hq' or a distributor id")
+        body = parse(NewViewer, await read_json(request))
+        room, ref = body.room, body.ref
         await self.catalog.check_room(show.id, room)
-        if ref is not None and not is_slug(ref):
-            raise ApiError(422, "invalid_field", "'ref' must be a slug")
         store = self.commerce
         if existing:
             identity = await self.auth.viewer(show, existing)
@@ -94,13 +115,13 @@ class CommerceApi:
         return web.json_response({"viewer_id": viewer_id, "room": room, "token": tokens.issue(identity)},
                                  status=201)
 
-    async def _new_viewer_id(self, request: web.Request, show, body: dict, admin: bool) -> str:
+    async def _new_viewer_id(self, request: web.Request, show, body: NewViewer, admin: bool) -> str:
         """A shopper's own id (from the brand), else a fresh anonymous one (capped per address)."""
-        if admin and body.get("shopper_id") is not None:
-            return shopper_viewer_id(body["shopper_id"])
-        if body.get("shopper_token") is not None:
+        if admin and body.shopper_id is not None:
+            return shopper_viewer_id(body.shopper_id)
+        if body.shopper_token is not None:
             secret = self.settings.auth.shopper_secret
-            return shopper_viewer_id(verify_shopper_token(body["shopper_token"], secret, show.id))
+            return shopper_viewer_id(verify_shopper_token(body.shopper_token, secret, show.id))
         if show.identity == "shopper":
             raise ApiError(403, "shopper_required",
                            "this show counts coupons per shopper: sign in on the brand's site (it registers you "
@@ -114,6 +135,11 @@ class CommerceApi:
                                "keep using the viewer token you have")
         return "v" + secrets.token_hex(8)
 
+    @operation("Read the shelf", tag=SHELF, auth=(VIEWER, VIEWER_QUERY, ADMIN), public_too=True,
+               params=(ROOM_PARAM,),
+               replies={200: Reply("one room's shelf; the admin key: every room's prices and hidden products",
+                                   ProductList)},
+               errors=(NO_SHOW, NO_ROOM, ROOM_VIEWER, STORE))
     async def list_products(self, request: web.Request) -> web.Response:
         """The admin sees every room's prices and hidden products; anyone else sees one room's shelf
         (?room=, HQ by default) as that room shows it, with a viewer token on token-only shows."""
@@ -131,24 +157,33 @@ class CommerceApi:
             pinned = None
         return web.json_response({"products": views, "pinned": pinned})
 
+    @shelf_admin("Add a product", {201: Reply("the product", ProductView)}, JSON_BODY,
+                 {409: "product_exists"}, body=NewProduct)
     async def add_product(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = await self._show(request)
-        product = await self.shelf.add(show.id, await read_json(request))
+        new = parse(NewProduct, await read_json(request))
+        product = await self.shelf.add(show.id, new.id, new.edit())
         return web.json_response(product_view(product), status=201)
 
+    @shelf_admin("Change a product", {200: Reply("the product", ProductView)}, JSON_BODY, NO_PRODUCT,
+                 body=ProductChange)
     async def update_product(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = await self._show(request)
-        product = await self.shelf.update(show.id, request.match_info["product"], await read_json(request))
+        change = parse(ProductChange, await read_json(request))
+        product = await self.shelf.update(show.id, request.match_info["product"], change.edit())
         return web.json_response(product_view(product))
 
+    @shelf_admin("Remove a product", {204: Reply("gone (unpinned first if on the card)")}, NO_PRODUCT)
     async def delete_product(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = await self._show(request)
         await self.shelf.remove(show.id, request.match_info["product"])
         return web.Response(status=204)
 
+    @shelf_admin("Pin a product to the card", {200: Reply("the product on the card", Pinned)}, NO_PRODUCT,
+                 {409: "show_ended"})
     async def pin(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = await self._show(request)
@@ -157,12 +192,20 @@ class CommerceApi:
         await self.shelf.pin(show.id, request.match_info["product"])
         return web.json_response({"pinned": request.match_info["product"]})
 
+    @shelf_admin("Clear the card", {200: Reply("no product on the card", Pinned)})
     async def unpin(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = await self._show(request)
         await self.shelf.unpin(show.id)
         return web.json_response({"pinned": None})
 
+    @operation("A room's events", tag="events", auth=(VIEWER, VIEWER_QUERY), public_too=True,
+               params=(Param("Last-Event-ID", "header", "resume after this event"),
+                       Param("last_event_id", "query", "the same, for a first connection")),
+               replies={200: Reply("server-sent events: product.pinned, shelf.updated, coupon.*, show state",
+                                   media="text/event-stream")},
+               errors=(NO_SHOW, NO_ROOM, ROOM_VIEWER, STORE,
+                       {400: "bad_last_event_id: not an event sequence number"}))
     async def event_stream(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events of a room; Last-Event-ID resumes with no gap and no duplicate."""
         show = await self._show(request)

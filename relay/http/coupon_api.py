@@ -4,73 +4,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import logging
+from typing import Any, Callable
 
 from aiohttp import web
 
 from ..catalog import ShowCatalog
 from ..commerce.coupon_updates import RemainingTicker
-from ..commerce.coupons import ClaimRequest, Coupon
+from ..commerce.coupons import ClaimRequest
 from ..commerce.events import EventHub
 from ..commerce.store import CommerceStore
-from ..errors import ApiError, invalid_field as _invalid
-from ..fields import slug_field, text_field
+from ..errors import ApiError, invalid_field
 from ..metrics import CLAIMS, store_timer
 from ..models import HQ_ROOM, ShowState
 from ..webhooks import WebhookSender
 from .limits import RateLimiter
+from .openapi import JSON_BODY, NO_SHOW, RATE, STORE, VIEWER, Param, Reply, admin_operation, operation
+from .schemas.commerce import ClaimAnswer, CouponList, CouponView, NewCoupon
+from .schemas.common import parse
 from .util import Auth, bearer_token, read_json
 
 log = logging.getLogger(__name__)
 
-
-def _int(body: dict, field: str, low: int, high: int, default: int | None = None) -> int:
-    value = body.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _invalid(field, f"must be an integer from {low} to {high}")
-    return value
+NO_COUPON = {404: "coupon_not_found"}
 
 
-def _time(body: dict, field: str) -> float | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise _invalid(field, "must be a Unix time in seconds")
-    return float(value)
+def coupon_admin(summary: str, replies: dict[int, Reply], *errors: dict[int, str], **more: Any) -> Callable:
+    """An operation on a show's coupons (the admin key)."""
+    return admin_operation(summary, "coupons", replies, NO_SHOW, STORE, *errors, **more)
 
 
-def parse_coupon(show_id: str, body: dict, rooms: set[str]) -> Coupon:
-    coupon_id = slug_field(body, "id", required=False)
-    title = text_field(body, "title")
-    quantity = _int(body, "quantity", 1, 10_000_000)
-    limit = _int(body, "per_viewer_limit", 1, quantity, default=1)
-    duration = body.get("duration_s")
-    starts_at, ends_at = _time(body, "starts_at"), _time(body, "ends_at")
-    if duration is not None:
-        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 < duration <= 86400:
-            raise _invalid("duration_s", "must be a number of seconds from 0 to 86400")
-        if ends_at is not None:
-            raise _invalid("duration_s", "cannot be given with 'ends_at'")
-        if starts_at is not None:
-            ends_at = starts_at + duration
-    elif ends_at is None:
-        raise _invalid("duration_s", "or 'ends_at' is required: a flash coupon has a time window")
-    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
-        raise _invalid("ends_at", "must be after 'starts_at'")
-    caps = body.get("room_caps", {})
-    if not isinstance(caps, dict):
-        raise _invalid("room_caps", "must be an object of distributor -> count")
-    for room, cap in caps.items():
-        if room not in rooms:
-            raise _invalid("room_caps", f"names {room!r}, which is not a room of this show")
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-            raise _invalid("room_caps", "counts must be non-negative integers")
-    if sum(caps.values()) > quantity:
-        raise _invalid("room_caps", f"add up to {sum(caps.values())}, more than the quantity {quantity}")
-    return Coupon(show_id, coupon_id, title, quantity, limit,
-                  float(duration) if duration is not None else None, starts_at, ends_at, dict(caps), "draft")
-
-
+CHANGED = {200: Reply("the coupon", CouponView)}
 
 
 @dataclass(eq=False)
@@ -98,19 +61,27 @@ class CouponApi:
     async def _rooms(self, show_id: str) -> set[str]:
         return {HQ_ROOM} | {m.distributor for m in await self.catalog.mirrors(show_id)}
 
+    @coupon_admin("Create a coupon", {201: Reply("the draft coupon", CouponView)}, JSON_BODY,
+                  {409: "coupon_exists"}, body=NewCoupon)
     async def create(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = await self.catalog.show(request.match_info["show"])
-        coupon = parse_coupon(show.id, await read_json(request), await self._rooms(show.id))
+        new = parse(NewCoupon, await read_json(request))
+        unknown = sorted(set(new.room_caps) - await self._rooms(show.id))
+        if unknown:
+            raise invalid_field("room_caps", f"names {unknown[0]!r}, which is not a room of this show")
+        coupon = new.coupon(show.id)
         created = await self.commerce.create_coupon(coupon)
         return web.json_response(created.view(), status=201)
 
+    @coupon_admin("List coupons", {200: Reply("every coupon of the show", CouponList)})
     async def list_all(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = await self.catalog.show(request.match_info["show"])
         found = await self.commerce.list_coupons(show.id)
         return web.json_response({"coupons": [c.view() for c in found]})
 
+    @coupon_admin("Read a coupon", {200: Reply("claimed and remaining, per room", CouponView)}, NO_COUPON)
     async def get(self, request: web.Request) -> web.Response:
         self.auth.require_admin(request)
         show = await self.catalog.show(request.match_info["show"])
@@ -126,12 +97,21 @@ class CouponApi:
         await self.events.publish(show.id, event_type, {"coupon": coupon.view()})
         return web.json_response(coupon.view())
 
+    @coupon_admin("Launch a coupon", CHANGED, NO_COUPON, {409: "show_ended or coupon_stopped"})
     async def launch(self, request: web.Request) -> web.Response:
         return await self._change(request, lambda store: store.launch_coupon, "coupon.launched")
 
+    @coupon_admin("Stop a coupon", CHANGED, NO_COUPON)
     async def stop(self, request: web.Request) -> web.Response:
         return await self._change(request, lambda store: store.stop_coupon, "coupon.ended")
 
+    @operation("Claim a coupon", tag="coupons", auth=(VIEWER,),
+               params=(Param("Idempotency-Key", "header", "one per claim: a retry gets the first answer",
+                             {"type": "string", "minLength": 1, "maxLength": 200}, required=True),),
+               replies={200: Reply("the answer: claimed or why not", ClaimAnswer)},
+               errors=(NO_SHOW, NO_COUPON, RATE, STORE,
+                       {400: "missing_idempotency_key", 401: "unauthorized or token_expired: the viewer token",
+                        409: "idempotency_key_reused: the key was used for another coupon"}))
     async def claim(self, request: web.Request) -> web.Response:
         self.limiter.check(request)
         show = await self.catalog.show(request.match_info["show"])

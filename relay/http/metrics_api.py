@@ -14,6 +14,7 @@ from ..fanout.meter import METER
 from ..metrics import SHARED
 from ..live_registry import LiveRegistry
 from ..webrtc import open_peer_count
+from .openapi import METRICS, Reply, operation
 from .util import bearer_token, key_matches
 
 
@@ -73,6 +74,9 @@ def build_registry(live: LiveRegistry) -> CollectorRegistry:
 def metrics_route(registry: CollectorRegistry, key: str):
     """The handler of GET /metrics; `key` ([auth] metrics_key, else the admin key) opens it."""
 
+    @operation("Prometheus metrics", tag="operations", auth=(METRICS,),
+               replies={200: Reply("Prometheus text format", media="text/plain")},
+               errors=({401: "unauthorized: the metrics key"},))
     async def metrics(request: web.Request) -> web.Response:
         """Prometheus text format; needs the metrics key as a Bearer token."""
         expected = key

@@ -6,6 +6,7 @@ Plain HTML, CSS and JS modules from relay/static; everything loads from this ser
 from __future__ import annotations
 
 from dataclasses import dataclass
+import html
 from importlib import resources
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from aiohttp import web
 from ..config import Settings
 from ..models import HQ_ROOM
 from ..catalog import ShowCatalog
+from .openapi import NO_SHOW, Reply, operation
 
 ASSETS = {
     "style.css": "text/css",
@@ -49,12 +51,26 @@ def _static(name: str) -> str:
     return resources.files("relay").joinpath("static", name).read_text()
 
 
+def _html(title: str, viewport: str, body: str) -> str:
+    return _HEAD.format(title=title, viewport=viewport) + body + "</body>\n</html>\n"
+
+
 def _document(name: str) -> str:
     title, viewport = _PAGES[name]
-    return _HEAD.format(title=title, viewport=viewport) + _static(name) + "</body>\n</html>\n"
+    return _html(title, viewport, _static(name))
 
 
 def _page(name: str, embeddable_by: list[str] | None = None) -> web.Response:
+    return page_response(_document(name), embeddable_by)
+
+
+def render_page(title: str, body: str) -> web.Response:
+    """A page of the server's own markup `body` (its text escaped by the caller) in the pages'
+    head, stylesheet and headers; no other site may frame it."""
+    return page_response(_html(html.escape(title), _VIEWPORT, body))
+
+
+def page_response(document: str, embeddable_by: list[str] | None = None) -> web.Response:
     """A page that no other site may frame (ops, studio), or that the configured sites may
     embed (watch, replay: a brand's own shop page)."""
     headers = {"Cache-Control": "no-cache"}
@@ -65,7 +81,10 @@ def _page(name: str, embeddable_by: list[str] | None = None) -> web.Response:
         headers["Content-Security-Policy"] = _CSP.format(ancestors=" ".join(["'self'", *embeddable_by]))
         if not embeddable_by:
             headers["X-Frame-Options"] = "SAMEORIGIN"
-    return web.Response(text=_document(name), content_type="text/html", headers=headers)
+    return web.Response(text=document, content_type="text/html", headers=headers)
+
+
+PAGE = {200: Reply("the page", media="text/html")}
 
 
 @dataclass(eq=False)
@@ -85,21 +104,28 @@ class Pages:
             web.get("/static/{name}", self.static),
         ]
 
+    @operation("The watch page", tag="pages", replies=PAGE, errors=(NO_SHOW, {404: "mirror_not_found"}))
     async def watch(self, request: web.Request) -> web.Response:
         await self.catalog.check_room(request.match_info["show"], request.match_info.get("room", HQ_ROOM))
         return _page("watch.html", self.settings.server.embed_origins)
 
+    @operation("The studio page (the host publishes)", tag="pages", replies=PAGE, errors=(NO_SHOW,))
     async def studio(self, request: web.Request) -> web.Response:
         await self.catalog.show(request.match_info["show"])
         return _page("studio.html")
 
+    @operation("The ops page (the operator)", tag="pages", replies=PAGE)
     async def ops(self, request: web.Request) -> web.Response:
         return _page("ops.html")
 
+    @operation("The replay page", tag="pages", replies=PAGE, errors=(NO_SHOW,))
     async def replay(self, request: web.Request) -> web.Response:
         await self.catalog.show(request.match_info["show"])
         return _page("replay.html", self.settings.server.embed_origins)
 
+    @operation("A page's script or stylesheet", tag="pages",
+               replies={200: Reply("the file", media=tuple(sorted(set(ASSETS.values()))))},
+               errors=({404: "not_found"},))
     async def static(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in ASSETS:

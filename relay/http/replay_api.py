@@ -15,6 +15,8 @@ from ..config import Settings
 from ..errors import ApiError
 from ..models import Show, is_slug
 from ..replay.service import ReplayService
+from .openapi import ADMIN, NO_SHOW, Param, Reply, operation
+from .schemas.replay import ReplayInfo
 from .util import Auth
 
 _FILES = {
@@ -23,6 +25,11 @@ _FILES = {
     re.compile(r"^seg-\d{5,9}\.m4s$"): ("video/iso.segment", "public, max-age=31536000, immutable"),
     re.compile(r"^show\.mp4$"): ("video/mp4", "public, max-age=3600"),
 }
+
+
+REPLAYS = "replays"
+PRIVATE_FILE = {401: "unauthorized, link_expired: a private replay needs the admin key or a signed link",
+                404: "not_found: no such show, replay or file"}
 
 
 def _not_found() -> ApiError:
@@ -63,6 +70,8 @@ class ReplayApi:
         elif not show.replay_public:
             self.auth.require_admin(request)
 
+    @operation("A replay's chapters", tag=REPLAYS, auth=(ADMIN,), public_too=True,
+               replies={200: Reply("WebVTT cues", media="text/vtt")}, errors=(PRIVATE_FILE,))
     async def chapters_vtt(self, request: web.Request) -> web.Response:
         """WebVTT chapters: one cue per product card, over the time it was pinned."""
         show_id = request.match_info["show"]
@@ -78,6 +87,10 @@ class ReplayApi:
         return web.Response(text="\n".join(lines), content_type="text/vtt",
                             headers={"Cache-Control": "no-cache"})
 
+    @operation("A replay file", tag=REPLAYS, auth=(ADMIN,), public_too=True,
+               replies={200: Reply("index.m3u8, init-N.mp4, seg-N.m4s or show.mp4",
+                                   media=tuple(sorted({kind[0] for kind in _FILES.values()})))},
+               errors=(PRIVATE_FILE,))
     async def replay_file(self, request: web.Request) -> web.StreamResponse:
         """A replay file: the playlist, an init or media segment, or the MP4."""
         show_id, name = request.match_info["show"], request.match_info["name"]
@@ -102,6 +115,13 @@ class ReplayApi:
         response.content_type = content_type
         return response
 
+    @operation("A show's replay", tag=REPLAYS, auth=(ADMIN,), public_too=True,
+               params=(Param("link_ttl_s", "query", "a private replay's signed links last this long (60-2592000 s, "
+                             "1 day by default)", {"type": "integer", "minimum": 60, "maximum": 2592000}),),
+               replies={200: Reply("the recording; a private one's signed links for viewers", ReplayInfo)},
+               errors=(NO_SHOW, {401: "unauthorized: a private replay needs the admin key",
+                                 404: "replay_not_found: the show never went live",
+                                 400: "bad_link_ttl"}))
     async def replay_info(self, request: web.Request) -> web.Response:
         show = await self.catalog.show(request.match_info["show"])
         if not show.replay_public:

@@ -9,12 +9,14 @@ from aiohttp import web
 from ..catalog import ShowCatalog
 from ..commerce.store import CommerceStore
 from ..config import Settings
-from ..errors import ApiError
-from ..fields import slug_field, text_field
-from ..models import HQ_ROOM, Mirror, Show, ShowState, is_currency
 from ..live_registry import LiveRegistry
+from ..models import HQ_ROOM, Mirror, Show, ShowState
 from ..replay.service import ReplayService
 from ..show_removal import ShowRemoval
+from .openapi import JSON_BODY, NO_SHOW, STORE, Param, Reply, admin_operation as admin, operation
+from .schemas.common import parse
+from .schemas.shows import (Health, MirrorList, MirrorView, NewMirror, NewShow, NewStreamKey, PublicStatus,
+                            ShowCreated, ShowDetail, ShowList, ShowStats, StreamKey)
 from .util import Auth, read_json
 
 
@@ -41,6 +43,10 @@ def mirror_view(settings: Settings, mirror: Mirror, viewers: int | None = None) 
     return view
 
 
+SHOWS, MIRRORS = "shows", "mirror rooms"
+NO_MIRROR = {404: "mirror_not_found"}
+
+
 def show_view(settings: Settings, show: Show) -> dict:
     return {
         "id": show.id,
@@ -57,15 +63,6 @@ def show_view(settings: Settings, show: Show) -> dict:
         "identity": show.identity,
         "stream_key_expires_at": show.stream_key_expires_at,
     }
-
-
-def _ttl_field(body: dict, name: str) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 60 <= value <= 365 * 86400:
-        raise ApiError(422, "invalid_field", f"{name!r} must be a number of seconds from 60 to 31536000")
-    return float(value)
 
 
 @dataclass(eq=False)
@@ -115,42 +112,35 @@ class ShowsApi:
         view["mirrors"] = [mirror_view(self.settings, m) for m in mirrors]
         return view
 
+    @admin("Create a show", SHOWS, {201: Reply("the show, with its stream key (shown this once)", ShowCreated)},
+           JSON_BODY, {409: "show_exists: a show has this id"}, body=NewShow)
     async def create_show(self, request: web.Request) -> web.Response:
         catalog = self._admin(request)
-        body = await read_json(request)
-        title = text_field(body, "title")
-        show_id = slug_field(body, "id", required=False)
-        public = body.get("replay_public")
-        if public is not None and not isinstance(public, bool):
-            raise ApiError(422, "invalid_field", "'replay_public' must be true or false")
-        playback = body.get("playback", "public")
-        if playback not in ("public", "token"):
-            raise ApiError(422, "invalid_field", "'playback' must be 'public' or 'token'")
-        ttl = _ttl_field(body, "stream_key_ttl_s")
-        currency = body.get("currency", "CNY")
-        if not is_currency(currency):
-            raise ApiError(422, "invalid_field", "'currency' must be an ISO 4217 code such as CNY, USD or EUR")
-        identity = body.get("identity", "anonymous")
-        if identity not in ("anonymous", "shopper"):
-            raise ApiError(422, "invalid_field", "'identity' must be 'anonymous' or 'shopper'")
-        show, key = await catalog.create_show(title, show_id, public, ttl, playback, currency, identity)
+        new = parse(NewShow, await read_json(request))
+        show, key = await catalog.create_show(new.title, new.id, new.replay_public, new.stream_key_ttl_s,
+                                              new.playback, new.currency, new.identity)
         return web.json_response({**show_view(self.settings, show), "stream_key": key}, status=201)
 
+    @admin("Rotate the stream key", SHOWS, {200: Reply("the new key (shown this once)", StreamKey)},
+           JSON_BODY, NO_SHOW, {409: "show_ended"}, body=NewStreamKey, body_required=False)
     async def rotate_stream_key(self, request: web.Request) -> web.Response:
         """A new stream key (shown once); the old one no longer publishes."""
         catalog = self._admin(request)
-        body = await read_json(request) if request.can_read_body else {}
-        show, key = await catalog.rotate_stream_key(request.match_info["show"], _ttl_field(body, "ttl_s"))
+        options = parse(NewStreamKey, await read_json(request) if request.can_read_body else {})
+        show, key = await catalog.rotate_stream_key(request.match_info["show"], options.ttl_s)
         return web.json_response({"stream_key": key, "stream_key_expires_at": show.stream_key_expires_at})
 
+    @admin("List shows", SHOWS, {200: Reply("every show", ShowList)})
     async def list_shows(self, request: web.Request) -> web.Response:
         catalog = self._admin(request)
         return web.json_response({"shows": [show_view(self.settings, s) for s in await catalog.list_shows()]})
 
+    @admin("Read a show", SHOWS, {200: Reply("the show with its live state", ShowDetail)}, NO_SHOW)
     async def get_show(self, request: web.Request) -> web.Response:
         show = await self._admin(request).show(request.match_info["show"])
         return web.json_response(await self._detail(show))
 
+    @admin("Delete a show", SHOWS, {204: Reply("gone, with everything it had")}, NO_SHOW, STORE)
     async def delete_show(self, request: web.Request) -> web.Response:
         """The show, its rooms, figures, replay and commerce data (shelf, coupons, claims, events)
         are gone: a new show may take the id and inherits nothing."""
@@ -158,23 +148,24 @@ class ShowsApi:
         await self.removal.delete_show(request.match_info["show"])
         return web.Response(status=204)
 
+    @admin("End a show", SHOWS, {200: Reply("the ended show", ShowDetail)}, NO_SHOW)
     async def end_show(self, request: web.Request) -> web.Response:
         self._admin(request)
         show = await self.live.end_show(request.match_info["show"], "ended_by_operator")
         return web.json_response(await self._detail(show))
 
+    @admin("Add a mirror room", MIRRORS, {201: Reply("the room", MirrorView)}, JSON_BODY, NO_SHOW,
+           {409: "mirror_exists: the distributor has a room in this show"}, body=NewMirror)
     async def add_mirror(self, request: web.Request) -> web.Response:
         catalog = self._admin(request)
         show_id = request.match_info["show"]
         await catalog.show(show_id)
-        body = await read_json(request)
-        distributor = slug_field(body, "distributor", required=True)
-        if distributor == HQ_ROOM:
-            raise ApiError(422, "invalid_field", "'hq' is the headquarters room; pick another distributor id")
-        name = text_field(body, "name")
-        mirror = await catalog.add_mirror(show_id, distributor, name)
+        new = parse(NewMirror, await read_json(request))
+        mirror = await catalog.add_mirror(show_id, new.distributor, new.name)
         return web.json_response(mirror_view(self.settings, mirror), status=201)
 
+    @admin("List a show's mirror rooms", MIRRORS, {200: Reply("the rooms with their viewers now", MirrorList)},
+           NO_SHOW)
     async def list_mirrors(self, request: web.Request) -> web.Response:
         show_id = request.match_info["show"]
         mirrors = await self._admin(request).mirrors(show_id)
@@ -185,12 +176,15 @@ class ShowsApi:
             for m in mirrors
         ]})
 
+    @admin("Read a mirror room", MIRRORS, {200: Reply("the room with its viewers now", MirrorView)}, NO_SHOW,
+           NO_MIRROR)
     async def get_mirror(self, request: web.Request) -> web.Response:
         show_id, distributor = request.match_info["show"], request.match_info["distributor"]
         mirror = await self._admin(request).mirror(show_id, distributor)
         room = (await self.live.figures(show_id)).rooms.get(distributor)
         return web.json_response(mirror_view(self.settings, mirror, room.viewers if room else 0))
 
+    @admin("Delete a mirror room", MIRRORS, {204: Reply("gone")}, NO_SHOW, NO_MIRROR, STORE)
     async def delete_mirror(self, request: web.Request) -> web.Response:
         """The room goes: its viewers are disconnected, its tokens no longer work and its counts are
         retired (coupon totals keep them; a new room with the same id starts at zero)."""
@@ -198,6 +192,8 @@ class ShowsApi:
         await self.removal.delete_mirror(request.match_info["show"], request.match_info["distributor"])
         return web.Response(status=204)
 
+    @admin("A show's figures", SHOWS, {200: Reply("viewers, sessions, unique viewers and claims per room",
+                                                  ShowStats)}, NO_SHOW, STORE)
     async def stats(self, request: web.Request) -> web.Response:
         self._admin(request)
         figures = await self.live.stats(request.match_info["show"])
@@ -209,6 +205,8 @@ class ShowsApi:
             view.update(claims.get(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}}))
         return web.json_response(figures)
 
+    @operation("A show's public status", tag=SHOWS, replies={200: Reply("the status", PublicStatus)},
+               errors=(NO_SHOW,), params=(Param("room", "query", "the room whose viewers to count; 'hq' by default"),))
     async def public_status(self, request: web.Request) -> web.Response:
         """What a watch or studio page shows: no secrets, no per-room figures."""
         show = await self.catalog.show(request.match_info["show"])
@@ -235,6 +233,8 @@ class ShowsApi:
             "replay_page": f"/replay/{show.id}" if replay is not None else None,
         }, headers={"Cache-Control": "no-cache"})
 
+    @operation("Health", tag="operations", replies={200: Reply("up; whether the commerce store is reachable",
+                                                                Health)})
     async def healthz(self, request: web.Request) -> web.Response:
         running = self.live.running.values()
         return web.json_response({

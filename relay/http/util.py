@@ -15,8 +15,17 @@ from ..models import HQ_ROOM, Show
 from ..catalog import ShowCatalog
 from ..live_registry import LiveRegistry
 from .limits import RateLimiter, client_address
+from .openapi import RATE, Reply, merge_errors, operation
 
 SDP_TYPE = "application/sdp"
+# What WHIP and WHEP answer alike (RFC 9725).
+SDP_ANSWER = {201: Reply("the SDP answer, with every candidate (no trickle ICE)", media=SDP_TYPE,
+                         headers={"Location": "the session's URL: DELETE it to stop"})}
+SESSION_GONE = {200: Reply("the session is over", media=())}
+OFFER_ERRORS = merge_errors({400: "bad_sdp: a malformed offer, no supported codec, or the wrong direction",
+                             413: "body_too_large", 415: "unsupported_media_type: send application/sdp",
+                             429: "too_many_pending_sessions: this address's sessions still connecting",
+                             503: "server_stopping: try another server or again shortly (Retry-After)"}, RATE)
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -133,10 +142,15 @@ CORS_HEADERS = {
 }
 
 
+@operation("CORS preflight", tag="media", replies={204: Reply(
+    "the methods and headers a browser may use (for the origins in [server] cors_origins)", media=(),
+    headers={"Accept-Post": SDP_TYPE})})
 async def _preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers={"Accept-Post": SDP_TYPE})  # CORS headers: the middleware
 
 
+@operation("Trickle ICE or ICE restart (not supported)", tag="media", replies={},
+           errors=({405: "method_not_allowed: the answer carries all candidates (Allow: DELETE, OPTIONS)"},))
 async def _not_patchable(request: web.Request) -> web.Response:
     """RFC 9725 lets a server without trickle ICE or ICE restart answer PATCH with 405."""
     raise ApiError(405, "method_not_allowed",

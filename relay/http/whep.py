@@ -6,7 +6,9 @@ from aiohttp import web
 
 from ..models import HQ_ROOM
 from ..webrtc import parse_offer
-from .util import SessionEndpoint, read_sdp, sdp_answer, session_routes
+from .openapi import NO_SHOW, VIEWER, VIEWER_QUERY, operation
+from .util import (OFFER_ERRORS, SDP_ANSWER, SDP_TYPE, SESSION_GONE, SessionEndpoint, read_sdp, sdp_answer,
+                   session_routes)
 
 
 class WhepApi(SessionEndpoint):
@@ -20,6 +22,12 @@ class WhepApi(SessionEndpoint):
             *session_routes(["/whep/{show}", "/whep/{show}/{room}"], "/whep/{show}/{room}/{session}"),
         ]
 
+    @operation("Play a room (WHEP)", tag="media", auth=(VIEWER, VIEWER_QUERY), public_too=True, body=SDP_TYPE,
+               replies=SDP_ANSWER,
+               errors=(OFFER_ERRORS, NO_SHOW, {401: "unauthorized or token_expired: a token-playback show needs "
+                                                    "a viewer token of the room",
+                                               403: "wrong_room", 404: "mirror_not_found", 409: "show_ended",
+                                               503: "show_full or server_full (Retry-After)"}))
     async def play(self, request: web.Request) -> web.Response:
         self.limiter.check(request)
         room = request.match_info.get("room", HQ_ROOM)
@@ -30,6 +38,8 @@ class WhepApi(SessionEndpoint):
         viewer, answer = await self.live.watch(show, room, offer, self.auth.client(request))
         return sdp_answer(answer, f"/whep/{show.id}/{room}/{viewer.id}")
 
+    @operation("Stop playing (WHEP)", tag="media", replies=SESSION_GONE,
+               errors=({404: "session_not_found"},))
     async def stop(self, request: web.Request) -> web.Response:
         m = request.match_info
         await self.live.stop_watching(m["show"], m["room"], m["session"])

@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..webrtc import parse_offer
-from .util import SessionEndpoint, bearer_token, read_sdp, sdp_answer, session_routes
+from .openapi import NO_SHOW, STREAM_KEY, operation
+from .util import (OFFER_ERRORS, SDP_ANSWER, SDP_TYPE, SESSION_GONE, SessionEndpoint, bearer_token, read_sdp,
+                   sdp_answer, session_routes)
 
 
 class WhipApi(SessionEndpoint):
@@ -18,6 +20,9 @@ class WhipApi(SessionEndpoint):
             *session_routes(["/whip/{show}"], "/whip/{show}/{session}"),
         ]
 
+    @operation("Publish (WHIP)", tag="media", auth=(STREAM_KEY,), body=SDP_TYPE, replies=SDP_ANSWER,
+               errors=(OFFER_ERRORS, NO_SHOW, {401: "unauthorized or stream_key_expired: the stream key",
+                                               409: "show_ended"}))
     async def publish(self, request: web.Request) -> web.Response:
         self.limiter.check(request)
         key = bearer_token(request)
@@ -26,6 +31,9 @@ class WhipApi(SessionEndpoint):
         session, answer = await self.live.publish(show, key, offer, self.auth.client(request))
         return sdp_answer(answer, f"/whip/{show.id}/{session.id}")
 
+    @operation("Stop publishing (WHIP): ends the show", tag="media", auth=(STREAM_KEY,), replies=SESSION_GONE,
+               errors=(NO_SHOW, {401: "unauthorized: the stream key (the one it published with works too)",
+                                 404: "session_not_found"}))
     async def unpublish(self, request: web.Request) -> web.Response:
         await self.live.unpublish(request.match_info["show"], request.match_info["session"], bearer_token(request))
         return web.Response(status=200)
