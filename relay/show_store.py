@@ -46,21 +46,8 @@ CREATE TABLE IF NOT EXISTS room_figures (
 
 
 def _show(row: sqlite3.Row) -> Show:
-    return Show(
-        id=row["id"],
-        title=row["title"],
-        state=ShowState(row["state"]),
-        stream_key_hash=row["stream_key_hash"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        end_reason=row["end_reason"],
-        replay_public=bool(row["replay_public"]),
-        stream_key_expires_at=row["stream_key_expires_at"],
-        playback=row["playback"],
-        currency=row["currency"],
-        identity=row["identity"],
-    )
+    values = dict(row)  # the columns are the fields
+    return Show(**values | {"state": ShowState(values["state"]), "replay_public": bool(values["replay_public"])})
 
 
 class SqliteShowStore:
