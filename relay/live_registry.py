@@ -108,7 +108,10 @@ class LiveRegistry:
         """Close the show's sessions here (host and viewers), its figures saved."""
         live = self.running.pop(show_id, None)
         if live is not None:
-            await self._save_show_figures(show_id, live)
+            try:
+                await self._save_show_figures(show_id, live)
+            except Exception:  # the sessions close all the same
+                log.exception("show %s: saving its room figures failed", show_id)
             await live.close()
         self._saved_at.pop(show_id, None)
 
