@@ -299,6 +299,26 @@ class LiveRegistry:
         else:
             live.remove_viewer(viewer)
 
+    # -- what runs here --------------------------------------------------------------------
+    def describe(self, show_id: str) -> dict:
+        """The show's publisher, tracks and keyframe requests here (no publisher if not running)."""
+        live = self.running.get(show_id)
+        return live.describe() if live else {"publisher": None, "reconnecting_until": None}
+
+    def host_on_air(self, show_id: str) -> bool:
+        live = self.running.get(show_id)
+        return live is not None and live.publisher is not None
+
+    def viewers_now(self, show_id: str) -> dict[str, int]:
+        """Viewers connected now, per room (rooms with none may be missing)."""
+        live = self.running.get(show_id)
+        return {room: f.viewers for room, f in live.figures.rooms.items()} if live else {}
+
+    def totals(self) -> tuple[int, int]:
+        """(shows whose host is on air here, viewers connected here)."""
+        shows = self.running.values()
+        return sum(1 for live in shows if live.publisher is not None), sum(len(live.viewers) for live in shows)
+
     # -- figures ---------------------------------------------------------------------------
     async def figures(self, show_id: str) -> ShowFigures:
         live = self.running.get(show_id)

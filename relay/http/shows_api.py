@@ -102,8 +102,7 @@ class ShowsApi:
         """A show as the admin API shows it alone: with its publisher, tracks, rooms and viewers."""
         view = show_view(self.settings, show)
         figures = await self.live.figures(show.id)
-        live = self.live.running.get(show.id)
-        view.update(live.describe() if live else {"publisher": None, "reconnecting_until": None})
+        view.update(self.live.describe(show.id))
         mirrors = await self.catalog.mirrors(show.id)
         view["viewers"] = {HQ_ROOM: figures.room(HQ_ROOM).viewers} | {
             m.distributor: figures.rooms[m.distributor].viewers if m.distributor in figures.rooms else 0
@@ -210,23 +209,20 @@ class ShowsApi:
     async def public_status(self, request: web.Request) -> web.Response:
         """What a watch or studio page shows: no secrets, no per-room figures."""
         show = await self.catalog.show(request.match_info["show"])
-        live = self.live.running.get(show.id)
         if show.state is not ShowState.LIVE:
             host = "none"
-        elif live is not None and live.publisher is not None:
-            host = "live"
         else:
-            host = "reconnecting"
-        figures = await self.live.figures(show.id)
-        viewers = sum(r.viewers for r in figures.rooms.values()) if live else 0
+            host = "live" if self.live.host_on_air(show.id) else "reconnecting"
+        now = self.live.viewers_now(show.id)
         replay = await self.replays.record(show.id) if show.replay_public else None
         room = request.query.get("room", HQ_ROOM)
         mirrors = await self.catalog.mirrors(show.id) if room != HQ_ROOM else []
         mirror = next((m for m in mirrors if m.distributor == room), None)
         known_room = room == HQ_ROOM or mirror is not None
-        room_viewers = figures.rooms[room].viewers if live and known_room and room in figures.rooms else 0
+        room_viewers = now.get(room, 0) if known_room else 0
         return web.json_response({
-            "id": show.id, "title": show.title, "state": show.state.value, "host": host, "viewers": viewers,
+            "id": show.id, "title": show.title, "state": show.state.value, "host": host,
+            "viewers": sum(now.values()),
             "room_viewers": room_viewers, "room_name": mirror.name if mirror else None, "playback": show.playback,
             "currency": show.currency,
             "started_at": show.started_at, "ended_at": show.ended_at,
@@ -236,10 +232,10 @@ class ShowsApi:
     @operation("Health", tag="operations", replies={200: Reply("up; whether the commerce store is reachable",
                                                                 Health)})
     async def healthz(self, request: web.Request) -> web.Response:
-        running = self.live.running.values()
+        live_shows, viewers = self.live.totals()
         return web.json_response({
             "ok": True,
             "store": "ok" if self.commerce.available else "unavailable",
-            "live_shows": sum(1 for live in running if live.publisher is not None),
-            "viewers": sum(len(live.viewers) for live in running),
+            "live_shows": live_shows,
+            "viewers": viewers,
         })
