@@ -17,7 +17,7 @@ import pytest
 
 from relay import aiortc_hooks
 from relay.app import build_app
-from relay.clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
+from relay.clients.synthetic import encode_pattern, encode_tone
 from relay.clients.whep import WhepClient
 from relay.clients.whip import WhipClient
 from relay.config import Settings
@@ -223,15 +223,6 @@ async def make_relay(aiohttp_server, tmp_path):
 @pytest.fixture
 async def relay(make_relay) -> Relay:
     return await make_relay()
-
-
-def tracks(video: list[bytes] | None, audio: list[bytes] | None) -> list:
-    out = []
-    if audio is not None:
-        out.append(audio_track(audio))
-    if video is not None:
-        out.append(video_track(video))
-    return out
 
 
 class ServerProcess:

@@ -11,10 +11,11 @@ import time
 import aiohttp
 import jwt
 
-from conftest import Relay, RedisServer, relay_settings, tracks
+from conftest import Relay, RedisServer, relay_settings
 from test_commerce import SseReader
 from test_coupons import claim, register
 from relay.clients.fuzz import half_open_offer
+from relay.clients.synthetic import host_tracks
 from relay.webrtc import open_peer_count
 
 
@@ -42,7 +43,7 @@ async def test_half_open_sessions_are_capped_per_address_and_reaped_at_the_conne
 
     relay = await make_relay(configure=configure)
     show = await relay.create_show("flood", mirrors=("d1",))
-    await relay.publish(show, tracks(h264_clip * 10, None))
+    await relay.publish(show, host_tracks(h264_clip * 10, None))
     offer = await half_open_offer()
     peers, fds = open_peer_count(), open_fds()
 
@@ -169,7 +170,7 @@ async def test_without_redis_the_server_starts_serves_media_and_keeps_secrets_ou
     relay = Relay(server.base, relay_settings(tmp_path / "data"))
     assert (await relay.request("GET", "/healthz"))[1]["store"] == "unavailable"
     show = await relay.create_show("nostore")
-    await relay.publish(show, tracks(h264_clip * 10, None))
+    await relay.publish(show, host_tracks(h264_clip * 10, None))
     viewer = await relay.viewer("nostore", kinds=("video",), decode=False)
     await viewer.first_frame("video")  # media flows without the store
     status, body = await relay.request("POST", "/api/shows/nostore/viewers", json={"room": "hq"})

@@ -1,49 +1,13 @@
-"""The HTTP half of WHIP and WHEP on the client side: POST an offer, get the answer."""
+"""Ending a WHIP or WHEP session from the client side: DELETE its URL. (POSTing the offer is
+the product's, relay/demo/signaling.py, which the demo's publisher uses too.)"""
 
 from __future__ import annotations
 
-import asyncio
-from urllib.parse import urljoin
-
 import aiohttp
-from aiortc import RTCPeerConnection, RTCSessionDescription
-
-
-class SignalingError(RuntimeError):
-    """The server answered the offer with something other than 201."""
-
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"POST answered {status}: {body}")
-        self.status = status
-        self.body = body
-
-
-async def negotiate(pc: RTCPeerConnection, url: str, headers: dict[str, str] | None = None) -> str:
-    """Offer `pc`'s transceivers to `url` and apply the answer; returns the session URL."""
-    await pc.setLocalDescription(await pc.createOffer())
-    async with aiohttp.ClientSession() as http:
-        async with http.post(url, data=pc.localDescription.sdp,
-                             headers={"Content-Type": "application/sdp", **(headers or {})}) as res:
-            body = await res.text()
-            if res.status != 201:
-                await pc.close()
-                raise SignalingError(res.status, body)
-            location = urljoin(url, res.headers["Location"])
-    await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
-    return location
-
-
-async def connected(pc: RTCPeerConnection, timeout: float = 10.0) -> None:
-    """Wait until ICE and DTLS are done; ConnectionError if the connection fails instead."""
-    done = asyncio.Event()
-    pc.on("connectionstatechange", lambda: pc.connectionState not in ("new", "connecting") and done.set())
-    if pc.connectionState in ("new", "connecting"):
-        await asyncio.wait_for(done.wait(), timeout)
-    if pc.connectionState != "connected":
-        raise ConnectionError(f"the connection is {pc.connectionState}")
 
 
 async def delete_session(location: str, headers: dict[str, str] | None = None) -> None:
+    """DELETE the session at `location`; a server that is gone already is no error."""
     try:
         async with aiohttp.ClientSession() as http:
             async with http.delete(location, headers=headers or {}):
