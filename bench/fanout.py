@@ -387,7 +387,7 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
     import asyncio
 
     from relay import aiortc_hooks
-    from relay.clients.whep import WhepClient
+    from relay_testkit.whep import WhepClient
 
     aiortc_hooks.set_host_addresses(["127.0.0.1"])
     viewers: list[_Viewer] = []
@@ -457,8 +457,8 @@ def publisher_worker(cpus: set[int], whip_url: str, stream_key: str, video: list
     import asyncio
 
     from relay import aiortc_hooks
-    from relay.clients.synthetic import audio_track, video_track
-    from relay.clients.whip import WhipClient
+    from relay_testkit.synthetic import audio_track, video_track
+    from relay_testkit.whip import WhipClient
 
     aiortc_hooks.set_host_addresses(["127.0.0.1"])
     tracks = {"audio": audio_track(audio), "video": video_track(video, FPS)}
@@ -665,7 +665,7 @@ class Bench:
 
     # -- setup / teardown --------------------------------------------------------------------
     def encode(self) -> None:
-        from relay.clients.synthetic import encode_pattern, encode_tone
+        from relay_testkit.synthetic import encode_pattern, encode_tone
 
         t = time.monotonic()
         self.video = encode_pattern(1280, 720, FPS, seconds=4, gop=60, bitrate=2_000_000)

@@ -74,7 +74,7 @@ def check(checks: dict[str, bool], name: str, ok: bool) -> None:
 # -- join storm ---------------------------------------------------------------------------------
 
 def phase_join(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
-    from relay.clients.synthetic import encode_pattern, encode_tone
+    from relay_testkit.synthetic import encode_pattern, encode_tone
 
     print(f"\n== join: {args.join_viewers} viewers within {args.join_window:.0f} s, cap {args.cap}", flush=True)
     relay = RelayUnderTest(workdir, run.server_cpus, run.deadline, name="join",
@@ -148,7 +148,7 @@ def phase_fuzz(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
 
     from hypothesis import HealthCheck, given, settings
 
-    from relay.clients.fuzz import base_offers, mutated_offers
+    from relay_testkit.fuzz import base_offers, mutated_offers
 
     print(f"\n== fuzz: {args.fuzz_examples} random offers each against WHIP and WHEP", flush=True)
     relay = RelayUnderTest(workdir, run.server_cpus, run.deadline, name="fuzz",
@@ -249,10 +249,10 @@ def phase_loss(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
 
 async def _lossy_run(relay: RelayUnderTest, show: dict, side: str, loss: float, seconds: float) -> dict[str, Any]:
     from relay import aiortc_hooks
-    from relay.clients.lossy import make_lossy
-    from relay.clients.synthetic import encode_pattern, video_track
-    from relay.clients.whep import WhepClient
-    from relay.clients.whip import WhipClient
+    from relay_testkit.lossy import make_lossy
+    from relay_testkit.synthetic import encode_pattern, video_track
+    from relay_testkit.whep import WhepClient
+    from relay_testkit.whip import WhipClient
 
     aiortc_hooks.set_host_addresses(["127.0.0.1"])
     video = encode_pattern(640, 360, 30, seconds=2, gop=30, bitrate=800_000)
@@ -334,8 +334,8 @@ async def _claims_and_recording(relay: RelayUnderTest, show: dict) -> tuple[dict
     import aiohttp
 
     from relay import aiortc_hooks
-    from relay.clients.synthetic import encode_pattern, video_track
-    from relay.clients.whip import WhipClient
+    from relay_testkit.synthetic import encode_pattern, video_track
+    from relay_testkit.whip import WhipClient
 
     aiortc_hooks.set_host_addresses(["127.0.0.1"])
     host = WhipClient(f"{relay.base}/whip/{SHOW}", show["stream_key"],
@@ -367,8 +367,8 @@ async def _claims_and_recording(relay: RelayUnderTest, show: dict) -> tuple[dict
 
 
 async def _republish_and_end(relay: RelayUnderTest, show: dict) -> None:
-    from relay.clients.synthetic import encode_pattern, video_track
-    from relay.clients.whip import WhipClient
+    from relay_testkit.synthetic import encode_pattern, video_track
+    from relay_testkit.whip import WhipClient
 
     host = WhipClient(f"{relay.base}/whip/{SHOW}", show["stream_key"],
                       [video_track(encode_pattern(320, 240, 30, seconds=2, gop=30, bitrate=250_000))])
@@ -417,10 +417,10 @@ def phase_halfopen(args: argparse.Namespace, run, workdir: Path) -> dict[str, An
 async def _halfopen_run(args: argparse.Namespace, run, relay: RelayUnderTest) -> dict[str, Any]:
     import aiohttp
 
-    from relay.clients.fuzz import half_open_offer
-    from relay.clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
-    from relay.clients.whep import WhepClient
-    from relay.clients.whip import WhipClient
+    from relay_testkit.fuzz import half_open_offer
+    from relay_testkit.synthetic import audio_track, encode_pattern, encode_tone, video_track
+    from relay_testkit.whep import WhepClient
+    from relay_testkit.whip import WhipClient
 
     show = relay.api("POST", "/api/shows", {"title": "Half-open", "id": SHOW}, expect=201)
     host = WhipClient(f"{relay.base}/whip/{SHOW}", show["stream_key"],

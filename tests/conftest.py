@@ -17,10 +17,10 @@ import pytest
 
 from relay import aiortc_hooks
 from relay.app import build_app
-from relay.clients.synthetic import encode_pattern, encode_tone
-from relay.clients.whep import WhepClient
-from relay.clients.whip import WhipClient
 from relay.config import Settings
+from relay_testkit.synthetic import encode_pattern, encode_tone
+from relay_testkit.whep import WhepClient
+from relay_testkit.whip import WhipClient
 
 # Every aiortc peer in the test process gathers on loopback only.
 aiortc_hooks.set_host_addresses(["127.0.0.1"])

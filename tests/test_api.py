@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.clients.synthetic import host_tracks
+from relay_testkit.synthetic import host_tracks
 
 
 

@@ -14,9 +14,9 @@ import jwt
 from conftest import Relay, RedisServer, relay_settings
 from test_commerce import SseReader
 from test_coupons import claim, register
-from relay.clients.fuzz import half_open_offer
-from relay.clients.synthetic import host_tracks
 from relay.webrtc import open_peer_count
+from relay_testkit.fuzz import half_open_offer
+from relay_testkit.synthetic import host_tracks
 
 
 def open_fds() -> int:

@@ -13,8 +13,8 @@ import jwt
 import pytest
 
 from relay.app import SERVICES
-from relay.clients.synthetic import host_tracks
 from relay.commerce.tokens import ViewerIdentity, ViewerTokens
+from relay_testkit.synthetic import host_tracks
 
 
 class SseReader:

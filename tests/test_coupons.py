@@ -13,7 +13,7 @@ import pytest
 from conftest import Relay, relay_settings
 from test_commerce import SseReader
 
-from relay.clients.synthetic import host_tracks
+from relay_testkit.synthetic import host_tracks
 
 ROOMS = ("hq", "d1", "d2", "d3")
 CAPS = {"d1": 20, "d2": 20, "d3": 10}

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from relay.clients.fuzz import base_offers, mutated_offers
-from relay.clients.lossy import make_lossy
-from relay.clients.synthetic import host_tracks
+from relay_testkit.fuzz import base_offers, mutated_offers
+from relay_testkit.lossy import make_lossy
+from relay_testkit.synthetic import host_tracks
 
 
 async def frames_per_second(viewer, seconds: float) -> list[int]:
@@ -86,7 +86,7 @@ async def test_a_viewer_that_vanishes_is_reaped_and_counted_out(make_relay, h264
 
 
 async def test_a_join_storm_over_the_cap_connects_or_refuses_everyone_promptly(make_relay, h264_clip):
-    from relay.clients.whep import SignalingError
+    from relay_testkit.whep import SignalingError
 
     relay = await make_relay(configure=lambda s: setattr(s.limits, "max_viewers_per_process", 40))
     show = await relay.create_show("storm")

@@ -19,7 +19,7 @@ from conftest import Relay
 from test_pages import Pages, browser, playing  # noqa: F401  (browser is a fixture)
 from test_replay import wait_state
 
-from relay.clients.synthetic import host_tracks
+from relay_testkit.synthetic import host_tracks
 
 GST_PEER = Path(__file__).with_name("gst_peer.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # where Debian's python3-gi lives

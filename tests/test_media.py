@@ -14,8 +14,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from conftest import HEIGHT, WIDTH
 
 from relay import aiortc_hooks
-from relay.clients.synthetic import encode_pattern, host_tracks, video_track
-from relay.clients.whip import WhipClient
+from relay_testkit.synthetic import encode_pattern, host_tracks, video_track
+from relay_testkit.whip import WhipClient
 
 
 async def measure_fps(client, seconds: float = 3.0) -> float:

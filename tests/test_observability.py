@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import Relay, relay_settings
 from test_commerce import SseReader
 
-from relay.clients.synthetic import host_tracks
+from relay_testkit.synthetic import host_tracks
 
 
 async def scrape(relay, token: str) -> dict[tuple[str, tuple], float]:

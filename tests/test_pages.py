@@ -16,7 +16,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from conftest import ADMIN_KEY, REPO, Relay, free_port, relay_settings
 
-from relay.clients.synthetic import host_tracks
+from relay_testkit.synthetic import host_tracks
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import REPO, Relay, relay_settings
 
-from relay.clients.synthetic import host_tracks
+from relay_testkit.synthetic import host_tracks
 
 GUARD = str(Path(__file__).with_name("codec_guard.py"))
 

@@ -15,9 +15,9 @@ import pytest
 
 from conftest import HEIGHT, WIDTH, Relay, relay_settings
 from relay.app import SERVICES
-from relay.clients.synthetic import host_tracks
 from relay.replay.fmp4 import boxes
 from relay.replay.timeline import Timeline
+from relay_testkit.synthetic import host_tracks
 
 
 async def ffprobe(target: str) -> dict:

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import ADMIN_KEY, Relay, relay_settings
 from relay.app import SERVICES
-from relay.clients.whep import SignalingError
-from relay.clients.synthetic import host_tracks
+from relay_testkit.synthetic import host_tracks
+from relay_testkit.whep import SignalingError
 
 
 async def test_a_rotated_stream_key_stops_new_publishes_and_keeps_the_host_on_air(relay, h264_clip):

@@ -12,8 +12,8 @@ from aiohttp import web
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from relay.clients.synthetic import host_tracks
 from relay.webhooks import new_secret, sign, verify
+from relay_testkit.synthetic import host_tracks
 
 SECRET = new_secret()  # whsec_<base64>, as Standard Webhooks libraries take it
 
