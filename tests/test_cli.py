@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Relay, relay_settings
+from conftest import Relay, relay_settings
+
+from relay_testkit.process import REPO
 
 PRODUCT_ONLY = str(Path(__file__).with_name("product_only.py"))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conftest import REPO
+from relay_testkit.process import REPO
 
 PACKAGE = REPO / "relay"
 

@@ -73,7 +73,7 @@ async def test_json_logs_carry_show_and_session_fields(server_process, tmp_path,
     await viewer.first_frame("video")
     await relay.close_clients()
     server.stop()
-    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in server.log_text().splitlines() if line.startswith("{")]
     assert lines and all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
     access = [line for line in lines if line.get("path") == "/whep/logged"]
     assert access and access[0]["status"] == 201 and access[0]["show"] == "logged" and "ms" in access[0]

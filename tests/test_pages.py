@@ -14,8 +14,9 @@ import time
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from conftest import ADMIN_KEY, REPO, Relay, free_port, relay_settings
+from conftest import ADMIN_KEY, Relay, relay_settings
 
+from relay_testkit.process import REPO, free_port
 from relay_testkit.synthetic import host_tracks
 
 CHROMIUM = "/usr/bin/chromium"

@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, Relay, relay_settings
+from conftest import Relay, relay_settings
 
+from relay_testkit.process import REPO
 from relay_testkit.synthetic import host_tracks
 
 GUARD = str(Path(__file__).with_name("codec_guard.py"))

@@ -169,7 +169,7 @@ async def test_no_secret_or_token_reaches_the_log(server_process, tmp_path, h264
     await relay.api("POST", "/api/shows/quiet/stream-key")
     await relay.close_clients()
     server.stop()
-    log = server.log.read_text()
+    log = server.log_text()
     assert "/events/quiet" in log  # the access log is there...
     for secret in (show["stream_key"], ADMIN_KEY, viewer["token"], "s3cret-signing-key-for-tokens"):
         assert secret not in log  # ...without any secret
