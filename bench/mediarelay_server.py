@@ -12,7 +12,7 @@ relay_testkit.whep:
     DELETE /whep/{show}/{room}/{session}
     GET    /healthz                        {"viewers", "publisher", "frames_in": {kind: n}}
 
-Run: python bench/mediarelay_server.py --host 127.0.0.1 --port 0
+Run (from the repository root): python -m bench.mediarelay_server --host 127.0.0.1 --port 0
 It prints `mediarelay: listening on http://HOST:PORT` once it accepts connections.
 
 Proxies are subscribed with buffered=False (each viewer takes the newest decoded frame): a
