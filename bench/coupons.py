@@ -28,11 +28,11 @@ What it measures
 
     The targets are >= 2,000 claims/s on the embedded store and >= 5,000/s with Redis.
 
-Run (from the repository root, relay installed with `pip install -e '.[test]'`):
+Run (from the repository root, relay installed with `pip install -e '.[bench]'`):
 
-    python bench/coupons.py --json coupons.json
+    python -m bench.coupons --json coupons.json
 
-    python bench/coupons.py --store redis --json coupons-redis.json
+    python -m bench.coupons --store redis --json coupons-redis.json
 
 `--store redis` starts a redis-server (appendonly, appendfsync always) on the server's CPU and
 points the relay at it; its CPU is reported beside the relay's.
@@ -46,35 +46,31 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import os
 import random
-import resource
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fanout import (
-    RelayUnderTest,
+from bench.harness import (
     BenchError,
+    CpuSampler,
     Deadline,
-    Worker,
+    LoadBench,
+    RelayUnderTest,
     args_record,
-    end_run,
     begin_run,
-    cpu_seconds,
+    end_run,
     percentile,
-    serve_commands,
+    raise_fd_limit,
     report_log_problems,
+    serve_commands,
     stopped_early,
 )
 
@@ -197,54 +193,6 @@ def load_worker(cpus: set[int], conn: Connection) -> None:
 
 # -- the bench ------------------------------------------------------------------------------
 
-class CpuSampler:
-    """Samples the CPU seconds of some processes every `interval` s in a thread, so that CPU can be
-    read over a window known only afterwards (from the first request sent to the last answer)."""
-
-    def __init__(self, groups: dict[str, list[int]], interval: float = 0.02) -> None:
-        self.groups = groups
-        self.interval = interval
-        self.samples: list[tuple[float, dict[str, float]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
-
-    def _sample(self) -> None:
-        self.samples.append((time.time(), {name: sum(cpu_seconds(pid) for pid in pids)
-                                           for name, pids in self.groups.items()}))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sample()
-
-    def share(self, name: str, t0: float, t1: float) -> tuple[float, float]:
-        """(CPU seconds, CPU seconds / wall seconds) of group `name` between the last sample at or
-        before t0 and the first at or after t1."""
-        before = [s for s in self.samples if s[0] <= t0] or self.samples[:1]
-        after = [s for s in self.samples if s[0] >= t1] or self.samples[-1:]
-        (a_t, a), (b_t, b) = before[-1], after[0]
-        cpu = b[name] - a[name]
-        return cpu, cpu / max(1e-6, b_t - a_t)
-
-
-def expect(worker: Worker, kind: str, timeout: float) -> Any:
-    """`worker.expect`, with a worker that died reported as a BenchError."""
-    try:
-        return worker.expect(kind, timeout)
-    except OSError as exc:
-        worker.proc.join(1)
-        raise BenchError(f"{worker.name} died ({type(exc).__name__}; exit code {worker.proc.exitcode})") from None
-
-
 @dataclass
 class Viewer:
     index: int
@@ -286,35 +234,24 @@ class PhaseResult:
         return all(self.checks.values())
 
 
-class CouponBench:
+class CouponBench(LoadBench):
     def __init__(self, args: argparse.Namespace, deadline: Deadline, server_cpus: set[int], client_cpus: set[int],
                  workdir: Path) -> None:
-        self.args = args
-        self.deadline = deadline
-        self.server_cpus = server_cpus
-        self.client_cpus = client_cpus
-        self.workdir = workdir
-        self.ctx = mp.get_context("spawn")
-        self.workers: list[Worker] = []
+        super().__init__(args, deadline, server_cpus, client_cpus, workdir)
         self.relay = RelayUnderTest(workdir, server_cpus, deadline, store=args.store)
         self.viewers: list[Viewer] = []
 
     # -- setup / teardown --------------------------------------------------------------------
     def spawn_workers(self) -> None:
         for i in range(self.args.processes):
-            self.workers.append(Worker(self.ctx, f"loadgen-{i}", load_worker, (self.client_cpus,)))
+            self.spawn(f"loadgen-{i}", load_worker)
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.close()
-        self.workers.clear()
+        super().close()
         self.relay.stop()
 
     def setup_show(self) -> None:
-        self.relay.api("POST", "/api/shows", {"title": "Coupon bench", "id": SHOW_ID}, expect=201)
-        for distributor in MIRRORS:
-            self.relay.api("POST", f"/api/shows/{SHOW_ID}/mirrors", {"distributor": distributor,
-                                                                  "name": distributor.upper()}, expect=201)
+        self.relay.create_show("Coupon bench", SHOW_ID, MIRRORS)
 
     def register_viewers(self) -> float:
         """Registers --viewers viewers round-robin over the rooms; returns registrations per second."""
@@ -326,7 +263,7 @@ class CouponBench:
         t = time.monotonic()
         for worker, chunk in zip(self.workers, chunks):
             worker.send("register", self.relay.base, SHOW_ID, chunk, per_worker)
-        rows = [row for worker in self.workers for row in expect(worker, "registered", self.deadline.cap(120))]
+        rows = [row for worker in self.workers for row in worker.expect("registered", self.deadline.cap(120))]
         elapsed = time.monotonic() - t
         failed = [row for row in rows if row[1] is None]
         if failed:
@@ -350,7 +287,7 @@ class CouponBench:
                  for i in range(len(workers))]
         for worker, slot in zip(workers, slots):
             worker.send("prepare", slot, not self.args.cold, self.relay.base)
-        warm = max(expect(worker, "prepared", self.deadline.cap(120)) for worker in workers)
+        warm = max(worker.expect("prepared", self.deadline.cap(120)) for worker in workers)
         if not self.args.cold:
             print(f"{phase}: opened {concurrency} connections in {warm:.2f} s", flush=True)
         start_at = time.time() + 0.3
@@ -359,7 +296,7 @@ class CouponBench:
         sampler = CpuSampler({"server": [self.relay.pid], "loadgen": [w.pid for w in workers],
                               "redis": [self.relay.redis.pid] if self.relay.redis is not None else []})
         with sampler:
-            replies = [expect(worker, "claimed", self.deadline.cap(600)) for worker in workers]
+            replies = [worker.expect("claimed", self.deadline.cap(600)) for worker in workers]
         t0, t1 = min(r["t0"] for r in replies), max(r["t1"] for r in replies)
         seconds = max(1e-6, t1 - t0)
         server_cpu, server_share = sampler.share("server", t0, t1)
@@ -536,16 +473,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def raise_fd_limit() -> None:
-    """Thousands of sockets on each side: lift the soft limit to the hard one (inherited)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run = begin_run(args.max_seconds, __file__, argv, "the load generator")
+    run = begin_run(args.max_seconds, __spec__.name, argv, "the load generator")
     deadline, server_cpus, client_cpus, machine, command = (
         run.deadline, run.server_cpus, run.client_cpus, run.machine, run.command)
     raise_fd_limit()

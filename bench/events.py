@@ -23,9 +23,9 @@ What it measures
     All processes run on one machine, so time.time() stamps compare across them. The target is
     p99 <= 100 ms at 1,000 subscribers. `--subscribers 1000,2000` runs several steps on one server.
 
-Run (from the repository root, relay installed with `pip install -e '.[test]'`):
+Run (from the repository root, relay installed with `pip install -e '.[bench]'`):
 
-    python bench/events.py --subscribers 1000 --json events.json
+    python -m bench.events --subscribers 1000 --json events.json
 
 Everything listens on 127.0.0.1 only; every wait is bounded and the run stops by itself
 (`--max-seconds`, default 300); subprocesses are killed on the way out. Linux only.
@@ -39,7 +39,6 @@ import argparse
 import http.client
 import json
 import math
-import multiprocessing as mp
 import os
 import re
 import signal
@@ -53,20 +52,19 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from coupons import CpuSampler, expect, raise_fd_limit
-from fanout import serve_commands
-from fanout import (
-    RelayUnderTest,
+from bench.harness import (
     BenchError,
+    CpuSampler,
     Deadline,
-    Worker,
-    percentile,
+    LoadBench,
+    RelayUnderTest,
     args_record,
-    end_run,
     begin_run,
+    end_run,
+    percentile,
+    raise_fd_limit,
     report_log_problems,
+    serve_commands,
     stopped_early,
 )
 
@@ -308,25 +306,16 @@ class Operator:
         self.conn.close()
 
 
-class EventBench:
+class EventBench(LoadBench):
     def __init__(self, args: argparse.Namespace, deadline: Deadline, server_cpus: set[int], client_cpus: set[int],
                  workdir: Path) -> None:
-        self.args = args
-        self.deadline = deadline
-        self.server_cpus = server_cpus
-        self.client_cpus = client_cpus
-        self.workdir = workdir
-        self.ctx = mp.get_context("spawn")
-        self.workers: list[Worker] = []
+        super().__init__(args, deadline, server_cpus, client_cpus, workdir)
         self.relay = RelayUnderTest(workdir, server_cpus, deadline, store=args.store)
         self.pinned: str | None = None  # the product on the card now
         self.pins = 0
 
     def setup_show(self) -> None:
-        self.relay.api("POST", "/api/shows", {"title": "Event bench", "id": SHOW_ID}, 201)
-        for distributor in MIRRORS:
-            self.relay.api("POST", f"/api/shows/{SHOW_ID}/mirrors", {"distributor": distributor,
-                                                                  "name": distributor.upper()}, 201)
+        self.relay.create_show("Event bench", SHOW_ID, MIRRORS)
         for i, product in enumerate(PRODUCTS):
             body: dict[str, Any] = {"id": product, "title": f"Product {i + 1}", "price": 10 + i,
                                     "image_url": f"https://img.example/{product}.png",
@@ -337,13 +326,10 @@ class EventBench:
 
     def ensure_workers(self, count: int) -> None:
         while len(self.workers) < count:
-            self.workers.append(Worker(self.ctx, f"subscribers-{len(self.workers)}", subscriber_worker,
-                                       (self.client_cpus,)))
+            self.spawn(f"subscribers-{len(self.workers)}", subscriber_worker)
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.close()
-        self.workers.clear()
+        super().close()
         self.relay.stop()
 
     def run_step(self, n: int) -> StepResult:
@@ -358,7 +344,7 @@ class EventBench:
             assigned = [(k, paths[k % len(paths)]) for k in range(w * per, min(n, (w + 1) * per))]
             # at most ~100 connects in flight in all: the server's listen backlog is 128
             worker.send("connect", parts.hostname, parts.port, assigned, max(1, 100 // len(used)), 20.0)
-        replies = [expect(worker, "connected", self.deadline.cap(120)) for worker in used]
+        replies = [worker.expect("connected", self.deadline.cap(120)) for worker in used]
         connect_seconds = time.monotonic() - t
         connected = sum(r["ok"] for r in replies)
         failed = [f for r in replies for f in r["failed"]]
@@ -398,11 +384,11 @@ class EventBench:
         for worker in used:
             worker.send("report", baseline)
         for worker in used:
-            reports.extend(expect(worker, "report", self.deadline.cap(60)))
+            reports.extend(worker.expect("report", self.deadline.cap(60)))
         for worker in used:
             worker.send("close")
         for worker in used:
-            expect(worker, "closed", self.deadline.cap(30))
+            worker.expect("closed", self.deadline.cap(30))
 
         bad_calls = [c for c in calls if c.status != 200]
         if bad_calls:
@@ -541,7 +527,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run = begin_run(args.max_seconds, __file__, argv, "the subscribers")
+    run = begin_run(args.max_seconds, __spec__.name, argv, "the subscribers")
     deadline, server_cpus, client_cpus, machine, command = (
         run.deadline, run.server_cpus, run.client_cpus, run.machine, run.command)
     raise_fd_limit()

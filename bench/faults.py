@@ -25,10 +25,10 @@ viewers and this script on the other CPUs):
              acknowledged claim, room figures and the replay must be intact; the host
              republishes and the replay continues.
 
-Run (from the repository root, relay installed with `pip install -e '.[test,bench]'`):
+Run (from the repository root, relay installed with `pip install -e '.[bench]'`):
 
-    python bench/faults.py --json faults.json
-    python bench/faults.py --phases fuzz --fuzz-examples 10000
+    python -m bench.faults --json faults.json
+    python -m bench.faults --phases fuzz --fuzz-examples 10000
 
 Everything listens on 127.0.0.1; the run stops by itself (`--max-seconds`, default 600).
 Exit status: 0 every check passed, 1 a check failed, 3 the run stopped early.
@@ -46,18 +46,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fanout import (  # noqa: E402  (bench/ is put on sys.path just above)
+from bench.harness import (
     BenchError,
+    RelayUnderTest,
     Worker,
     args_record,
-    end_run,
     begin_run,
+    end_run,
     http_json,
     percentile,
     publisher_worker,
-    RelayUnderTest,
     report_log_problems,
     stopped_early,
     viewer_worker,
@@ -74,7 +72,7 @@ def check(checks: dict[str, bool], name: str, ok: bool) -> None:
 # -- join storm ---------------------------------------------------------------------------------
 
 def phase_join(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
-    from relay.clients.synthetic import encode_pattern, encode_tone
+    from relay_testkit.synthetic import encode_pattern, encode_tone
 
     print(f"\n== join: {args.join_viewers} viewers within {args.join_window:.0f} s, cap {args.cap}", flush=True)
     relay = RelayUnderTest(workdir, run.server_cpus, run.deadline, name="join",
@@ -83,7 +81,7 @@ def phase_join(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
     workers: list[Worker] = []
     checks: dict[str, bool] = {}
     try:
-        show = relay.api("POST", "/api/shows", {"title": "Join storm", "id": SHOW}, expect=201)
+        show = relay.create_show("Join storm", SHOW)
         video = encode_pattern(320, 240, 30, seconds=2, gop=30, bitrate=args.join_bitrate)
         publisher = Worker(ctx, "host", publisher_worker,
                            (run.client_cpus, f"{relay.base}/whip/{SHOW}", show["stream_key"], video, encode_tone()))
@@ -148,14 +146,14 @@ def phase_fuzz(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
 
     from hypothesis import HealthCheck, given, settings
 
-    from relay.clients.fuzz import base_offers, mutated_offers
+    from relay_testkit.fuzz import base_offers, mutated_offers
 
     print(f"\n== fuzz: {args.fuzz_examples} random offers each against WHIP and WHEP", flush=True)
     relay = RelayUnderTest(workdir, run.server_cpus, run.deadline, name="fuzz",
                            env={"RELAY_MEDIA_PUBLISHER_TIMEOUT_S": "2", "RELAY_MEDIA_GRACE_PERIOD_S": "3600"}).start()
     checks: dict[str, bool] = {}
     try:
-        key = relay.api("POST", "/api/shows", {"title": "Fuzz", "id": SHOW}, expect=201)["stream_key"]
+        key = relay.create_show("Fuzz", SHOW)["stream_key"]
         offers = asyncio.run(base_offers())
         statuses: dict[str, int] = {}
         bad: list[str] = []
@@ -201,16 +199,18 @@ def phase_fuzz(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
 
             fuzz()
         seconds = time.monotonic() - started
+        if rss[-1][0] != sent:
+            rss.append((sent, round(relay.rss_mib(), 1)))  # the end, also for runs under 250 offers
         relay.api("POST", f"/api/shows/{SHOW}/end")
         relay.wait_for(lambda: relay.metric("relay_peer_connections") == 0, 30, "every peer to close")
         tasks_after = relay.metric("relay_asyncio_tasks")
-        alive = relay.server.proc.poll() is None
-        first, last = rss[1][1], rss[-1][1]
+        alive = relay.server.running
+        first, last = rss[min(1, len(rss) - 2)][1], rss[-1][1]  # from the first sample under fuzzing if any
         result = {"offers": sent, "seconds": round(seconds, 1), "statuses": statuses, "server_errors": bad[:5],
                   "rss_mib": rss, "rss_growth_mib": round(last - first, 1), "tasks_before": tasks_before,
                   "tasks_after": tasks_after, "peers_after": 0, "alive": alive}
         print(f"  {sent} offers in {seconds:.0f} s; answers {statuses}", flush=True)
-        print(f"  RSS {first} MiB -> {last} MiB (samples every 250: {[m for _, m in rss]})", flush=True)
+        print(f"  RSS {first} MiB -> {last} MiB (samples every 250 and at the end: {[m for _, m in rss]})", flush=True)
         check(checks, "no 5xx other than 503", not bad)
         check(checks, "the server stayed up", alive)
         check(checks, "no peer connection left open", True)
@@ -231,7 +231,7 @@ def phase_loss(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
     checks: dict[str, bool] = {}
     runs: list[dict[str, Any]] = []
     try:
-        show = relay.api("POST", "/api/shows", {"title": "Loss", "id": SHOW}, expect=201)
+        show = relay.create_show("Loss", SHOW)
         for side in ("host", "viewer"):
             for loss in (0.05, 0.2):
                 row = asyncio.run(_lossy_run(relay, show, side, loss, args.loss_seconds))
@@ -249,10 +249,10 @@ def phase_loss(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any]:
 
 async def _lossy_run(relay: RelayUnderTest, show: dict, side: str, loss: float, seconds: float) -> dict[str, Any]:
     from relay import aiortc_hooks
-    from relay.clients.lossy import make_lossy
-    from relay.clients.synthetic import encode_pattern, video_track
-    from relay.clients.whep import WhepClient
-    from relay.clients.whip import WhipClient
+    from relay_testkit.lossy import make_lossy
+    from relay_testkit.synthetic import encode_pattern, video_track
+    from relay_testkit.whep import WhepClient
+    from relay_testkit.whip import WhipClient
 
     aiortc_hooks.set_host_addresses(["127.0.0.1"])
     video = encode_pattern(640, 360, 30, seconds=2, gop=30, bitrate=800_000)
@@ -288,9 +288,7 @@ def phase_restart(args: argparse.Namespace, run, workdir: Path) -> dict[str, Any
                            env={"RELAY_REPLAY_SEGMENT_TARGET_S": "1"}).start()
     checks: dict[str, bool] = {}
     try:
-        show = relay.api("POST", "/api/shows", {"title": "Restart", "id": SHOW}, expect=201)
-        for d in ("d1", "d2", "d3"):
-            relay.api("POST", f"/api/shows/{SHOW}/mirrors", {"distributor": d, "name": d.upper()}, expect=201)
+        show = relay.create_show("Restart", SHOW, ("d1", "d2", "d3"))
         relay.api("POST", f"/api/shows/{SHOW}/coupons", {"id": "flash", "title": "Flash", "quantity": 300,
                                                           "duration_s": 600}, expect=201)
         relay.api("POST", f"/api/shows/{SHOW}/coupons/flash/launch")
@@ -334,8 +332,8 @@ async def _claims_and_recording(relay: RelayUnderTest, show: dict) -> tuple[dict
     import aiohttp
 
     from relay import aiortc_hooks
-    from relay.clients.synthetic import encode_pattern, video_track
-    from relay.clients.whip import WhipClient
+    from relay_testkit.synthetic import encode_pattern, video_track
+    from relay_testkit.whip import WhipClient
 
     aiortc_hooks.set_host_addresses(["127.0.0.1"])
     host = WhipClient(f"{relay.base}/whip/{SHOW}", show["stream_key"],
@@ -367,8 +365,8 @@ async def _claims_and_recording(relay: RelayUnderTest, show: dict) -> tuple[dict
 
 
 async def _republish_and_end(relay: RelayUnderTest, show: dict) -> None:
-    from relay.clients.synthetic import encode_pattern, video_track
-    from relay.clients.whip import WhipClient
+    from relay_testkit.synthetic import encode_pattern, video_track
+    from relay_testkit.whip import WhipClient
 
     host = WhipClient(f"{relay.base}/whip/{SHOW}", show["stream_key"],
                       [video_track(encode_pattern(320, 240, 30, seconds=2, gop=30, bitrate=250_000))])
@@ -379,8 +377,6 @@ async def _republish_and_end(relay: RelayUnderTest, show: dict) -> None:
         await asyncio.sleep(0.5)  # until the continued replay has grown, with a deadline
     await host.stop()
 
-
-# -- main ---------------------------------------------------------------------------------------
 
 # -- half-open sessions ---------------------------------------------------------------------------
 
@@ -417,12 +413,12 @@ def phase_halfopen(args: argparse.Namespace, run, workdir: Path) -> dict[str, An
 async def _halfopen_run(args: argparse.Namespace, run, relay: RelayUnderTest) -> dict[str, Any]:
     import aiohttp
 
-    from relay.clients.fuzz import half_open_offer
-    from relay.clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
-    from relay.clients.whep import WhepClient
-    from relay.clients.whip import WhipClient
+    from relay_testkit.fuzz import half_open_offer
+    from relay_testkit.synthetic import audio_track, encode_pattern, encode_tone, video_track
+    from relay_testkit.whep import WhepClient
+    from relay_testkit.whip import WhipClient
 
-    show = relay.api("POST", "/api/shows", {"title": "Half-open", "id": SHOW}, expect=201)
+    show = relay.create_show("Half-open", SHOW)
     host = WhipClient(f"{relay.base}/whip/{SHOW}", show["stream_key"],
                       [audio_track(encode_tone()), video_track(encode_pattern(320, 240, 30, 2.0, 30, 250_000))])
     await host.start()
@@ -496,6 +492,8 @@ async def _halfopen_run(args: argparse.Namespace, run, relay: RelayUnderTest) ->
     return result
 
 
+# -- main ---------------------------------------------------------------------------------------
+
 PHASES = {"join": phase_join, "fuzz": phase_fuzz, "loss": phase_loss, "halfopen": phase_halfopen,
           "restart": phase_restart}
 
@@ -525,7 +523,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run = begin_run(args.max_seconds, __file__, argv, "the hosts and viewers")
+    run = begin_run(args.max_seconds, __spec__.name, argv, "the hosts and viewers")
     machine = run.machine
     print(f"machine: {machine['nproc']} CPU(s), {machine['cpu_model']}; Python {machine['python']}, "
           f"aiortc {machine['aiortc']}", flush=True)

@@ -3,8 +3,8 @@
 A minimal WHIP/WHEP server that does what aiortc's examples do: receive the host's tracks
 (aiortc decodes them), and answer every viewer with `MediaRelay().subscribe(track)`, so the
 decoded frames are shared but each viewer's sender encodes them again (H.264 / Opus). Nothing
-else: no auth, no rooms, one show. Speaks just enough WHIP/WHEP for relay.clients.whip /
-relay.clients.whep:
+else: no auth, no rooms, one show. Speaks just enough WHIP/WHEP for relay_testkit.whip /
+relay_testkit.whep:
 
     POST   /whip/{show}                    SDP offer -> 201 SDP answer, Location
     DELETE /whip/{show}/{session}
@@ -12,7 +12,7 @@ relay.clients.whep:
     DELETE /whep/{show}/{room}/{session}
     GET    /healthz                        {"viewers", "publisher", "frames_in": {kind: n}}
 
-Run: python bench/mediarelay_server.py --host 127.0.0.1 --port 0
+Run (from the repository root): python -m bench.mediarelay_server --host 127.0.0.1 --port 0
 It prints `mediarelay: listening on http://HOST:PORT` once it accepts connections.
 
 Proxies are subscribed with buffered=False (each viewer takes the newest decoded frame): a

@@ -1,8 +1,8 @@
 """Replay bench: what recording costs while live, and how fast a replay is ready after the show.
 
 What it measures
-    A. Recording cost while live. The fan-out bench's setup (bench/fanout.py, whose helpers this
-       reuses): `relay serve` pinned to CPU 0, one synthetic host publishing 720p30 H.264
+    A. Recording cost while live. The fan-out bench's setup (bench/harness.py's FanoutBench, as
+       bench.fanout runs it): `relay serve` pinned to CPU 0, one synthetic host publishing 720p30 H.264
        (~2 Mbps, pre-encoded, looped) + Opus over WHIP, N WHEP viewers (default 25) in worker
        processes on the other CPU. The same measurement runs twice in one go, on a fresh server
        each time: with RELAY_REPLAY_ENABLED=false (baseline) and with recording on (the default).
@@ -30,9 +30,9 @@ What it measures
     Targets: the recorder costs a few % of one core; the playlist is final within 2 s of the
     end; the MP4 is ready within 10 s per hour of content.
 
-Run (from the repository root, relay installed with `pip install -e '.[test]'`; needs ffprobe):
+Run (from the repository root, relay installed with `pip install -e '.[bench]'`; needs ffprobe):
 
-    python bench/replay.py --viewers 25 --minutes 10 --json replay.json
+    python -m bench.replay --viewers 25 --minutes 10 --json replay.json
 
 `--parts A` or `--parts B` runs one part only; `--rounds 2` repeats part A's off/on pair (in
 alternating order) to see the spread. Everything listens on 127.0.0.1 only; every wait is
@@ -49,7 +49,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import shutil
 import signal
 import statistics
@@ -62,34 +61,29 @@ from pathlib import Path
 from typing import Any, Iterator
 from unittest import mock
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from fanout import (  # noqa: E402  (bench/ is put on sys.path just above)
-    relay_env,
+from bench.harness import (
     CLK_TCK,
     FPS,
     HEADER,
     SHOW_ID,
-    Bench,
     BenchError,
     BenchTimeout,
     Deadline,
+    FanoutBench,
     RelayTarget,
-    ServerProcess,
+    RelayUnderTest,
     Snapshot,
     Target,
     Worker,
-    http_json,
     args_record,
-    end_run,
     begin_run,
+    end_run,
+    http_json,
     report_log_problems,
     stopped_early,
 )
+from relay_testkit.process import REPO
 
-REPO = HERE.parent
 FFPROBE = shutil.which("ffprobe") or "/usr/bin/ffprobe"
 VIDEO_STEP = 3000  # 90 kHz / 30 fps
 AUDIO_STEP = 960  # 48 kHz * 20 ms
@@ -226,13 +220,12 @@ def folder_bytes(folder: Path, pattern: str) -> int:
 class ReplayTarget(RelayTarget):
     """The relay, with the show's replay info added to each `figures()` reading."""
 
-    def __init__(self, server: ServerProcess, base: str, admin_key: str, data_dir: Path, recording: bool) -> None:
-        super().__init__(server, base, admin_key)
-        self.data_dir = data_dir
-        self.recording = recording
+    def __init__(self, relay: RelayUnderTest) -> None:
+        super().__init__(relay)
+        self.data_dir = relay.data
 
     def replay_info(self) -> tuple[int, Any]:
-        return http_json("GET", f"{self.base}/api/shows/{SHOW_ID}/replay", token=self.admin_key)
+        return http_json("GET", f"{self.base}/api/shows/{SHOW_ID}/replay", token=self.relay.admin_key)
 
     def figures(self) -> dict[str, Any]:
         out = super().figures()
@@ -290,31 +283,22 @@ class PhaseResult:
     log_problems: list[str] = field(default_factory=list)
 
 
-class ReplayBench(Bench):
+class ReplayBench(FanoutBench):
     """The fan-out bench with a relay whose recording is switched on or off, and per-thread CPU."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.marks: list[Mark] = []
 
-    def start_relay(self, label: str, recording: bool) -> ReplayTarget:
-        admin_key = secrets.token_urlsafe(24)
-        env = relay_env(admin_key)
-        env.pop("RELAY_REPLAY_ENABLED", None)  # on: the default (config/relay.toml)
-        if not recording:
-            env["RELAY_REPLAY_ENABLED"] = "false"
-        data_dir = self.workdir / f"data-{label}"
-        argv = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", "0",
-                "--data-dir", str(data_dir)]
-        server = ServerProcess(f"relay ({label})", argv, env, self.server_cpus, self.workdir / f"relay-{label}.log",
-                               re.compile(r"listening on (http://\S+)"))
-        self.servers.append(server)
-        return ReplayTarget(server, server.start(self.deadline.cap(30)), admin_key, data_dir, recording)
+    def start_recording_relay(self, label: str, recording: bool) -> ReplayTarget:
+        """A fresh relay with recording on (the default) or off."""
+        env = {"RELAY_REPLAY_ENABLED": "true" if recording else "false"}
+        return self.start_relay(f"relay-{label}", env, ReplayTarget)
 
     def snapshot(self, target: Target, workers: list[Worker]) -> Snapshot:
         snap = super().snapshot(target, workers)
         figures = snap.figures
-        self.marks.append(Mark(snap.t, thread_cpu(target.server.pid), int(figures.get("replay_status", 0)),
+        self.marks.append(Mark(snap.t, thread_cpu(target.process.pid), int(figures.get("replay_status", 0)),
                                figures.get("replay")))
         return snap
 
@@ -328,15 +312,15 @@ class ReplayBench(Bench):
     def run_phase(self, label: str, round_no: int, recording: bool, viewers: int) -> PhaseResult:
         print(f"\n== round {round_no}: recording {'ON' if recording else 'OFF (RELAY_REPLAY_ENABLED=false)'}",
               flush=True)
-        target = self.start_relay(label, recording)
+        target = self.start_recording_relay(label, recording)
         try:
             self.start_publisher(target, target.setup())
             idle = self.measure_idle(target)
-            _, idle_main, idle_other, _, _ = self.last_window(target.server.pid)
+            _, idle_main, idle_other, _, _ = self.last_window(target.process.pid)
             print(f"    host only: event-loop thread {idle_main:.1f}%, other threads {idle_other:.1f}%", flush=True)
             print(HEADER, flush=True)
             step = asdict(self.run_step(target, viewers))
-            _, main_pct, other_pct, before, after = self.last_window(target.server.pid)
+            _, main_pct, other_pct, before, after = self.last_window(target.process.pid)
 
             def duration(mark: Mark) -> float | None:
                 return float(mark.replay["duration_s"]) if mark.replay and mark.replay.get("duration_s") is not None \
@@ -359,15 +343,15 @@ class ReplayBench(Bench):
                 result.end = self.end_show(target)
         finally:
             self.stop_publisher()
-            target.server.stop()
-        result.log_problems = report_log_problems(target.server, target.server.name, "    ")
+            target.stop()
+        result.log_problems = report_log_problems(target.process, target.process.name, "    ")
         return result
 
     def end_show(self, target: ReplayTarget) -> EndResult:
         """POST /end with the host still publishing; poll the replay until it is ready."""
         poll = self.args.poll_ms / 1000
         t0 = time.monotonic()
-        status, body = http_json("POST", f"{target.base}/api/shows/{SHOW_ID}/end", token=target.admin_key)
+        status, body = http_json("POST", f"{target.base}/api/shows/{SHOW_ID}/end", token=target.relay.admin_key)
         post_s = time.monotonic() - t0
         if status != 200:
             raise BenchError(f"POST /api/shows/{SHOW_ID}/end answered {status}: {body}")
@@ -392,7 +376,7 @@ class ReplayBench(Bench):
         probe = ffprobe(mp4, self.deadline.cap(60)) if mp4.exists() else {"ok": False, "error": "no show.mp4"}
         duration = info.get("duration_s")
         mp4_ok, mp4_text = probe_verdict(probe, float(duration) if duration is not None else None)
-        result = EndResult(post_s, final_s, ready_s, log_gap(target.server.log_text()), info.get("state"), duration, info.get("error"), playlist,
+        result = EndResult(post_s, final_s, ready_s, log_gap(target.process.log_text()), info.get("state"), duration, info.get("error"), playlist,
                            mp4.stat().st_size if mp4.exists() else 0, probe, mp4_ok, mp4_text)
 
         log_ready = "n/a" if result.log_ready_s is None else f"{1000 * result.log_ready_s:.0f} ms"
@@ -688,13 +672,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--window must be at least 1 s and --warmup not negative")
     if args.viewers < 1 or args.rounds < 1 or args.minutes <= 0:
         parser.error("--viewers, --rounds and --minutes must be positive")
-    args.step_seconds = args.warmup + args.window  # what fanout.Bench reads
+    args.step_seconds = args.warmup + args.window  # what FanoutBench reads
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run = begin_run(args.max_seconds, __file__, argv, "the viewers")
+    run = begin_run(args.max_seconds, __spec__.name, argv, "the viewers")
     deadline, server_cpus, client_cpus, machine, command = (
         run.deadline, run.server_cpus, run.client_cpus, run.machine, run.command)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

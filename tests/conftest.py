@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,23 +12,18 @@ import pytest
 
 from relay import aiortc_hooks
 from relay.app import build_app
-from relay.clients.synthetic import audio_track, encode_pattern, encode_tone, video_track
-from relay.clients.whep import WhepClient
-from relay.clients.whip import WhipClient
 from relay.config import Settings
+from relay_testkit.process import NO_LIMITS, RedisProcess, RelayProcess
+from relay_testkit.synthetic import encode_pattern, encode_tone
+from relay_testkit.whep import WhepClient
+from relay_testkit.whip import WhipClient
 
 # Every aiortc peer in the test process gathers on loopback only.
 aiortc_hooks.set_host_addresses(["127.0.0.1"])
 
 ADMIN_KEY = "test-admin-key"
-REPO = Path(__file__).resolve().parent.parent
 
 WIDTH, HEIGHT = 640, 360
-
-# Tests (and benches) run hundreds of clients from one address: per-address limits off.
-NO_LIMITS = {f"RELAY_LIMITS_{name}": "0" for name in (
-    "VIEWER_REGISTRATIONS_PER_S", "CLAIMS_PER_S", "WHEP_PER_S", "WHIP_PER_S", "MAX_PENDING_SESSIONS_PER_ADDRESS",
-    "MAX_CONNECTIONS_PER_ADDRESS", "REGISTRATIONS_PER_ADDRESS_PER_SHOW")}
 
 
 @pytest.fixture(scope="session")
@@ -149,54 +139,11 @@ class Relay:
                 pass
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A real redis-server on a free loopback port, durable like production (AOF, fsync always)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", "redis.log"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # ready once it answers PING
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"redis-server did not start: {(self.workdir / 'redis.log').read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        """Stop at once, as a crash would (what was fsynced survives)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
 def redis_server(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
+    """A real redis-server on a free loopback port, durable like production (AOF, fsync always)."""
+    server = RedisProcess(tmp_path / "redis")
+    server.start()
     yield server
     server.kill()
 
@@ -234,69 +181,17 @@ async def relay(make_relay) -> Relay:
     return await make_relay()
 
 
-def tracks(video: list[bytes] | None, audio: list[bytes] | None) -> list:
-    out = []
-    if audio is not None:
-        out.append(audio_track(audio))
-    if video is not None:
-        out.append(video_track(video))
-    return out
-
-
-class ServerProcess:
-    """`relay serve` in a subprocess on a free loopback port."""
-
-    def __init__(self, data_dir: Path, *, wrapper: str | None = None, env: dict | None = None,
-                 port: int = 0, args: tuple[str, ...] = ()) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.args = args
-        self.wrapper = wrapper
-        self.env = env or {}
-        self.proc: subprocess.Popen | None = None
-        self.base = ""
-        self.log = data_dir.parent / f"{data_dir.name}-server.log"
-
-    def start(self) -> "ServerProcess":
-        cmd = [sys.executable]
-        cmd += [self.wrapper] if self.wrapper else ["-m", "relay"]
-        cmd += ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
-                *self.args]
-        env = {**os.environ, "RELAY_ADMIN_KEY": ADMIN_KEY, "RELAY_ICE_ADDRESSES": "127.0.0.1", **NO_LIMITS,
-               "PYTHONPATH": str(REPO), **self.env}
-        self._logfh = open(self.log, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._logfh, env=env, cwd=REPO)
-        deadline = time.monotonic() + 30
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline().decode()
-            if not line:
-                break
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                self.base = m.group(1)
-                return self
-        raise AssertionError(f"server did not start; log: {self.log.read_text()[-2000:]}")
-
-    def stop(self, sig: int = 15) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=20)
-        self._logfh.close()
-        return code
-
-
 @pytest.fixture
 def server_process(tmp_path):
-    procs: list[ServerProcess] = []
+    """Start `relay serve` in a subprocess (RelayProcess's options); killed at the end if still up."""
+    procs: list[RelayProcess] = []
 
-    def start(data_dir: Path | None = None, **kwargs) -> ServerProcess:
-        proc = ServerProcess(data_dir or tmp_path / "data", **kwargs).start()
+    def start(data_dir: Path | None = None, **kwargs) -> RelayProcess:
+        proc = RelayProcess(data_dir or tmp_path / "data", ADMIN_KEY, **kwargs)
         procs.append(proc)
+        proc.start()
         return proc
 
     yield start
     for proc in procs:
-        if proc.proc and proc.proc.poll() is None:
-            proc.proc.kill()
-            proc.proc.wait()
+        proc.kill()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import tracks
+from relay_testkit.synthetic import host_tracks
+
 
 
 async def test_show_lifecycle_through_the_api(relay):
@@ -47,7 +48,7 @@ async def test_show_lifecycle_through_the_api(relay):
 
 async def test_room_figures_are_kept_apart(relay, h264_clip):
     show = await relay.create_show("figures", mirrors=("alice", "bob"))
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     hq = [await relay.viewer("figures", kinds=("video",), decode=False) for _ in range(2)]
     alice = [await relay.viewer("figures", "alice", kinds=("video",), decode=False) for _ in range(3)]
     for viewer in hq + alice:

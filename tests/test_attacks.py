@@ -11,11 +11,13 @@ import time
 import aiohttp
 import jwt
 
-from conftest import Relay, RedisServer, relay_settings, tracks
+from conftest import Relay, relay_settings
 from test_commerce import SseReader
 from test_coupons import claim, register
-from relay.clients.fuzz import half_open_offer
 from relay.webrtc import open_peer_count
+from relay_testkit.fuzz import half_open_offer
+from relay_testkit.process import RedisProcess
+from relay_testkit.synthetic import host_tracks
 
 
 def open_fds() -> int:
@@ -42,7 +44,7 @@ async def test_half_open_sessions_are_capped_per_address_and_reaped_at_the_conne
 
     relay = await make_relay(configure=configure)
     show = await relay.create_show("flood", mirrors=("d1",))
-    await relay.publish(show, tracks(h264_clip * 10, None))
+    await relay.publish(show, host_tracks(h264_clip * 10, None))
     offer = await half_open_offer()
     peers, fds = open_peer_count(), open_fds()
 
@@ -163,13 +165,13 @@ async def test_numbers_and_ids_out_of_bounds_are_clear_4xx_and_change_nothing(re
 
 async def test_without_redis_the_server_starts_serves_media_and_keeps_secrets_out_of_logs(
         server_process, tmp_path, h264_clip):
-    redis = RedisServer(tmp_path / "redis")  # its port, not started yet
+    redis = RedisProcess(tmp_path / "redis")  # its port, not started yet
     url = f"redis://:pa55-w0rd-x@127.0.0.1:{redis.port}/0"
     server = server_process(tmp_path / "data", args=("--redis", url))  # started: it did not hang
     relay = Relay(server.base, relay_settings(tmp_path / "data"))
     assert (await relay.request("GET", "/healthz"))[1]["store"] == "unavailable"
     show = await relay.create_show("nostore")
-    await relay.publish(show, tracks(h264_clip * 10, None))
+    await relay.publish(show, host_tracks(h264_clip * 10, None))
     viewer = await relay.viewer("nostore", kinds=("video",), decode=False)
     await viewer.first_frame("video")  # media flows without the store
     status, body = await relay.request("POST", "/api/shows/nostore/viewers", json={"room": "hq"})
@@ -188,7 +190,7 @@ async def test_without_redis_the_server_starts_serves_media_and_keeps_secrets_ou
         await relay.close_clients()
         server.stop()
         redis.kill()
-    log = server.log.read_text()
+    log = server.log_text()
     assert "pa55-w0rd-x" not in log and token not in log and "c2VjcmV0" not in log
     assert "/signed/<token>/nope/nothing 404" in log
 

@@ -7,10 +7,15 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import Relay, relay_settings
+
+from relay_testkit.process import REPO
+
+PRODUCT_ONLY = str(Path(__file__).with_name("product_only.py"))
 
 
 def relay(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
@@ -55,3 +60,21 @@ def test_a_data_dir_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path):
         done = relay("serve", "--port", "0", "--data-dir", str(path))
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip() == f"relay: data dir {path}: {message}"
+
+
+async def test_the_demo_plays_with_the_product_alone(server_process):
+    """`relay serve --demo` with numpy, Hypothesis, psutil and relay_testkit unimportable."""
+    server = server_process(wrapper=PRODUCT_ONLY, args=("--demo",))
+    relay = Relay(server.base, relay_settings(server.data_dir))
+
+    async def live() -> bool:
+        status, show = await relay.api("GET", "/api/shows/demo")
+        return status == 200 and show["state"] == "live" and show["publisher"] is not None
+
+    await relay.wait_for(live, timeout=30, what="the demo show to go live")
+    viewer = await relay.viewer("demo")
+    await viewer.first_frame("video")
+    await viewer.first_frame("audio")
+    assert (await relay.show("demo"))["tracks"]["video"]["codec"] == "H264"
+    await relay.close_clients()
+    assert server.stop() == 0

@@ -12,9 +12,9 @@ import aiohttp
 import jwt
 import pytest
 
-from conftest import tracks
 from relay.app import SERVICES
 from relay.commerce.tokens import ViewerIdentity, ViewerTokens
+from relay_testkit.synthetic import host_tracks
 
 
 class SseReader:
@@ -190,7 +190,7 @@ async def test_two_pins_become_two_replay_chapters_at_the_pin_times(relay, h264_
     show = await relay.create_show("chapters")
     await relay.api("POST", "/api/shows/chapters/products", {"id": "a", "title": "Product A", "price": 1})
     await relay.api("POST", "/api/shows/chapters/products", {"id": "b", "title": "Product B", "price": 2})
-    media = tracks(h264_clip, None)
+    media = host_tracks(h264_clip, None)
     host = await relay.publish(show, media)
 
     async def sent(n: int) -> bool:
@@ -231,7 +231,7 @@ async def test_a_pinned_card_reaches_a_data_channel_viewer_and_an_sse_viewer(rel
     show = await relay.create_show("both", mirrors=("d1",))
     await relay.api("POST", "/api/shows/both/products", {"id": "mug", "title": "Mug", "price": 12,
                                                          "rooms": {"d1": {"price": 10}}})
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     viewer = await relay.viewer("both", "d1", kinds=("video",), decode=False, data_channel=True)
     await viewer.first_frame("video")
 

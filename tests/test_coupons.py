@@ -10,8 +10,10 @@ import time
 import aiohttp
 import pytest
 
-from conftest import Relay, relay_settings, tracks
+from conftest import Relay, relay_settings
 from test_commerce import SseReader
+
+from relay_testkit.synthetic import host_tracks
 
 ROOMS = ("hq", "d1", "d2", "d3")
 CAPS = {"d1": 20, "d2": 20, "d3": 10}
@@ -183,7 +185,7 @@ async def test_redis_stopped_mid_storm_answers_503_and_loses_or_doubles_nothing(
     relay = Relay(server.base, relay_settings(data))
     try:
         show = await relay.create_show("outage", mirrors=("d1", "d2", "d3"))
-        await relay.publish(show, tracks(h264_clip, None))
+        await relay.publish(show, host_tracks(h264_clip, None))
         watcher = await relay.viewer("outage", "d1", decode=False, kinds=("video",))
         await watcher.first_frame("video")
         await relay.api("POST", "/api/shows/outage/coupons", {

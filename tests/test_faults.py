@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from conftest import tracks
-from relay.clients.fuzz import base_offers, mutated_offers
-from relay.clients.lossy import make_lossy
+from relay_testkit.fuzz import base_offers, mutated_offers
+from relay_testkit.lossy import make_lossy
+from relay_testkit.synthetic import host_tracks
 
 
 async def frames_per_second(viewer, seconds: float) -> list[int]:
@@ -33,7 +33,7 @@ async def test_viewers_keep_playing_through_packet_loss(make_relay, h264_clip, s
     viewer: NACK retransmissions and keyframe requests keep the picture coming."""
     relay = await make_relay()
     show = await relay.create_show("lossy")
-    host = await relay.publish(show, tracks(h264_clip, None))
+    host = await relay.publish(show, host_tracks(h264_clip, None))
     viewer = await relay.viewer("lossy", kinds=("video",))  # decodes: only whole frames count
     await viewer.first_frame("video")
     counts = make_lossy(host.pc if side == "host" else viewer.pc, loss, seed=7)
@@ -48,7 +48,7 @@ async def test_viewers_keep_playing_through_packet_loss(make_relay, h264_clip, s
 async def test_a_host_that_vanishes_ends_the_show_after_timeout_and_grace(make_relay, h264_clip):
     relay = await make_relay(grace_period_s=1.0, publisher_timeout_s=1.5)
     show = await relay.create_show("vanish")
-    host = await relay.publish(show, tracks(h264_clip, None))
+    host = await relay.publish(show, host_tracks(h264_clip, None))
     viewer = await relay.viewer("vanish", kinds=("video",), decode=False)
     await viewer.first_frame("video")
     make_lossy(host.pc, 1.0, everything=True)  # the host's machine is gone: nothing, not even a DELETE
@@ -63,7 +63,7 @@ async def test_a_host_that_vanishes_ends_the_show_after_timeout_and_grace(make_r
 async def test_a_viewer_that_vanishes_is_reaped_and_counted_out(make_relay, h264_clip):
     relay = await make_relay(configure=lambda s: setattr(s.ice, "consent_timeout_s", 3.0))
     show = await relay.create_show("reap", mirrors=("d1",))
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     staying = await relay.viewer("reap", kinds=("video",), decode=False)
     leaving = await relay.viewer("reap", "d1", kinds=("video",), decode=False)
     await staying.first_frame("video")
@@ -86,11 +86,11 @@ async def test_a_viewer_that_vanishes_is_reaped_and_counted_out(make_relay, h264
 
 
 async def test_a_join_storm_over_the_cap_connects_or_refuses_everyone_promptly(make_relay, h264_clip):
-    from relay.clients.signaling import SignalingError
+    from relay_testkit.whep import SignalingError
 
     relay = await make_relay(configure=lambda s: setattr(s.limits, "max_viewers_per_process", 40))
     show = await relay.create_show("storm")
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     started = time.monotonic()
 
     async def join():

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Relay, tracks
+from conftest import Relay
 from test_pages import Pages, browser, playing  # noqa: F401  (browser is a fixture)
 from test_replay import wait_state
+
+from relay_testkit.synthetic import host_tracks
 
 GST_PEER = Path(__file__).with_name("gst_peer.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # where Debian's python3-gi lives
@@ -170,7 +172,7 @@ async def test_gstreamer_host_plays_to_gstreamer_and_aiortc_viewers_and_records(
 
 async def test_aiortc_host_plays_to_a_gstreamer_viewer(relay, gst, h264_clip, opus_clip):
     show = await relay.create_show("toget")
-    await relay.publish(show, tracks(h264_clip * 20, opus_clip * 40))
+    await relay.publish(show, host_tracks(h264_clip * 20, opus_clip * 40))
     viewer = await gst("whep", f"{relay.base}/whep/toget", "--seconds", "20")
     await viewer.connected()
     video_fps, audio_per_s = await viewer.fps(2.0)

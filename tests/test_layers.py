@@ -1,12 +1,12 @@
-"""The layers show in the imports: no cycle (not even a type-only one), and the media core never
-reaches up into HTTP, the services or the stores."""
+"""The layers show in the imports: no cycle (not even a type-only one), the media core never
+reaches up into HTTP, the services or the stores, and the product never reaches the test kit."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-from conftest import REPO
+from relay_testkit.process import REPO
 
 PACKAGE = REPO / "relay"
 
@@ -89,7 +89,7 @@ def test_the_media_core_imports_nothing_above_it():
 def test_only_the_http_front_ends_and_the_wiring_speak_http():
     allowed = ("relay.http", "relay.app", "relay.cli")
     found = {m: _offending(m, deps, ("aiohttp.web", "relay.http")) for m, deps in graph().items()
-             if not m.startswith(allowed) and m != "relay.demo"}
+             if not m.startswith(allowed)}
     assert not any(found.values()), {m: bad for m, bad in found.items() if bad}
 
 
@@ -97,3 +97,12 @@ def test_only_the_http_layer_validates_bodies_with_pydantic():
     found = {m: _offending(m, deps, ("pydantic", "pydantic_core")) for m, deps in graph().items()
              if not m.startswith("relay.http")}
     assert not any(found.values()), {m: bad for m, bad in found.items() if bad}
+
+
+TEST_AND_BENCH_ONLY = ("relay_testkit", "numpy", "hypothesis", "psutil")
+
+
+def test_the_product_imports_no_test_or_bench_support():
+    """relay/ needs none of the test kit or the test and bench extras (pip install . has none)."""
+    found = {m: _offending(m, deps, TEST_AND_BENCH_ONLY) for m, deps in graph().items()}
+    assert found and not any(found.values()), {m: bad for m, bad in found.items() if bad}

@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from conftest import HEIGHT, WIDTH, tracks
+from conftest import HEIGHT, WIDTH
 
 from relay import aiortc_hooks
-from relay.clients.synthetic import encode_pattern, video_track
-from relay.clients.whip import WhipClient
+from relay_testkit.synthetic import encode_pattern, host_tracks, video_track
+from relay_testkit.whip import WhipClient
 
 
 async def measure_fps(client, seconds: float = 3.0) -> float:
@@ -27,7 +27,7 @@ async def measure_fps(client, seconds: float = 3.0) -> float:
 
 async def test_hq_and_mirror_rooms_all_play(relay, h264_clip, opus_clip):
     show = await relay.create_show("fanout", mirrors=("d1", "d2"))
-    await relay.publish(show, tracks(h264_clip, opus_clip))
+    await relay.publish(show, host_tracks(h264_clip, opus_clip))
     viewers = [await relay.viewer("fanout"), await relay.viewer("fanout", "d1"), await relay.viewer("fanout", "d2")]
     for viewer in viewers:
         assert await viewer.first_frame("video") < 5
@@ -49,19 +49,17 @@ def nal_units(access_unit: bytes) -> list[bytes]:
 
 async def test_viewer_receives_the_hosts_access_units_unchanged(relay, h264_clip):
     show = await relay.create_show("bytes")
-    video = tracks(h264_clip, None)[0]
-    video.sent_data = []
-    await relay.publish(show, [video])
+    await relay.publish(show, host_tracks(h264_clip, None))
     viewer = await relay.viewer("bytes", kinds=("video",), decode=False)
     received = viewer.tracks["video"]
     received.data = []
     await relay.wait_for(lambda: _at_least(received, 90), what="90 frames at the viewer")
-    sent = [nal_units(au) for au in video.sent_data]
+    clip = [nal_units(au) for au in h264_clip]  # the host sends it looped
     got = [nal_units(au) for au in received.data[:90]]
-    # The viewer starts at a cached keyframe: find it among what was sent, then every
-    # following access unit must match NAL unit for NAL unit.
-    first = next(i for i, au in enumerate(sent) if au == got[0])
-    assert got == sent[first:first + len(got)]
+    # The viewer starts at a cached keyframe: find it in the clip, then every following
+    # access unit must match NAL unit for NAL unit.
+    first = clip.index(got[0])
+    assert got == [clip[(first + i) % len(clip)] for i in range(len(got))]
 
 
 async def _at_least(counter, n: int) -> bool:
@@ -70,7 +68,7 @@ async def _at_least(counter, n: int) -> bool:
 
 async def test_mid_gop_join_starts_from_the_cached_keyframe(relay, h264_clip_long_gop):
     show = await relay.create_show("gop")
-    await relay.publish(show, tracks(h264_clip_long_gop, None))
+    await relay.publish(show, host_tracks(h264_clip_long_gop, None))
 
     async def mid_gop() -> bool:
         video = (await relay.show("gop")).get("tracks", {}).get("video")
@@ -85,7 +83,7 @@ async def test_viewer_waiting_before_the_show_starts_gets_media(relay, h264_clip
     show = await relay.create_show("early")
     viewer = await relay.viewer("early")
     assert (await relay.show("early"))["state"] == "scheduled"
-    await relay.publish(show, tracks(h264_clip, opus_clip))
+    await relay.publish(show, host_tracks(h264_clip, opus_clip))
     await viewer.first_frame("video", timeout=10)
     await viewer.first_frame("audio", timeout=10)
     assert (await relay.show("early"))["state"] == "live"
@@ -93,12 +91,12 @@ async def test_viewer_waiting_before_the_show_starts_gets_media(relay, h264_clip
 
 async def test_audio_only_and_video_only_shows(relay, h264_clip, opus_clip):
     audio_show = await relay.create_show("radio")
-    await relay.publish(audio_show, tracks(None, opus_clip))
+    await relay.publish(audio_show, host_tracks(None, opus_clip))
     listener = await relay.viewer("radio", kinds=("audio",))
     await listener.first_frame("audio")
 
     video_show = await relay.create_show("silent")
-    await relay.publish(video_show, tracks(h264_clip, None))
+    await relay.publish(video_show, host_tracks(h264_clip, None))
     watcher = await relay.viewer("silent", kinds=("video",))
     await watcher.first_frame("video")
     assert set((await relay.show("silent"))["tracks"]) == {"video"}
@@ -107,7 +105,7 @@ async def test_audio_only_and_video_only_shows(relay, h264_clip, opus_clip):
 
 async def test_host_drop_and_reconnect_keeps_viewers(relay, h264_clip, opus_clip):
     show = await relay.create_show("reconnect", mirrors=("d1",))
-    host = await relay.publish(show, tracks(h264_clip, opus_clip))
+    host = await relay.publish(show, host_tracks(h264_clip, opus_clip))
     viewers = [await relay.viewer("reconnect"), await relay.viewer("reconnect", "d1")]
     for viewer in viewers:
         await viewer.first_frame("video")
@@ -125,7 +123,7 @@ async def test_host_drop_and_reconnect_keeps_viewers(relay, h264_clip, opus_clip
     assert detail["viewers"] == {"hq": 1, "d1": 1}
     before = [v.tracks["video"].frames for v in viewers]
 
-    await relay.publish(show, tracks(h264_clip, opus_clip))
+    await relay.publish(show, host_tracks(h264_clip, opus_clip))
 
     async def resumed() -> bool:
         return all(v.tracks["video"].frames >= b + 30 for v, b in zip(viewers, before))
@@ -141,10 +139,10 @@ async def test_host_drop_and_reconnect_keeps_viewers(relay, h264_clip, opus_clip
 
 async def test_new_publish_takes_over(relay, h264_clip):
     show = await relay.create_show("takeover")
-    first = await relay.publish(show, tracks(h264_clip, None))
+    first = await relay.publish(show, host_tracks(h264_clip, None))
     viewer = await relay.viewer("takeover", kinds=("video",))
     await viewer.first_frame("video")
-    second = await relay.publish(show, tracks(h264_clip, None))
+    second = await relay.publish(show, host_tracks(h264_clip, None))
 
     async def first_closed() -> bool:
         return first.pc.connectionState == "closed"
@@ -158,7 +156,7 @@ async def test_new_publish_takes_over(relay, h264_clip):
 async def test_grace_period_over_ends_the_show(make_relay, h264_clip):
     relay = await make_relay(grace_period_s=1.0)
     show = await relay.create_show("short")
-    host = await relay.publish(show, tracks(h264_clip, None))
+    host = await relay.publish(show, host_tracks(h264_clip, None))
     viewer = await relay.viewer("short", kinds=("video",))
     await viewer.first_frame("video")
     await host.drop()
@@ -178,13 +176,13 @@ async def test_grace_period_over_ends_the_show(make_relay, h264_clip):
 
 async def test_delete_ends_the_show_and_operator_end_too(relay, h264_clip):
     show = await relay.create_show("bye")
-    host = await relay.publish(show, tracks(h264_clip, None))
+    host = await relay.publish(show, host_tracks(h264_clip, None))
     await host.stop()
     detail = await relay.show("bye")
     assert detail["state"] == "ended" and detail["end_reason"] == "host_ended"
 
     show2 = await relay.create_show("cut")
-    await relay.publish(show2, tracks(h264_clip, None))
+    await relay.publish(show2, host_tracks(h264_clip, None))
     viewer = await relay.viewer("cut", kinds=("video",))
     await viewer.first_frame("video")
     status, body = await relay.api("POST", "/api/shows/cut/end")
@@ -197,7 +195,7 @@ async def test_delete_ends_the_show_and_operator_end_too(relay, h264_clip):
 
 async def test_viewer_keyframe_requests_reach_the_host_at_most_once_a_second(relay, h264_clip):
     show = await relay.create_show("pli")
-    host = await relay.publish(show, tracks(h264_clip, None))
+    host = await relay.publish(show, host_tracks(h264_clip, None))
     sender = next(t.sender for t in host.pc.getTransceivers() if t.kind == "video")
     received: list[float] = []
     first = asyncio.get_running_loop().create_future()
@@ -249,7 +247,7 @@ async def test_vp8_host_and_viewers_who_waited_with_another_codec(relay):
 async def _offer_sdp(h264_clip, rewrite) -> tuple[object, str]:
     """A host's offer, changed by `rewrite` (what a broken or unreachable host sends)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    for track in tracks(h264_clip, None):
+    for track in host_tracks(h264_clip, None):
         pc.addTransceiver(track, direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
     return pc, rewrite(pc.localDescription.sdp)
@@ -282,7 +280,7 @@ async def test_a_failed_publish_handshake_leaves_the_show_as_it_was(make_relay, 
     detail = await relay.show("retry")
     assert detail["state"] == "scheduled" and detail["publisher"] is None and detail["end_reason"] is None
     # The host tries again with the same key: on air.
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     detail = await relay.show("retry")
     assert detail["state"] == "live" and detail["publisher"]["connection"] == "connected"
 
@@ -303,5 +301,5 @@ async def test_a_host_that_gives_up_before_connecting_does_not_end_the_show(rela
             assert res.status == 200
     await pc.close()
     assert (await relay.show("pending"))["state"] == "scheduled"
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     assert (await relay.show("pending"))["state"] == "live"

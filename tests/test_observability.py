@@ -7,8 +7,10 @@ import json
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Relay, relay_settings, tracks
+from conftest import Relay, relay_settings
 from test_commerce import SseReader
+
+from relay_testkit.synthetic import host_tracks
 
 
 async def scrape(relay, token: str) -> dict[tuple[str, tuple], float]:
@@ -25,7 +27,7 @@ async def test_metrics_show_the_live_show_media_claims_recording_and_events(make
     assert (await relay.request("GET", "/metrics"))[0] == 401
     show = await relay.create_show("m", mirrors=("d1",))
     before = await scrape(relay, "test-admin-key")
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     viewer = await relay.viewer("m", "d1", kinds=("video",), decode=False)
     await viewer.first_frame("video")
     reader = await SseReader(f"{relay.base}/events/m/d1").start()
@@ -66,12 +68,12 @@ async def test_json_logs_carry_show_and_session_fields(server_process, tmp_path,
     server = server_process(data, args=("--log-format", "json"))
     relay = Relay(server.base, relay_settings(data))
     show = await relay.create_show("logged")
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     viewer = await relay.viewer("logged", kinds=("video",), decode=False)
     await viewer.first_frame("video")
     await relay.close_clients()
     server.stop()
-    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in server.log_text().splitlines() if line.startswith("{")]
     assert lines and all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
     access = [line for line in lines if line.get("path") == "/whep/logged"]
     assert access and access[0]["status"] == 201 and access[0]["show"] == "logged" and "ms" in access[0]

@@ -14,7 +14,10 @@ import time
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from conftest import ADMIN_KEY, REPO, Relay, free_port, relay_settings, tracks
+from conftest import ADMIN_KEY, Relay, relay_settings
+
+from relay_testkit.process import REPO, free_port
+from relay_testkit.synthetic import host_tracks
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -214,7 +217,7 @@ async def test_watch_page_plays_again_by_itself_after_a_server_restart(server_pr
     server = server_process(data, port=port)
     relay = Relay(server.base, relay_settings(data))
     show = await relay.create_show("phoenix", mirrors=("d1",))
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     pages = Pages(browser, relay.base)
     joined_after = time.time()
     watch = await pages.open("/watch/phoenix/d1", PHONE)
@@ -224,7 +227,7 @@ async def test_watch_page_plays_again_by_itself_after_a_server_restart(server_pr
     server.stop(signal.SIGKILL)  # a crash mid-show; the page is not reloaded
     await relay.close_clients()
     server = server_process(data, port=port)
-    await relay.publish(show, tracks(h264_clip, None))  # the host's encoder reconnects
+    await relay.publish(show, host_tracks(h264_clip, None))  # the host's encoder reconnects
     relay = Relay(server.base, relay_settings(data))
 
     async def new_session() -> bool:
@@ -266,7 +269,7 @@ async def test_ops_page_follows_the_show_state_and_fits_a_phone(make_relay, brow
     await ops.get_by_role("button", name="Sign in").click()
     picked = ops.locator("#show-select option:checked")
     await expect(picked).to_have_text("Show picker (picker, scheduled)")
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     await expect(picked).to_have_text("Show picker (picker, live)", timeout=5000)
     await relay.api("POST", "/api/shows/picker/end")
     await expect(picked).to_have_text("Show picker (picker, ended)", timeout=5000)

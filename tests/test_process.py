@@ -8,7 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, Relay, relay_settings, tracks
+from conftest import Relay, relay_settings
+
+from relay_testkit.process import REPO
+from relay_testkit.synthetic import host_tracks
 
 GUARD = str(Path(__file__).with_name("codec_guard.py"))
 
@@ -33,7 +36,7 @@ async def test_no_decoder_or_encoder_is_created_while_relaying_or_recording(serv
     relay = client_for(server)
     try:
         show = await relay.create_show("guarded", mirrors=("d1",))
-        await relay.publish(show, tracks(h264_clip, opus_clip))
+        await relay.publish(show, host_tracks(h264_clip, opus_clip))
         viewers = [await relay.viewer("guarded"), await relay.viewer("guarded", "d1")]
         for viewer in viewers:
             await viewer.first_frame("video")
@@ -88,7 +91,7 @@ async def test_sigkill_mid_show_then_the_host_comes_back_and_the_show_goes_on(se
     server = server_process(data)
     relay = client_for(server)
     show = await relay.create_show("crash", mirrors=("d1",))
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     joined_after = time.time()
     viewer = await relay.viewer("crash", "d1", kinds=("video",), decode=False)
     await viewer.first_frame("video")
@@ -105,7 +108,7 @@ async def test_sigkill_mid_show_then_the_host_comes_back_and_the_show_goes_on(se
     figures = {k: stats["rooms"]["d1"][k] for k in ("viewers", "peak_viewers", "total_sessions")}
     assert figures == {"viewers": 0, "peak_viewers": 1, "total_sessions": 1}
     # The host's encoder reconnects with the same key; the same links play again.
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     viewer = await relay.viewer("crash", "d1", kinds=("video",), decode=False)
     await viewer.first_frame("video")
     detail = await relay.show("crash")
@@ -119,7 +122,7 @@ async def test_after_a_restart_a_host_that_never_returns_ends_the_show(server_pr
     server = server_process(data)
     relay = client_for(server)
     show = await relay.create_show("gone")
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     await relay.wait_for(lambda: _live(relay, "gone"), what="the show to go live")
     server.stop(signal.SIGKILL)
     await relay.close_clients()
@@ -146,7 +149,7 @@ async def test_sigterm_tells_readers_closes_peers_and_keeps_the_recording(server
     server = server_process(data, env={"RELAY_REPLAY_SEGMENT_TARGET_S": "1"})
     relay = client_for(server)
     show = await relay.create_show("bye")
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     viewer = await relay.viewer("bye", kinds=("video",), decode=False)
     await viewer.first_frame("video")
     reader = await SseReader(f"{relay.base}/events/bye").start()

@@ -13,10 +13,11 @@ import aiohttp
 import av
 import pytest
 
-from conftest import HEIGHT, WIDTH, Relay, relay_settings, tracks
+from conftest import HEIGHT, WIDTH, Relay, relay_settings
 from relay.app import SERVICES
 from relay.replay.fmp4 import boxes
 from relay.replay.timeline import Timeline
+from relay_testkit.synthetic import host_tracks
 
 
 async def ffprobe(target: str) -> dict:
@@ -68,7 +69,7 @@ def replay_dir(relay: Relay, show_id: str) -> Path:
 
 async def test_a_20s_show_becomes_a_playable_replay(relay, h264_clip, opus_clip):
     show = await relay.create_show("twenty")
-    media = tracks(h264_clip, opus_clip)
+    media = host_tracks(h264_clip, opus_clip)
     host = await relay.publish(show, media)
     video = media[1]
     await relay.wait_for(lambda: frames_sent(video, 20 * 30), timeout=40, what="20 s of media sent")
@@ -104,7 +105,7 @@ async def test_a_20s_show_becomes_a_playable_replay(relay, h264_clip, opus_clip)
 
 async def test_replay_files_are_served_with_ranges_and_cache_headers(relay, h264_clip):
     show = await relay.create_show("served")
-    host = await relay.publish(show, tracks(h264_clip, None))
+    host = await relay.publish(show, host_tracks(h264_clip, None))
     info: dict = {}
 
     async def one_segment() -> bool:
@@ -133,7 +134,7 @@ async def test_replay_files_are_served_with_ranges_and_cache_headers(relay, h264
 
 async def test_host_reconnect_continues_the_same_replay_with_a_discontinuity(relay, h264_clip, opus_clip):
     show = await relay.create_show("again")
-    first = tracks(h264_clip, opus_clip)
+    first = host_tracks(h264_clip, opus_clip)
     host = await relay.publish(show, first)
     await relay.wait_for(lambda: frames_sent(first[1], 6 * 30), timeout=20, what="6 s from the first host")
     await host.drop()
@@ -143,7 +144,7 @@ async def test_host_reconnect_continues_the_same_replay_with_a_discontinuity(rel
 
     await relay.wait_for(host_gone, what="the server to notice the drop")
     sent_first = first[1].sent
-    second = tracks(h264_clip, opus_clip)
+    second = host_tracks(h264_clip, opus_clip)
     host = await relay.publish(show, second)
     await relay.wait_for(lambda: frames_sent(second[1], 6 * 30), timeout=20, what="6 s from the second host")
     await host.stop()
@@ -161,7 +162,7 @@ async def test_host_reconnect_continues_the_same_replay_with_a_discontinuity(rel
 
 async def test_audio_only_show_gives_an_audio_only_replay(relay, opus_clip):
     show = await relay.create_show("podcast")
-    media = tracks(None, opus_clip)
+    media = host_tracks(None, opus_clip)
     host = await relay.publish(show, media)
     await relay.wait_for(lambda: frames_sent(media[0], 6 * 50), timeout=20, what="6 s of audio")
     await host.stop()
@@ -176,7 +177,7 @@ async def test_audio_only_show_gives_an_audio_only_replay(relay, opus_clip):
 
 async def test_replay_paths_outside_a_replay_are_404(relay, h264_clip):
     show = await relay.create_show("safe")
-    host = await relay.publish(show, tracks(h264_clip, None))
+    host = await relay.publish(show, host_tracks(h264_clip, None))
     await relay.wait_for(lambda: _has_segment(relay, "safe"), timeout=15, what="a first segment")
     await host.stop()
     await wait_state(relay, "safe", ("ready",))
@@ -202,7 +203,7 @@ async def _has_segment(relay: Relay, show_id: str) -> bool:
 async def test_private_replays_need_the_admin_key(relay, h264_clip):
     status, show = await relay.api("POST", "/api/shows", {"title": "private", "id": "private", "replay_public": False})
     assert status == 201 and show["replay_public"] is False
-    host = await relay.publish(show, tracks(h264_clip, None))
+    host = await relay.publish(show, host_tracks(h264_clip, None))
     await relay.wait_for(lambda: _has_segment(relay, "private"), timeout=15, what="a first segment")
     await host.stop()
     info = await wait_state(relay, "private", ("ready",))
@@ -217,7 +218,7 @@ async def test_sigkill_mid_show_keeps_every_closed_segment(server_process, tmp_p
     server = server_process(data)
     relay = Relay(server.base, relay_settings(data))
     show = await relay.create_show("crash")
-    media = tracks(h264_clip, opus_clip)
+    media = host_tracks(h264_clip, opus_clip)
     await relay.publish(show, media)
     await relay.wait_for(lambda: frames_sent(media[1], 10 * 30), timeout=25, what="10 s of media")
     closed = (await replay_info(relay, "crash"))["duration_s"]
@@ -254,12 +255,12 @@ async def test_retention_deletes_old_replays_but_never_a_live_one(make_relay, h2
     relay = await make_relay()
     replays = relay.app[SERVICES].replays
     old = await relay.create_show("old")
-    host = await relay.publish(old, tracks(h264_clip, None))
+    host = await relay.publish(old, host_tracks(h264_clip, None))
     await relay.wait_for(lambda: _has_segment(relay, "old"), timeout=15, what="a segment of the old show")
     await host.stop()
     await wait_state(relay, "old", ("ready",))
     live = await relay.create_show("live-now")
-    await relay.publish(live, tracks(h264_clip, None))
+    await relay.publish(live, host_tracks(h264_clip, None))
     await relay.wait_for(lambda: _has_segment(relay, "live-now"), timeout=15, what="a segment of the live show")
 
     far_future = time.time() + 31 * 86400
@@ -288,7 +289,7 @@ async def test_a_full_disk_is_a_logged_error_and_viewers_keep_watching(small_rep
     relay = await make_relay()
     assert Path(relay.settings.server.data_dir) / "replays" == small_replay_disk
     show = await relay.create_show("full")
-    media = tracks(h264_clip, None)
+    media = host_tracks(h264_clip, None)
     host = await relay.publish(show, media)
     viewer = await relay.viewer("full", kinds=("video",), decode=False)
     await viewer.first_frame("video")
@@ -320,7 +321,7 @@ async def test_a_replay_goes_on_after_a_restart_when_the_host_returns(server_pro
     server = server_process(data)
     relay = Relay(server.base, relay_settings(data))
     show = await relay.create_show("phoenix")
-    media = tracks(h264_clip, opus_clip)
+    media = host_tracks(h264_clip, opus_clip)
     await relay.publish(show, media)
     await relay.wait_for(lambda: frames_sent(media[1], 6 * 30), timeout=20, what="6 s of media")
     before = (await replay_info(relay, "phoenix"))["duration_s"]
@@ -330,7 +331,7 @@ async def test_a_replay_goes_on_after_a_restart_when_the_host_returns(server_pro
 
     server = server_process(data)
     relay = Relay(server.base, relay_settings(data))
-    media = tracks(h264_clip, opus_clip)
+    media = host_tracks(h264_clip, opus_clip)
     await relay.publish(show, media)  # the encoder reconnects after the restart
 
     async def grown() -> bool:

@@ -8,21 +8,22 @@ import time
 import aiohttp
 import pytest
 
-from conftest import ADMIN_KEY, Relay, relay_settings, tracks
+from conftest import ADMIN_KEY, Relay, relay_settings
 from relay.app import SERVICES
-from relay.clients.signaling import SignalingError
+from relay_testkit.synthetic import host_tracks
+from relay_testkit.whep import SignalingError
 
 
 async def test_a_rotated_stream_key_stops_new_publishes_and_keeps_the_host_on_air(relay, h264_clip, monkeypatch):
     show = await relay.create_show("keys")
-    host = await relay.publish(show, tracks(h264_clip, None))
+    host = await relay.publish(show, host_tracks(h264_clip, None))
     viewer = await relay.viewer("keys", kinds=("video",), decode=False)
     await viewer.first_frame("video")
     status, rotated = await relay.api("POST", "/api/shows/keys/stream-key", {"ttl_s": 3600})
     assert status == 200 and rotated["stream_key"] != show["stream_key"]
     assert rotated["stream_key_expires_at"] == pytest.approx(time.time() + 3600, abs=5)
     with pytest.raises(SignalingError) as refused:
-        await relay.publish(show, tracks(h264_clip, None))  # the old key
+        await relay.publish(show, host_tracks(h264_clip, None))  # the old key
     assert refused.value.status == 401
     frames = viewer.tracks["video"].frames
 
@@ -33,7 +34,7 @@ async def test_a_rotated_stream_key_stops_new_publishes_and_keeps_the_host_on_ai
     assert (await relay.api("POST", "/api/shows/keys/stream-key", {"ttl_s": 5}))[0] == 422
     assert (await relay.request("POST", "/api/shows/keys/stream-key"))[0] == 401
     await host.drop()
-    second = await relay.publish({**show, "stream_key": rotated["stream_key"]}, tracks(h264_clip, None))
+    second = await relay.publish({**show, "stream_key": rotated["stream_key"]}, host_tracks(h264_clip, None))
     # Rotated again while this host is on air: it can still end its own session with its key.
     await relay.api("POST", "/api/shows/keys/stream-key")
     await second.stop()
@@ -58,7 +59,7 @@ async def test_token_playback_needs_a_viewer_token_of_the_room(relay, h264_clip)
     status, show = await relay.api("POST", "/api/shows", {"title": "VIP", "id": "vip", "playback": "token"})
     assert status == 201 and show["playback"] == "token"
     await relay.api("POST", "/api/shows/vip/mirrors", {"distributor": "d1", "name": "D1"})
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     assert (await relay.request("POST", "/api/shows/vip/viewers", json={"room": "d1"}))[0] == 401
     status, issued = await relay.request("POST", "/api/shows/vip/viewers", json={"room": "d1", "ref": "amy"},
                                          headers=relay.admin)
@@ -96,7 +97,7 @@ async def status_of(url: str) -> int:
 async def test_private_replays_open_with_signed_expiring_links_only(relay, h264_clip):
     status, show = await relay.api("POST", "/api/shows", {"title": "p", "id": "private", "replay_public": False})
     await relay.api("POST", "/api/shows", {"title": "o", "id": "other", "replay_public": False})
-    host = await relay.publish(show, tracks(h264_clip, None))
+    host = await relay.publish(show, host_tracks(h264_clip, None))
 
     async def recorded() -> bool:
         return (await relay.api("GET", "/api/shows/private/replay"))[1]["duration_s"] > 0
@@ -125,7 +126,7 @@ async def test_private_replays_open_with_signed_expiring_links_only(relay, h264_
 async def test_viewers_beyond_the_show_cap_get_503_with_retry_after(make_relay, h264_clip):
     relay = await make_relay(configure=lambda s: setattr(s.limits, "max_viewers_per_show", 2))
     show = await relay.create_show("small")
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     for _ in range(2):
         await relay.viewer("small", kinds=("video",), decode=False)
     async with aiohttp.ClientSession() as http:
@@ -158,7 +159,7 @@ async def test_no_secret_or_token_reaches_the_log(server_process, tmp_path, h264
     server = server_process(data, env={"RELAY_AUTH_TOKEN_SECRET": "s3cret-signing-key-for-tokens"})
     relay = Relay(server.base, relay_settings(data))
     show = await relay.create_show("quiet")
-    await relay.publish(show, tracks(h264_clip, None))
+    await relay.publish(show, host_tracks(h264_clip, None))
     status, viewer = await relay.request("POST", "/api/shows/quiet/viewers", json={"room": "hq"})
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{relay.base}/events/quiet?token={viewer['token']}&last_event_id=0") as res:
@@ -166,7 +167,7 @@ async def test_no_secret_or_token_reaches_the_log(server_process, tmp_path, h264
     await relay.api("POST", "/api/shows/quiet/stream-key")
     await relay.close_clients()
     server.stop()
-    log = server.log.read_text()
+    log = server.log_text()
     assert "/events/quiet" in log  # the access log is there...
     for secret in (show["stream_key"], ADMIN_KEY, viewer["token"], "s3cret-signing-key-for-tokens"):
         assert secret not in log  # ...without any secret

@@ -12,8 +12,8 @@ from aiohttp import web
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from conftest import tracks
 from relay.webhooks import new_secret, sign, verify
+from relay_testkit.synthetic import host_tracks
 
 SECRET = new_secret()  # whsec_<base64>, as Standard Webhooks libraries take it
 
@@ -84,7 +84,7 @@ async def test_show_events_reach_the_receiver_signed_and_retried(make_relay, aio
 
     relay = await make_relay(configure=configure)
     show = await relay.create_show("hooked", mirrors=("d1",))
-    host = await relay.publish(show, tracks(h264_clip, None))
+    host = await relay.publish(show, host_tracks(h264_clip, None))
     await relay.api("POST", "/api/shows/hooked/coupons", {"id": "c", "title": "C", "quantity": 3, "duration_s": 60})
     await relay.api("POST", "/api/shows/hooked/coupons/c/launch")
     viewer = (await relay.request("POST", "/api/shows/hooked/viewers", json={"room": "d1", "ref": "amy"}))[1]

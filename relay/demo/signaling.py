@@ -1,4 +1,5 @@
-"""The HTTP half of WHIP and WHEP on the client side: POST an offer, get the answer."""
+"""The client half of WHIP and WHEP signalling: POST an offer, apply the answer, wait for the
+connection. The demo's publisher uses it; the test and bench clients (relay_testkit) too."""
 
 from __future__ import annotations
 
@@ -41,12 +42,3 @@ async def connected(pc: RTCPeerConnection, timeout: float = 10.0) -> None:
         await asyncio.wait_for(done.wait(), timeout)
     if pc.connectionState != "connected":
         raise ConnectionError(f"the connection is {pc.connectionState}")
-
-
-async def delete_session(location: str, headers: dict[str, str] | None = None) -> None:
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with http.delete(location, headers=headers or {}):
-                pass
-    except aiohttp.ClientError:
-        pass

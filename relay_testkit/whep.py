@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from .. import aiortc_hooks
-from .signaling import SignalingError, connected, delete_session, negotiate
+from relay import aiortc_hooks
+from relay.demo.signaling import SignalingError, connected, negotiate
+
+from .signaling import delete_session
 
 __all__ = ["SignalingError", "WhepClient"]
 
