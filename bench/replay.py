@@ -19,9 +19,9 @@ What it measures
        process, `relay.replay.recorder.Recorder` (the class the server uses, with the settings of
        config/relay.toml) is fed ~4 s of pre-encoded 720p30 2 Mbps H.264 + 20 ms Opus, looped, as
        `RelayFrame`s in timestamp order (video 90 kHz, step 3000; audio 48 kHz, step 960). The
-       wall clock the recorder reads in `offer()` is simulated to advance with the media (as if
-       live); frames go in as fast as the writer thread (pinned to CPU 0) takes them, keeping
-       its queue below 2/3 of `max_queued_frames` so nothing is dropped. Reported: throughput
+       wall clock the recorder reads is simulated to advance with the media (as if live); frames
+       go into its queue on an event loop, as the forwarders put them, as fast as the writer
+       thread (pinned to CPU 0) takes them, the queue kept short so nothing is dropped. Reported: throughput
        (x real time) and the writer thread's CPU per second of content (= its share of a core
        while live); `finish()` -> playlist final (#EXT-X-ENDLIST); `remux_to_mp4()` -> MP4
        ready (on CPU 0); sizes; ffprobe of the playlist and the MP4 (duration, h264 + opus,
@@ -43,6 +43,7 @@ the way out. Linux only (CPU affinity, /proc).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import logging
@@ -55,6 +56,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -390,8 +392,11 @@ class ReplayBench(FanoutBench):
 
 # -- part B: the recorder alone, a long show fed faster than real time --------------------------
 
+PACE = 40  # frames the bench lets wait in the recorder's queue (its bound is max_queued_frames)
+
+
 class SimulatedClock:
-    """Stands in for the `time` module inside relay.replay.recorder: `offer()` reads the wall
+    """Stands in for the `time` module inside relay.replay.recorder: the recorder reads the wall
     clock with time.time(), and here that clock follows the media, as if the show were live.
     Anything else (time.monotonic() for retries...) is the real `time` module."""
 
@@ -451,7 +456,7 @@ class OfflineResult:
     throughput_x: float
     writer_cpu_s: float
     writer_cpu_pct_live: float  # writer CPU per second of content = its share of one core while live
-    feeder_us_per_frame: float  # the feeding thread, offer() included (upper bound for offer())
+    feeder_us_per_frame: float  # the event loop per frame: the queue and the hand-off to the writer thread
     dropped: int
     recorder_error: str | None
     finish_s: float
@@ -473,6 +478,62 @@ class OfflineResult:
     log_problems: list[str]
 
 
+@dataclass
+class Fed:
+    recorder: Any
+    playlist: Any
+    writer: threading.Thread
+    count: int
+    feed_wall: float
+    writer_cpu: float
+    loop_cpu: float
+    finish_s: float
+
+
+async def feed_recorder(recorder_class: Any, settings: Any, video: list[bytes], audio: list[bytes], media_s: float,
+                        folder: Path, clock: SimulatedClock, writer_cpus: set[int], feeder_cpus: set[int],
+                        deadline: Deadline) -> Fed:
+    """Feed the recorder's queue on an event loop, as the forwarders do, and end the show."""
+    recorder = recorder_class(SHOW_ID, folder, settings.segment_target_s, settings.max_queued_frames)
+    recorder.new_run({"video": "H264", "audio": "opus"})  # (starts the writer thread)
+    writer = next(iter(recorder._thread._threads))  # private, read-only here: to pin it and read its CPU
+    os.sched_setaffinity(writer.native_id, writer_cpus)
+    os.sched_setaffinity(0, feeder_cpus)
+
+    def writer_cpu() -> float:
+        return thread_cpu(os.getpid()).get(writer.native_id, 0.0)
+
+    # The recorder stamps a frame's wall clock when it takes it from the queue: keep the queue
+    # short (at most PACE frames, under a second of media) so that clock stays near the media's.
+    queue, wall0 = recorder.queue, clock.now
+    cpu0, loop0, t0 = writer_cpu(), time.thread_time(), time.monotonic()
+    count = 0
+    for media_t, frame in live_frames(video, audio, media_s):
+        clock.now = wall0 + media_t
+        queue.put(frame)
+        count += 1
+        while len(queue) >= PACE:
+            await asyncio.sleep(0.0005)
+            if deadline.remaining() <= 0:
+                raise BenchTimeout("--max-seconds reached while feeding the recorder")
+    while len(queue):
+        await asyncio.sleep(0.0005)
+        if deadline.remaining() <= 0:
+            raise BenchTimeout("--max-seconds reached while the recorder drained")
+    loop_cpu = time.thread_time() - loop0
+    feed_wall = time.monotonic() - t0
+    cpu_fed = writer_cpu() - cpu0
+    print(f"fed {count} frames in {feed_wall:.2f} s: {media_s / feed_wall:.1f}x real time; writer thread "
+          f"{cpu_fed:.2f} CPU s = {100 * cpu_fed / media_s:.2f}% of one core at real time; event loop "
+          f"{1e6 * loop_cpu / max(1, count):.0f} us per frame (queue + hand-off); dropped {recorder.dropped}; "
+          f"recorder error {recorder.error}", flush=True)
+    # the show ends: the recorder closes the last segment and marks the playlist ended
+    os.sched_setaffinity(0, writer_cpus)  # the server's remux runs on its core
+    t_end = time.monotonic()
+    playlist = await asyncio.wait_for(recorder.finish(), deadline.cap(60))
+    return Fed(recorder, playlist, writer, count, feed_wall, cpu_fed, loop_cpu, time.monotonic() - t_end)
+
+
 def run_offline(video: list[bytes], audio: list[bytes], minutes: float, folder: Path, writer_cpus: set[int],
                 feeder_cpus: set[int], deadline: Deadline) -> OfflineResult:
     from relay.config import load_settings
@@ -483,7 +544,6 @@ def run_offline(video: list[bytes], audio: list[bytes], minutes: float, folder: 
     settings = load_settings(config if config.exists() else None, env={}).replay
     media_s = minutes * 60
     n_video, n_audio = round(media_s * FPS), round(media_s * AUDIO_RATE)
-    high, low = settings.max_queued_frames * 2 // 3, settings.max_queued_frames // 3
     print(f"\n== part B: Recorder fed {minutes:g} min of 720p30 H.264 + Opus ({n_video} + {n_audio} frames), "
           f"segment target {settings.segment_target_s:g} s, max_queued_frames {settings.max_queued_frames}; "
           f"files in {folder}", flush=True)
@@ -492,49 +552,14 @@ def run_offline(video: list[bytes], audio: list[bytes], minutes: float, folder: 
     relay_log = logging.getLogger("relay")
     relay_log.addHandler(collector)
     clock = SimulatedClock(time.time())
-    wall0 = clock.now
     try:
         with mock.patch.object(recorder_module, "time", clock):
-            recorder = recorder_module.Recorder(SHOW_ID, folder, settings.segment_target_s, settings.max_queued_frames)
-            writer_tid = recorder._thread.native_id
-            assert writer_tid is not None
-            os.sched_setaffinity(writer_tid, writer_cpus)
-            os.sched_setaffinity(0, feeder_cpus)
-            recorder.new_run({"video": "H264", "audio": "opus"})
-
-            def writer_cpu() -> float:
-                return thread_cpu(os.getpid()).get(writer_tid, 0.0)
-
-            cpu0, feeder0, t0 = writer_cpu(), time.thread_time(), time.monotonic()
-            count = 0
-            for media_t, frame in live_frames(video, audio, media_s):
-                clock.now = wall0 + media_t
-                recorder.offer(frame)
-                count += 1
-                # pace on the writer's queue (private, read-only here): never near the drop limit
-                if recorder._queued_frames >= high:
-                    while recorder._queued_frames > low:
-                        time.sleep(0.0005)
-                    if deadline.remaining() <= 0:
-                        raise BenchTimeout("--max-seconds reached while feeding the recorder")
-            feeder_cpu = time.thread_time() - feeder0
-            while recorder._queued_frames > 0 or recorder._queue:
-                time.sleep(0.0005)
-                if deadline.remaining() <= 0:
-                    raise BenchTimeout("--max-seconds reached while the recorder drained")
-            feed_wall = time.monotonic() - t0
-            cpu_fed = writer_cpu() - cpu0
-            print(f"fed {count} frames in {feed_wall:.2f} s: {media_s / feed_wall:.1f}x real time; writer thread "
-                  f"{cpu_fed:.2f} CPU s = {100 * cpu_fed / media_s:.2f}% of one core at real time; "
-                  f"dropped {recorder.dropped}; recorder error {recorder.error}", flush=True)
-
-            # the show ends: the recorder closes the last segment and marks the playlist ended
-            os.sched_setaffinity(0, writer_cpus)  # the server's remux runs on its core
-            t_end = time.monotonic()
-            future = recorder.finish()
-            playlist = future.result(timeout=deadline.cap(60))
-            finish_s = time.monotonic() - t_end
-        recorder._thread.join(5)
+            fed = asyncio.run(feed_recorder(recorder_module.Recorder, settings, video, audio, media_s, folder, clock,
+                                            writer_cpus, feeder_cpus, deadline))
+        recorder, playlist, writer = fed.recorder, fed.playlist, fed.writer
+        count, feed_wall, cpu_fed, feeder_cpu, finish_s = (fed.count, fed.feed_wall, fed.writer_cpu, fed.loop_cpu,
+                                                           fed.finish_s)
+        writer.join(5)
         facts = playlist_facts(folder / recorder_module.PLAYLIST)
         print(f"finish() -> playlist final in {finish_s * 1000:.0f} ms: {facts['segments']} segments "
               f"({facts['segment_min_s']:.2f}-{facts['segment_max_s']:.2f} s), {facts['duration_s']:.3f} s, "
