@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 PLAYLIST = "index.m3u8"
 RETRY_S = 10
+HANDOFF_S = 0.05  # frames go to the writer thread this often (their wall clock is that of the hand-off)
 
 
 class Recorder:
@@ -79,22 +80,31 @@ class Recorder:
         return self.timeline.stream_time(wall)
 
     async def _write_frames(self) -> None:
+        """Hand the queued frames to the writer thread in batches (one thread hop per batch, not
+        per frame: recording is not in a hurry, the event loop is)."""
         loop = asyncio.get_running_loop()
         while True:
             try:
-                frame = await self.queue.get()
+                frames = [await self.queue.get()]
             except QueueClosed:
                 return
+            await asyncio.sleep(HANDOFF_S)
+            while len(self.queue):
+                frames.append(await self.queue.get())
             try:
-                await loop.run_in_executor(self._thread, self._write, frame, time.time())
-            except Exception:  # the next frame is tried all the same
-                log.exception("show %s: recording a frame failed", self.show_id)
+                await loop.run_in_executor(self._thread, self._write_all, frames, time.time())
+            except Exception:  # the next frames are tried all the same
+                log.exception("show %s: recording frames failed", self.show_id)
 
     def _falling_behind(self) -> None:
         log.error("show %s: recording falls behind (disk too slow?); %d frames dropped so far",
                   self.show_id, self.dropped)
 
     # -- the writer thread -----------------------------------------------------------------
+    def _write_all(self, frames: list[RelayFrame], wall: float) -> None:
+        for frame in frames:
+            self._write(frame, wall)
+
     def _new_run(self, codecs: dict[str, str]) -> None:
         self._close_run()
         self._retry_at = 0.0
