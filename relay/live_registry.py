@@ -92,14 +92,16 @@ class LiveRegistry:
     async def end_show(self, show_id: str, reason: str) -> Show:
         """The show ends for good: viewers hear it, the host and viewers are let go, the replay
         is finished."""
+        # Its coupons end first: a claim that sees the show ended stops a coupon itself, and
+        # readers would not hear coupon.ended from that.
+        if self._on_ended is not None and (await self._catalog.show(show_id)).state is not ShowState.ENDED:
+            try:
+                await self._on_ended(show_id)
+            except Exception:  # the show ends all the same; claims check it again
+                log.exception("show %s: ending its coupons failed", show_id)
         if await self._catalog.mark_ended(show_id, reason):
             self._on_state(show_id, "show.ended", {"state": "ended", "reason": reason})
             self._on_webhook("show.ended", {"show": show_id, "reason": reason})
-            if self._on_ended is not None:
-                try:
-                    await self._on_ended(show_id)
-                except Exception:  # the show is ended all the same; claims check it again
-                    log.exception("show %s: ending its coupons failed", show_id)
         await self.close_show(show_id)
         self._replays.on_show_end(show_id)
         return await self._catalog.show(show_id)
