@@ -23,6 +23,7 @@ from .commerce.tokens import ViewerTokens, load_secret
 from .config import ConfigError, Settings
 from .errors import ApiError
 from .http.api_docs import ApiDocs
+from .http.cluster_api import ClusterApi
 from .http.commerce_api import CommerceApi
 from .http.coupon_api import CouponApi
 from .http.limits import RateLimiter
@@ -35,6 +36,8 @@ from .http.util import Auth
 from .http.whep import WhepApi
 from .http.whip import WhipApi
 from .catalog import ShowCatalog
+from .cluster.edge import EdgeLinks
+from .cluster.origins import Origin, OriginRegistry
 from .live_registry import LiveRegistry
 from .replay.replay_store import SqliteReplayStore
 from .replay.service import ReplayService
@@ -108,6 +111,17 @@ def open_commerce_store(settings: Settings) -> CommerceStore:
     return SqliteCommerceStore(settings.data_path / "relay.db")
 
 
+def cluster_edges(settings: Settings, admin_key: str) -> EdgeLinks | None:
+    """With Redis, this node is one of a cluster: it registers the shows whose host publishes
+    here and pulls the others' shows from their origins; alone, None."""
+    if not settings.store.redis_url:
+        return None
+    origins = OriginRegistry(settings.store.redis_url, settings.store.redis_prefix,
+                             lambda: Origin(settings.node_id, settings.node_url), settings.cluster.origin_ttl_s)
+    return EdgeLinks(origins, admin_key, settings.media.video_codecs, settings.ice.connect_timeout_s,
+                     settings.cluster.edge_linger_s)
+
+
 def build_app(settings: Settings) -> web.Application:
     aiortc_hooks.set_host_addresses(settings.ice.addresses)
     aiortc_hooks.set_consent_timeout(settings.ice.consent_timeout_s)
@@ -147,10 +161,11 @@ def build_app(settings: Settings) -> web.Application:
         return {m.distributor for m in await catalog.mirrors(show_id)}
 
     shelf = ProductShelf(commerce, events, mirror_ids, replays.stream_time)
+    edges = cluster_edges(settings, admin_key)
     live = LiveRegistry(
         settings, catalog, replays, show_store, on_state=events.publish_soon, on_webhook=webhooks.emit,
         on_viewer_channel=lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel),
-        on_ended=lambda show_id: end_coupons(commerce, events, show_id))
+        on_ended=lambda show_id: end_coupons(commerce, events, show_id), edges=edges)
 
     async def purge_commerce(show_id: str) -> None:  # a store failure (503) leaves the show to delete again
         await commerce.purge_show(show_id)
@@ -176,6 +191,8 @@ def build_app(settings: Settings) -> web.Application:
                                            behind_proxy)).routes())
     app.add_routes(WhepApi(live, auth, RateLimiter("WHEP", limits.whep_per_s, behind_proxy)).routes())
     app.add_routes(WhipApi(live, auth, RateLimiter("WHIP", limits.whip_per_s, behind_proxy)).routes())
+    if edges is not None:
+        app.add_routes(ClusterApi(live, auth, RateLimiter("pull", 0, behind_proxy)).routes())
     app.add_routes(ShowsApi(catalog, live, removal, replays, commerce, auth, settings).routes())
     app.add_routes(ReplayApi(catalog, replays, shelf, tokens, auth, settings).routes())
     app.add_routes(Pages(catalog, settings).routes())
@@ -211,6 +228,8 @@ def build_app(settings: Settings) -> web.Application:
         for task in background.values():
             task.cancel()
         await live.shutdown()
+        if edges is not None:
+            await edges.close()
         await replays.shutdown()
         await commerce.close()
         await webhooks.close()

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import math
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,14 @@ class StoreSettings:
 
 
 @dataclass
+class ClusterSettings:
+    node_id: str = ""  # default: <hostname>-<port>
+    advertise_url: str = ""  # where other nodes reach this one; default: the server's base URL
+    origin_ttl_s: float = 10.0  # a show's origin key outlives its node's last heartbeat this long
+    edge_linger_s: float = 30.0  # an edge keeps pulling a show this long after its last viewer left
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -106,6 +115,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
     def base_url(self) -> str:
@@ -117,10 +127,19 @@ class Settings:
     def data_path(self) -> Path:
         return Path(self.server.data_dir)
 
+    @property
+    def node_id(self) -> str:
+        return self.cluster.node_id or f"{socket.gethostname()}-{self.server.port}"
+
+    @property
+    def node_url(self) -> str:
+        """Where other nodes of a cluster reach this one."""
+        return (self.cluster.advertise_url or self.base_url).rstrip("/")
+
 
 # Settings that must be more than zero (zero elsewhere means "off" or "no limit").
 POSITIVE = {"ice.consent_timeout_s", "ice.connect_timeout_s", "media.publisher_timeout_s",
-            "media.figures_save_interval_s",
+            "media.figures_save_interval_s", "cluster.origin_ttl_s",
             "media.viewer_queue_frames", "media.gop_cache_max_frames", "replay.segment_target_s",
             "replay.retention_check_interval_s", "replay.max_queued_frames", "server.max_body_bytes",
             "server.shutdown_timeout_s", "server.read_timeout_s", "server.idle_timeout_s", "webhooks.timeout_s", "limits.idempotency_retention_s", "webhooks.max_queue", "webhooks.max_attempts"}

@@ -13,7 +13,7 @@ from .fanout.frame_queue import FrameQueue
 from .fanout.keyframes import KeyframeRequester
 from .fanout.viewer import ViewerSession
 from .ingest.publisher import PublisherSession
-from .models import ShowFigures
+from .models import EDGE_ROOM, ShowFigures
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,8 @@ class LiveShow:
         self.viewers[viewer.id] = viewer
         for kind, queue in viewer.queues.items():
             self.forwarders[kind].add_reader(queue)
+        if viewer.room == EDGE_ROOM:  # another node's pull: its viewers count there
+            return
         room = self.figures.room(viewer.room)
         room.viewers += 1
         room.total_sessions += 1
@@ -144,7 +146,8 @@ class LiveShow:
             return False
         for kind, queue in viewer.queues.items():
             self.forwarders[kind].remove_reader(queue)
-        self.figures.room(viewer.room).viewers -= 1
+        if viewer.room != EDGE_ROOM:
+            self.figures.room(viewer.room).viewers -= 1
         asyncio.ensure_future(viewer.close())
         return True
 

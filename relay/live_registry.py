@@ -13,12 +13,13 @@ from typing import Awaitable, Callable, Protocol
 
 from .address_counter import AddressCounter
 from .catalog import ShowCatalog, key_hash_matches
+from .cluster.edge import EdgeLinks
 from .config import Settings
 from .errors import ApiError
 from .fanout.viewer import ViewerSession
 from .ingest.publisher import PublisherSession
 from .live import LiveShow
-from .models import HQ_ROOM, RoomFigures, Show, ShowFigures, ShowState
+from .models import EDGE_ROOM, HQ_ROOM, RoomFigures, Show, ShowFigures, ShowState
 from .replay.service import ReplayService
 from .webrtc import Offer, watch_handshake
 
@@ -49,6 +50,7 @@ class PendingSessions:
         self._counts.release(address)
 
 
+EDGE_WAIT_S = 3.0  # a viewer on an edge waits this long at most for the pull to start
 StateListener = Callable[[str, str, dict], None]  # (show, event type, data): viewers hear it
 WebhookListener = Callable[[str, dict], None]  # (event type, data): the brand's systems hear it
 
@@ -57,7 +59,7 @@ class LiveRegistry:
     def __init__(self, settings: Settings, catalog: ShowCatalog, replays: ReplayService, figures: FiguresStore,
                  on_state: StateListener, on_webhook: WebhookListener,
                  on_viewer_channel: Callable[[ViewerSession, object], None] | None = None,
-                 on_ended: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 on_ended: Callable[[str], Awaitable[None]] | None = None, edges: EdgeLinks | None = None) -> None:
         self.settings = settings
         self.running: dict[str, LiveShow] = {}  # shows with a host or viewers here
         self.pending = PendingSessions(settings.limits.max_pending_sessions_per_address)
@@ -68,6 +70,7 @@ class LiveRegistry:
         self._on_webhook = on_webhook
         self._on_viewer_channel = on_viewer_channel
         self._on_ended = on_ended  # e.g. the show's coupons end
+        self._edges = edges  # in a cluster: pulls of shows whose host is on another node
         self._unsaved: set[str] = set()  # shows whose figures changed since they were saved
         self._saved_at: dict[str, float] = {}
 
@@ -79,10 +82,21 @@ class LiveRegistry:
         Returns their ids."""
         waiting = []
         for show in await self._catalog.list_shows():
-            if show.state is ShowState.LIVE:
+            if show.state is ShowState.LIVE and not await self._published_elsewhere(show.id):
                 (await self._live_show(show.id)).await_host()
                 waiting.append(show.id)
         return waiting
+
+    async def _published_elsewhere(self, show_id: str) -> bool:
+        """In a cluster: the show's host publishes to another node now."""
+        if self._edges is None:
+            return False
+        origin = await self._edges.origins.lookup(show_id)
+        return origin is not None and origin.node != self._edges.origins.me.node
+
+    def _host_here(self, show_id: str) -> bool:
+        """The show's host publishes to this node (or did, and its grace period runs here)."""
+        return self._edges is None or self._edges.origins.holds(show_id)
 
     async def shutdown(self) -> None:
         await self.save_figures()
@@ -108,6 +122,9 @@ class LiveRegistry:
 
     async def close_show(self, show_id: str) -> None:
         """Close the show's sessions here (host and viewers), its figures saved."""
+        if self._edges is not None:
+            self._edges.stop(show_id)
+            await self._edges.origins.release(show_id)
         live = self.running.pop(show_id, None)
         if live is not None:
             try:
@@ -140,13 +157,29 @@ class LiveRegistry:
         return live
 
     def _host_lost(self, show_id: str, until: float) -> None:
-        self._on_state(show_id, "show.host_reconnecting", {"state": "live", "reconnecting_until": until})
-        self._on_webhook("unpublish", {"show": show_id, "reason": "host_lost", "reconnecting_until": until})
+        """The show's stream stopped: its host's (say so) or, on an edge, the pull's (pull again)."""
+        if self._host_here(show_id):
+            self._on_state(show_id, "show.host_reconnecting", {"state": "live", "reconnecting_until": until})
+            self._on_webhook("unpublish", {"show": show_id, "reason": "host_lost", "reconnecting_until": until})
+        live = self.running.get(show_id)
+        if self._edges is not None and live is not None:  # viewers here follow the host to another node
+            self._edges.ensure(live, self._close_idle)
 
     async def _host_gone_for_good(self, show_id: str) -> None:
         live = self.running.get(show_id)
-        if live is not None and live.publisher is None:
-            await self.end_show(show_id, "host_left")
+        if live is None or live.publisher is not None:
+            return
+        if not self._host_here(show_id) and await self._published_elsewhere(show_id):
+            live.await_host()  # this edge's pull ended; the host is live on another node
+            self._edges.ensure(live, self._close_idle)
+            return
+        await self.end_show(show_id, "host_left")
+
+    async def _close_idle(self, show_id: str) -> None:
+        """An edge whose viewers left: its copy of the show goes."""
+        live = self.running.get(show_id)
+        if live is not None and not live.audience and not self._host_here(show_id):
+            await self.close_show(show_id)
 
     # -- publishing ------------------------------------------------------------------------
     async def admit_host(self, show_id: str, key: str | None) -> Show:
@@ -194,6 +227,8 @@ class LiveRegistry:
         self.pending.close(client)
         live.pending.pop(session.id, None)
         live.attach_publisher(session)
+        if self._edges is not None:  # this node is the show's origin from now on
+            asyncio.ensure_future(self._edges.origins.claim(live.show_id))
         recorder = self._replays.on_publish(live.show_id, session.codecs)
         if recorder is not None:
             live.add_reader(recorder)
@@ -239,12 +274,22 @@ class LiveRegistry:
 
     async def watch(self, show: Show, room: str, offer: Offer, client: str = "") -> tuple[ViewerSession, str]:
         """Answer an admitted viewer's offer. The viewer counts (figures, caps) once ICE and DTLS
-        are done; until then it holds a slot, for at most [ice] connect_timeout_s."""
+        are done; until then it holds a slot, for at most [ice] connect_timeout_s. On a node that
+        is not the show's origin, the show is pulled from the origin first (once per node).
+        `EDGE_ROOM` is another node's pull: no figures, no cap."""
         show_id = show.id
-        self._check_capacity(show_id)
+        if room != EDGE_ROOM:
+            self._check_capacity(show_id)
         if show.state is ShowState.ENDED:
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
         live = await self._live_show(show_id)
+        if self._edges is not None and room != EDGE_ROOM and not self._host_here(show_id):
+            link = self._edges.ensure(live, self._close_idle)
+            if live.publisher is None and await self._published_elsewhere(show_id):  # answer with its codec
+                try:
+                    await asyncio.wait_for(asyncio.shield(link.ready.wait()), EDGE_WAIT_S)
+                except TimeoutError:
+                    pass
         self.pending.open(client)
         viewer = ViewerSession(show_id, room, self.settings.media.viewer_queue_frames, live.remove_viewer,
                                self._on_viewer_channel)

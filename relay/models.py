@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 HQ_ROOM = "hq"
+EDGE_ROOM = "~edge"  # where another node's pull of a show watches from (not a slug: never a real room)
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: no trailing newline slips through
 
 

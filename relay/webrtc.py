@@ -129,17 +129,34 @@ async def answer_offer(pc: RTCPeerConnection, offer: Offer, hint: str = "") -> t
         raise ApiError(400, "bad_sdp", f"SDP offer rejected: {exc or type(exc).__name__}{hint}") from exc
     if all(m.dtls_role == "auto" for m in offer.media):
         aiortc_hooks.answer_as_dtls_server(pc)
-    codecs = {}
-    for transceiver in pc.getTransceivers():
-        codec = aiortc_hooks.negotiated_codec(transceiver)
-        if codec:
-            codecs[transceiver.kind] = codec
+    codecs = negotiated_codecs(pc)
     try:
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:  # an offer aiortc accepted but cannot answer (found by fuzzing)
         await pc.close()
         raise ApiError(400, "bad_sdp", f"SDP offer cannot be answered: {exc or type(exc).__name__}{hint}") from exc
     return pc.localDescription.sdp, codecs
+
+
+async def make_offer(pc: RTCPeerConnection) -> str:
+    """The SDP offer of `pc` (its transceivers set up), with every candidate gathered."""
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc.localDescription.sdp
+
+
+async def apply_answer(pc: RTCPeerConnection, sdp: str) -> dict[str, str]:
+    """Apply the answer to `pc`'s offer; the codec negotiated per kind."""
+    await pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+    return negotiated_codecs(pc)
+
+
+def negotiated_codecs(pc: RTCPeerConnection) -> dict[str, str]:
+    codecs = {}
+    for transceiver in pc.getTransceivers():
+        codec = aiortc_hooks.negotiated_codec(transceiver)
+        if codec:
+            codecs[transceiver.kind] = codec
+    return codecs
 
 
 def watch_handshake(pc: RTCPeerConnection, timeout: float, on_connected: Callable[[], None],

@@ -43,7 +43,7 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
 
 # The reference's order: from making a show to running it, then what serves it.
 TAGS = ("shows", "mirror rooms", "media", "viewers", "shelf", "coupons", "events", "replays", "pages",
-        "operations", "reference")
+        "operations", "cluster", "reference")
 
 PATH_PARAMS = {
     "show": "the show's id (a slug)",

@@ -1,4 +1,5 @@
-"""A host's WHIP session: one peer connection whose tracks are received but never decoded."""
+"""A show's incoming stream: a host's WHIP session, or this node's pull of the show from its
+origin node; one peer connection whose tracks are received but never decoded."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Callable
 from aiortc import RTCRtpReceiver
 
 from .. import aiortc_hooks
-from ..webrtc import Offer, answer_offer, codec_preferences, new_peer_connection, on_connection_end
+from ..webrtc import (Offer, answer_offer, apply_answer, codec_preferences, make_offer, new_peer_connection,
+                      on_connection_end)
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +20,11 @@ FrameHandler = Callable[["PublisherSession", str, bytes, int], None]
 
 
 class PublisherSession:
-    """One WHIP session. Frames go to `on_frame(session, kind, data, rtp_timestamp)`."""
+    """One incoming stream of a show. Frames go to `on_frame(session, kind, data, rtp_timestamp)`.
+    A host's session answers its offer; a pull from the origin (`upstream`) makes the offer."""
 
-    def __init__(self, show_id: str, on_frame: FrameHandler, on_gone: Callable[["PublisherSession"], None]) -> None:
+    def __init__(self, show_id: str, on_frame: FrameHandler, on_gone: Callable[["PublisherSession"], None],
+                 upstream: bool = False) -> None:
         self.id = secrets.token_urlsafe(16)
         self.show_id = show_id
         self.pc = new_peer_connection()
@@ -31,20 +35,34 @@ class PublisherSession:
         self.frames = 0
         self.key_hash = ""  # of the stream key this session published with
         self.closed = False
+        self.upstream = upstream
         self._on_frame = on_frame
         self._on_gone = on_gone
 
     async def answer(self, offer: Offer, video_codecs: list[str]) -> str:
         """Apply the host's offer and return the SDP answer."""
         for media in offer.media:
-            transceiver = self.pc.addTransceiver(media.kind, direction="recvonly")
-            names = video_codecs if media.kind == "video" else ["opus"]
-            transceiver.setCodecPreferences(codec_preferences(media.kind, names))
-            aiortc_hooks.tap_receiver(transceiver.receiver, self._sink(media.kind))
-            self.receivers[media.kind] = transceiver.receiver
+            self._receive(media.kind, video_codecs)
         answer, self.codecs = await answer_offer(self.pc, offer)
         on_connection_end(self.pc, self._ended)
         return answer
+
+    async def offer(self, video_codecs: list[str]) -> str:
+        """The offer to receive the show's audio and video from its origin node."""
+        for kind in ("audio", "video"):
+            self._receive(kind, video_codecs)
+        return await make_offer(self.pc)
+
+    async def accept(self, answer: str) -> None:
+        """Apply the origin's answer to `offer()`."""
+        self.codecs = await apply_answer(self.pc, answer)
+        on_connection_end(self.pc, self._ended)
+
+    def _receive(self, kind: str, video_codecs: list[str]) -> None:
+        transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+        transceiver.setCodecPreferences(codec_preferences(kind, video_codecs if kind == "video" else ["opus"]))
+        aiortc_hooks.tap_receiver(transceiver.receiver, self._sink(kind))
+        self.receivers[kind] = transceiver.receiver
 
     def _ended(self) -> None:
         if not self.closed:
