@@ -26,3 +26,16 @@ class StoreUnavailable(ApiError):
 def invalid_field(field: str, message: str) -> ApiError:
     """422 naming the field that was wrong."""
     return ApiError(422, "invalid_field", f"{field!r} {message}")
+
+
+def show_exists(show_id: str) -> ApiError:
+    """409: the id is taken (the catalog checks first; a store refuses a second create too)."""
+    return ApiError(409, "show_exists", f"a show with id {show_id!r} already exists")
+
+
+def show_not_found(show_id: str) -> ApiError:
+    return ApiError(404, "show_not_found", f"no show {show_id!r}")
+
+
+def mirror_exists(distributor: str) -> ApiError:
+    return ApiError(409, "mirror_exists", f"distributor {distributor!r} already has a room in this show")

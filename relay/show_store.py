@@ -6,8 +6,10 @@ Every statement runs on the store's own thread; the event loop only awaits the a
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
+from .errors import mirror_exists, show_exists, show_not_found
 from .models import Mirror, RoomFigures, Show, ShowState
 from .sqlite_thread import SqliteThread
 
@@ -55,15 +57,20 @@ class SqliteShowStore:
 
     def __init__(self, path: Path) -> None:
         self._db = SqliteThread(path, _setup, "show store")
+        self._live: dict[str, tuple[float, dict[str, int]]] = {}  # show -> (counts until, viewers per room)
 
     async def create_show(self, show: Show) -> None:
-        await self._db.call(_execute,
-                            "INSERT INTO shows (id, title, state, stream_key_hash, created_at, started_at, ended_at,"
-                            " end_reason, replay_public, stream_key_expires_at, playback, currency, identity)"
-                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                            (show.id, show.title, show.state.value, show.stream_key_hash, show.created_at,
-                             show.started_at, show.ended_at, show.end_reason, int(show.replay_public),
-                             show.stream_key_expires_at, show.playback, show.currency, show.identity))
+        """Stores a new show; 409 if the id is taken."""
+        created = await self._db.call(
+            _execute,
+            "INSERT INTO shows (id, title, state, stream_key_hash, created_at, started_at, ended_at,"
+            " end_reason, replay_public, stream_key_expires_at, playback, currency, identity)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
+            (show.id, show.title, show.state.value, show.stream_key_hash, show.created_at, show.started_at,
+             show.ended_at, show.end_reason, int(show.replay_public), show.stream_key_expires_at, show.playback,
+             show.currency, show.identity))
+        if not created:
+            raise show_exists(show.id)
 
     async def get_show(self, show_id: str) -> Show | None:
         rows = await self._db.call(_fetch_all, "SELECT * FROM shows WHERE id=?", (show_id,))
@@ -82,10 +89,11 @@ class SqliteShowStore:
 
     async def delete_show(self, show_id: str) -> None:
         await self._db.call(_execute, "DELETE FROM shows WHERE id=?", (show_id,))
+        self._live.pop(show_id, None)
 
     async def add_mirror(self, mirror: Mirror) -> None:
-        await self._db.call(_execute, "INSERT INTO mirrors VALUES (?,?,?,?)",
-                            (mirror.show_id, mirror.distributor, mirror.name, mirror.created_at))
+        """Stores a new mirror room; 409 if the distributor has one, 404 if the show is gone."""
+        await self._db.call(_add_mirror, mirror)
 
     async def list_mirrors(self, show_id: str) -> list[Mirror]:
         rows = await self._db.call(_fetch_all, "SELECT * FROM mirrors WHERE show_id=? ORDER BY created_at",
@@ -94,6 +102,7 @@ class SqliteShowStore:
 
     async def delete_mirror(self, show_id: str, distributor: str) -> None:
         await self._db.call(_delete_mirror, show_id, distributor)
+        self._live.get(show_id, (0.0, {}))[1].pop(distributor, None)
 
     async def save_room_figures(self, show_id: str, rooms: dict[str, RoomFigures]) -> None:
         await self._db.call(_save_room_figures, show_id, rooms)
@@ -103,6 +112,15 @@ class SqliteShowStore:
                                    " WHERE show_id=?", (show_id,))
         return {r["room"]: RoomFigures(peak_viewers=r["peak_viewers"], total_sessions=r["total_sessions"])
                 for r in rows}
+
+    async def save_live_viewers(self, show_id: str, rooms: dict[str, int], ttl_s: float) -> None:
+        """Viewers per room now, for `ttl_s`. This process is the only node, so they stay in its
+        memory: what it reads back is what it saved, until then."""
+        self._live[show_id] = (time.monotonic() + ttl_s, dict(rooms))
+
+    async def load_live_viewers(self, show_id: str) -> dict[str, int]:
+        until, rooms = self._live.get(show_id, (0.0, {}))
+        return dict(rooms) if time.monotonic() < until else {}
 
     def close(self) -> None:
         self._db.close()
@@ -119,12 +137,21 @@ def _setup(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE shows ADD COLUMN {column} {kind}")
 
 
-def _execute(db: sqlite3.Connection, sql: str, params: tuple) -> None:
-    db.execute(sql, params)
+def _execute(db: sqlite3.Connection, sql: str, params: tuple) -> int:
+    """How many rows it changed."""
+    return db.execute(sql, params).rowcount
 
 
 def _fetch_all(db: sqlite3.Connection, sql: str, params: tuple) -> list[sqlite3.Row]:
     return db.execute(sql, params).fetchall()
+
+
+def _add_mirror(db: sqlite3.Connection, mirror: Mirror) -> None:
+    if db.execute("SELECT 1 FROM shows WHERE id=?", (mirror.show_id,)).fetchone() is None:
+        raise show_not_found(mirror.show_id)
+    if not db.execute("INSERT INTO mirrors VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                      (mirror.show_id, mirror.distributor, mirror.name, mirror.created_at)).rowcount:
+        raise mirror_exists(mirror.distributor)
 
 
 def _delete_mirror(db: sqlite3.Connection, show_id: str, distributor: str) -> None:

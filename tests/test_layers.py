@@ -72,6 +72,7 @@ def test_no_import_cycle_in_the_package():
 
 FORBIDDEN_BELOW_HTTP = ("aiohttp.web", "aiohttp", "relay.http", "relay.app", "relay.cli")
 SERVICES_AND_STORES = ("relay.catalog", "relay.live_registry", "relay.show_removal", "relay.show_store",
+                       "relay.redis_show_store", "relay.redis_client",
                        "relay.sqlite_thread", "relay.commerce", "relay.replay", "relay.live", "relay.webhooks")
 MEDIA_CORE_MAY_NOT = FORBIDDEN_BELOW_HTTP + SERVICES_AND_STORES + ("redis", "sqlite3")
 
