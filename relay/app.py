@@ -39,6 +39,8 @@ from .catalog import ShowCatalog
 from .cluster.edge import EdgeLinks
 from .cluster.origins import Origin, OriginRegistry
 from .live_registry import LiveRegistry
+from .redis_show_store import RedisShowStore
+from .replay.redis_replay_store import RedisReplayStore
 from .replay.replay_store import SqliteReplayStore
 from .replay.service import ReplayService
 from .show_removal import ShowRemoval
@@ -111,6 +113,18 @@ def open_commerce_store(settings: Settings) -> CommerceStore:
     return SqliteCommerceStore(settings.data_path / "relay.db")
 
 
+def open_show_stores(settings: Settings) -> tuple[SqliteShowStore | RedisShowStore,
+                                                 SqliteReplayStore | RedisReplayStore]:
+    """Shows, rooms, figures and replay records: in Redis for a cluster, else in the data dir."""
+    if settings.store.redis_url:
+        url, prefix = settings.store.redis_url, settings.store.redis_prefix
+        # Each process counts its own viewers under a name of its own (a restart starts anew).
+        figures_node = f"{settings.node_id}~{secrets.token_hex(3)}"
+        return RedisShowStore(url, prefix, figures_node), RedisReplayStore(url, prefix)
+    db_path = settings.data_path / "relay.db"
+    return SqliteShowStore(db_path), SqliteReplayStore(db_path)
+
+
 def cluster_edges(settings: Settings, admin_key: str) -> EdgeLinks | None:
     """With Redis, this node is one of a cluster: it registers the shows whose host publishes
     here and pulls the others' shows from their origins; alone, None."""
@@ -145,8 +159,7 @@ def build_app(settings: Settings) -> web.Application:
         raise ConfigError(f"[webhooks] secret: {exc}") from None
 
     # Stores and services, each given what it uses
-    db_path = settings.data_path / "relay.db"
-    show_store = SqliteShowStore(db_path)
+    show_store, replay_store = open_show_stores(settings)
     catalog = ShowCatalog(show_store)
     commerce = open_commerce_store(settings)
     webhooks = WebhookSender(hooks.urls, hooks.secret, hooks.timeout_s, hooks.max_queue, hooks.max_attempts)
@@ -154,7 +167,7 @@ def build_app(settings: Settings) -> web.Application:
     async def replay_ready(show_id: str) -> None:
         webhooks.emit("replay.ready", {"show": show_id, **(await replays.describe(show_id, settings.base_url) or {})})
 
-    replays = ReplayService(settings.replay, SqliteReplayStore(db_path), settings.data_path / "replays", replay_ready)
+    replays = ReplayService(settings.replay, replay_store, settings.data_path / "replays", replay_ready)
     events = EventHub(commerce, replays.stream_time)
 
     async def mirror_ids(show_id: str) -> set[str]:
@@ -212,6 +225,8 @@ def build_app(settings: Settings) -> web.Application:
         await replays.recover(continuing=set(waiting))
         background["retention"] = asyncio.ensure_future(replays.run_retention())
         background["figures"] = asyncio.ensure_future(live.run_figures_saver())
+        if isinstance(show_store, RedisShowStore):  # what other nodes change, this one reads again
+            background["catalog"] = asyncio.ensure_future(show_store.follow(live.show_changed))
         background["expiry"] = asyncio.ensure_future(_expire_claim_requests(commerce, limits.idempotency_retention_s))
 
     async def on_shutdown(app: web.Application) -> None:
@@ -233,8 +248,8 @@ def build_app(settings: Settings) -> web.Application:
         await replays.shutdown()
         await commerce.close()
         await webhooks.close()
-        replays.store.close()
-        show_store.close()
+        await replay_store.close()
+        await show_store.close()
 
     app.on_response_prepare.append(security_headers)
     app.on_startup.append(on_startup)

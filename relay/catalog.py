@@ -64,8 +64,8 @@ class ShowCatalog:
 
     Shows returned are copies: a caller changing one changes nothing until it goes through
     a method here. A change is made to the cached show at once (no await between the check
-    and the change, so two changes never undo each other) and then written to the store;
-    this process is the store's only writer (the embedded default).
+    and the change, so two changes never undo each other) and then written to the store.
+    In a cluster the store tells every node what another changed (`forget`).
     """
 
     def __init__(self, store: ShowStore, clock: Callable[[], float] = time.time) -> None:
@@ -213,6 +213,13 @@ class ShowCatalog:
         entry = self._cache.get(show_id)
         if entry is not None and entry.mirrors is not None:
             entry.mirrors.pop(distributor, None)
+
+    def forget(self, show_id: str | None) -> None:
+        """Another node changed the show (None: any show may have changed): read it again."""
+        if show_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(show_id, None)
 
     # -- the cache -------------------------------------------------------------------------
     async def _entry(self, show_id: str) -> _Entry | None:

@@ -27,10 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class FiguresStore(Protocol):
-    """Where room figures outlive the process."""
+    """Where room figures outlive the process. In a cluster each node saves its own counts and
+    loads the cluster's (sessions summed, peaks of the sum, viewers now of every live node)."""
 
     async def save_room_figures(self, show_id: str, rooms: dict[str, RoomFigures]) -> None: ...
     async def load_room_figures(self, show_id: str) -> dict[str, RoomFigures]: ...
+    async def save_live_viewers(self, show_id: str, rooms: dict[str, int], ttl_s: float) -> None: ...
+    async def load_live_viewers(self, show_id: str) -> dict[str, int]: ...
 
 
 class PendingSessions:
@@ -94,6 +97,28 @@ class LiveRegistry:
         origin = await self._edges.origins.lookup(show_id)
         return origin is not None and origin.node != self._edges.origins.me.node
 
+    def show_changed(self, show_id: str | None) -> None:
+        """Another node changed a show (None: any may have): read it again, and let go here of
+        what ended or went (the show, a mirror room) there."""
+        self._catalog.forget(show_id)
+        for changed in [show_id] if show_id is not None else list(self.running):
+            if changed in self.running:
+                asyncio.ensure_future(self._follow_change(changed))
+
+    async def _follow_change(self, show_id: str) -> None:
+        try:
+            show = await self._catalog.find(show_id)
+            if show is None or show.state is ShowState.ENDED:
+                await self.close_show(show_id)
+                self._replays.on_show_end(show_id)
+                return
+            rooms = {HQ_ROOM, EDGE_ROOM} | {m.distributor for m in await self._catalog.mirrors(show_id)}
+            live = self.running.get(show_id)
+            for room in {v.room for v in live.viewers.values()} - rooms if live else ():
+                await self.close_room(show_id, room)
+        except Exception:
+            log.exception("show %s: following a change made on another node failed", show_id)
+
     def _host_here(self, show_id: str) -> bool:
         """The show's host publishes to this node (or did, and its grace period runs here)."""
         return self._edges is None or self._edges.origins.holds(show_id)
@@ -148,7 +173,9 @@ class LiveRegistry:
     async def _live_show(self, show_id: str) -> LiveShow:
         live = self.running.get(show_id)
         if live is None:
-            figures = ShowFigures(await self._figures.load_room_figures(show_id))
+            # Alone, a show's counts go on from where they were; in a cluster each node counts
+            # its own viewers from zero and the store sums the nodes'.
+            figures = ShowFigures({} if self._edges else await self._figures.load_room_figures(show_id))
             live = self.running.get(show_id)  # another join may have made it meanwhile
             if live is None:
                 live = LiveShow(show_id, self.settings.media, figures, self._host_gone_for_good,
@@ -356,8 +383,11 @@ class LiveRegistry:
         live = self.running.get(show_id)
         return live is not None and live.publisher is not None
 
-    def viewers_now(self, show_id: str) -> dict[str, int]:
-        """Viewers connected now, per room (rooms with none may be missing)."""
+    async def viewers_now(self, show_id: str) -> dict[str, int]:
+        """Viewers connected now, per room (rooms with none may be missing); a cluster's as of
+        the nodes' last saves."""
+        if self._edges is not None:
+            return await self._figures.load_live_viewers(show_id)
         live = self.running.get(show_id)
         return {room: f.viewers for room, f in live.figures.rooms.items()} if live else {}
 
@@ -368,6 +398,11 @@ class LiveRegistry:
 
     # -- figures ---------------------------------------------------------------------------
     async def figures(self, show_id: str) -> ShowFigures:
+        if self._edges is not None:  # the cluster's, as of the nodes' last saves
+            figures = ShowFigures(await self._figures.load_room_figures(show_id))
+            for room, viewers in (await self._figures.load_live_viewers(show_id)).items():
+                figures.room(room).viewers = viewers
+            return figures
         live = self.running.get(show_id)
         if live is not None:
             return live.figures
@@ -378,7 +413,13 @@ class LiveRegistry:
         return self._saved_at.get(show_id)
 
     async def save_figures(self) -> None:
-        """Save the figures of every show whose figures changed since the last time."""
+        """Save the figures of every show whose figures changed since the last time; in a
+        cluster, also every running show's viewers now (they expire unless saved again)."""
+        if self._edges is not None:
+            ttl = 3 * self.settings.media.figures_save_interval_s
+            for show_id, live in list(self.running.items()):
+                await self._figures.save_live_viewers(
+                    show_id, {room: f.viewers for room, f in live.figures.rooms.items()}, ttl)
         for show_id in list(self._unsaved):
             live = self.running.get(show_id)
             if live is not None:

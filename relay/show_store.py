@@ -122,7 +122,7 @@ class SqliteShowStore:
         until, rooms = self._live.get(show_id, (0.0, {}))
         return dict(rooms) if time.monotonic() < until else {}
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._db.close()
 
 

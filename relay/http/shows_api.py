@@ -213,7 +213,7 @@ class ShowsApi:
             host = "none"
         else:
             host = "live" if self.live.host_on_air(show.id) else "reconnecting"
-        now = self.live.viewers_now(show.id)
+        now = await self.live.viewers_now(show.id)
         replay = await self.replays.record(show.id) if show.replay_public else None
         room = request.query.get("room", HQ_ROOM)
         mirrors = await self.catalog.mirrors(show.id) if room != HQ_ROOM else []

@@ -41,7 +41,7 @@ class SqliteReplayStore:
     async def delete_replay(self, show_id: str) -> None:
         await self._db.call(_delete, show_id)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._db.close()
 
 
