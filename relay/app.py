@@ -21,7 +21,7 @@ from .commerce.sqlite_store import SqliteCommerceStore
 from .commerce.store import CommerceStore
 from .commerce.tokens import ViewerTokens, load_secret
 from .config import ConfigError, Settings
-from .errors import ApiError
+from .errors import ApiError, StoreUnavailable
 from .http.api_docs import ApiDocs
 from .http.cluster_api import ClusterApi
 from .http.commerce_api import CommerceApi
@@ -79,6 +79,26 @@ async def _expire_claim_requests(store: CommerceStore, retention_s: float) -> No
         except ApiError as exc:
             log.warning("expiring claim answers: %s", exc.message)
         await asyncio.sleep(min(3600.0, retention_s / 4))
+
+
+async def _recover(live: LiveRegistry, replays: ReplayService, grace_period_s: float) -> bool:
+    """Shows and replays left live by the last stop go on (see LiveRegistry.recover); False if
+    the store is unreachable."""
+    try:
+        waiting = await live.recover()
+        if waiting:
+            log.warning("shows live at the last stop, waiting %.0fs for their hosts: %s",
+                        grace_period_s, ", ".join(waiting))
+        await replays.recover(continuing=set(waiting))
+    except StoreUnavailable as exc:
+        log.error("cannot read the shows to recover: %s; trying again", exc.message)
+        return False
+    return True
+
+
+async def _recover_when_reachable(live: LiveRegistry, replays: ReplayService, settings: Settings) -> None:
+    while not await _recover(live, replays, settings.media.grace_period_s):
+        await asyncio.sleep(2.0)
 
 
 async def _read_shared_secret(store: RedisCommerceStore, tokens: ViewerTokens) -> None:
@@ -218,11 +238,8 @@ def build_app(settings: Settings) -> web.Application:
         await webhooks.start()
         if shared_secret:  # read in the background: media flows while Redis is away
             background["secret"] = asyncio.ensure_future(_read_shared_secret(commerce, tokens))
-        waiting = await live.recover()
-        if waiting:
-            log.warning("shows live at the last stop, waiting %.0fs for their hosts: %s",
-                        settings.media.grace_period_s, ", ".join(waiting))
-        await replays.recover(continuing=set(waiting))
+        if not await _recover(live, replays, settings.media.grace_period_s):  # Redis is away: when it is back
+            background["recover"] = asyncio.ensure_future(_recover_when_reachable(live, replays, settings))
         background["retention"] = asyncio.ensure_future(replays.run_retention())
         background["figures"] = asyncio.ensure_future(live.run_figures_saver())
         if isinstance(show_store, RedisShowStore):  # what other nodes change, this one reads again

@@ -163,29 +163,47 @@ async def test_numbers_and_ids_out_of_bounds_are_clear_4xx_and_change_nothing(re
     assert all(r["unique_viewers"] == 0 and r["peak_viewers"] == 0 for r in stats["rooms"].values())
 
 
-async def test_without_redis_the_server_starts_serves_media_and_keeps_secrets_out_of_logs(
+async def test_without_redis_the_server_starts_then_media_outlives_redis_and_secrets_stay_out_of_logs(
         server_process, tmp_path, h264_clip):
     redis = RedisProcess(tmp_path / "redis")  # its port, not started yet
     url = f"redis://:pa55-w0rd-x@127.0.0.1:{redis.port}/0"
     server = server_process(tmp_path / "data", args=("--redis", url))  # started: it did not hang
     relay = Relay(server.base, relay_settings(tmp_path / "data"))
     assert (await relay.request("GET", "/healthz"))[1]["store"] == "unavailable"
-    show = await relay.create_show("nostore")
-    await relay.publish(show, host_tracks(h264_clip * 10, None))
-    viewer = await relay.viewer("nostore", kinds=("video",), decode=False)
-    await viewer.first_frame("video")  # media flows without the store
-    status, body = await relay.request("POST", "/api/shows/nostore/viewers", json={"room": "hq"})
-    assert status == 503 and body["error"] == "store_unavailable"
+    status, body = await relay.api("POST", "/api/shows", {"title": "No store", "id": "nostore"})
+    assert status == 503 and body["error"] == "store_unavailable"  # the catalog is in Redis
     token = "eyJhbGciOiJIUzI1NiJ9.eyJzY29wZSI6InJlcGxheSJ9.c2VjcmV0LXNpZ25hdHVyZS12YWx1ZQ"
     assert (await relay.request("GET", f"/replay/nostore/signed/{token}/nope/nothing"))[0] == 404
 
-    redis.start()  # Redis is back: tokens are signed with the shared secret
+    redis.start()  # Redis is there: shows, viewers and tokens (signed with the shared secret)
     try:
-        async def registered() -> bool:
+        async def created() -> bool:
+            return (await relay.api("POST", "/api/shows", {"title": "Store", "id": "nostore"}))[0] == 201
+
+        await relay.wait_for(created, timeout=15, what="a show once Redis is there")
+        show = await relay.show("nostore")
+        show["stream_key"] = (await relay.api("POST", "/api/shows/nostore/stream-key"))[1]["stream_key"]
+        await relay.publish(show, host_tracks(h264_clip * 10, None))
+        viewer = await relay.viewer("nostore", kinds=("video",), decode=False)
+        await viewer.first_frame("video")
+
+        async def registered() -> bool:  # once the shared token secret is read
             return (await relay.request("POST", "/api/shows/nostore/viewers", json={"room": "hq"}))[0] == 201
 
-        await relay.wait_for(registered, timeout=15, what="viewer registration once Redis is back")
+        await relay.wait_for(registered, timeout=15, what="viewer registration once Redis is there")
         assert (await relay.request("GET", "/healthz"))[1]["store"] == "ok"
+
+        redis.kill()  # Redis goes away mid-show: media keeps flowing, a new viewer still joins
+        frames = viewer.tracks["video"].frames
+
+        async def still_flowing() -> bool:
+            return viewer.tracks["video"].frames > frames + 30
+
+        await relay.wait_for(still_flowing, timeout=10, what="media after Redis went away")
+        late = await relay.viewer("nostore", kinds=("video",), decode=False)
+        await late.first_frame("video")
+        status, body = await relay.request("POST", "/api/shows/nostore/viewers", json={"room": "hq"})
+        assert status == 503 and body["error"] == "store_unavailable"
     finally:
         await relay.close_clients()
         server.stop()
