@@ -97,6 +97,12 @@ class StoreSettings:
 
 
 @dataclass
+class ClusterSettings:
+    node_id: str = ""  # empty: <hostname>-<port>, and -w<i> after it for worker i
+    advertise_url: str = ""  # empty: base_url; a worker's: its private port
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -106,6 +112,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
     def base_url(self) -> str:
