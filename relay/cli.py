@@ -18,10 +18,12 @@ import time
 from aiohttp import web
 import uvloop
 
-from .config import ConfigError, load_settings
+from .config import ConfigError, Settings, load_settings
 from .http.guard import ConnectionGuard, guarded, raise_fd_limit
 from .http.access_log import AccessLogger
 from .logs import setup_logging
+from .workers import (Supervisor, check_workers, name_node, prepare_data_dir, ready_line, watch_supervisor,
+                      worker_count, worker_index)
 
 DEFAULT_CONFIG = "config/relay.toml"
 
@@ -43,7 +45,15 @@ def _port(text: str) -> int:
     return port
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def _workers(text: str) -> int:
+    try:
+        return worker_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command's parser and its `serve` subcommand's."""
     parser = argparse.ArgumentParser(prog="relay", description="livecast relay: live-commerce stream relay")
     parser.add_argument("--version", action="version", version=f"relay {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,16 +64,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--config", help="a TOML settings file (default: ./config/relay.toml if present)")
     serve.add_argument("--redis", metavar="URL",
                        help="keep commerce state in Redis (redis://host:6379/0) instead of the embedded store")
+    serve.add_argument("--workers", type=_workers, default=1, metavar="N",
+                       help="worker processes sharing the port (auto: one per core; more than 1 needs --redis)")
     serve.add_argument("--demo", action="store_true", help="create show 'demo' fed by a synthetic host")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--log-format", choices=("text", "json"), default="text",
                        help="json: one JSON object per line, with show/room/session fields")
-    return parser.parse_args(argv)
+    return parser, serve
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    from .app import SERVICES, build_app
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    return _parsers()[0].parse_args(argv)
 
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings file and environment, then the command line over them."""
     config = args.config
     if config is None and Path(DEFAULT_CONFIG).is_file():
         config = DEFAULT_CONFIG
@@ -76,9 +91,20 @@ async def _serve(args: argparse.Namespace) -> None:
         settings.server.data_dir = args.data_dir
     if args.redis is not None:
         settings.store.redis_url = args.redis
+    return settings
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from .app import SERVICES, build_app
+
+    settings = _settings(args)
+    worker = worker_index()
     # The port and the data dir are checked before anything is created (keys, database).
-    listener = _listen(settings.server.host, settings.server.port)
+    # A worker shares the port with the others and has a private one for other nodes.
+    listener = _listen(settings.server.host, settings.server.port, reuse_port=worker is not None)
     settings.server.port = listener.getsockname()[1]
+    private = _listen(settings.server.host, 0) if worker is not None else None
+    name_node(settings, worker, private.getsockname()[1] if private is not None else None)
     _check_data_dir(settings.data_path)
     soft, hard = raise_fd_limit()
     app = build_app(settings)
@@ -88,8 +114,9 @@ async def _serve(args: argparse.Namespace) -> None:
     await runner.setup()
     guard = ConnectionGuard(settings.server.read_timeout_s, settings.limits.max_connections_per_address)
     # A deep accept queue: a show's start brings thousands of connections at once.
-    http_server = await asyncio.get_running_loop().create_server(guarded(runner.server, guard), sock=listener,
-                                                                 backlog=4096)
+    loop = asyncio.get_running_loop()
+    http_servers = [await loop.create_server(guarded(runner.server, guard), sock=sock, backlog=4096)
+                    for sock in (listener, private) if sock is not None]
     logging.getLogger(__name__).info("open-file limit %s (hard %s)", soft, hard)
     # Long-lived state (sessions, readers) would otherwise be rescanned by full collections
     # that stall the loop for tens of ms; start-up objects are frozen, and young objects get
@@ -97,24 +124,31 @@ async def _serve(args: argparse.Namespace) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    print(f"relay: listening on http://{settings.server.host}:{settings.server.port}", flush=True)
+    where = f"http://{settings.server.host}:{settings.server.port}"
+    if worker is None:
+        print(f"relay: listening on {where}", flush=True)
+    else:
+        print(ready_line(where, worker, settings), flush=True)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.ensure_future(watch_supervisor(stop.set)) if worker is not None else None
     demo = None
     if args.demo:
         from .demo import start_demo
 
         demo = await start_demo(app[SERVICES])
     await stop.wait()
+    if watch is not None:
+        watch.cancel()
     if demo is not None:
         await demo.drop()
     # SIGTERM: stop accepting, tell readers, close peers, finish segments, flush the stores,
     # all within shutdown_timeout_s.
     started = time.monotonic()
-    http_server.close()  # no new connections; the open ones finish below
+    for http_server in http_servers:
+        http_server.close()  # no new connections; the open ones finish below
     try:
         await asyncio.wait_for(runner.cleanup(), settings.server.shutdown_timeout_s)
     except TimeoutError:
@@ -123,8 +157,42 @@ async def _serve(args: argparse.Namespace) -> None:
     logging.getLogger(__name__).info("stopped in %.1fs", time.monotonic() - started)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to host:port, or a ConfigError saying why not."""
+def _supervise(args: argparse.Namespace) -> int:
+    """`relay serve --workers N`: checks and makes once what the workers share, then runs them."""
+    settings = _settings(args)
+    check_workers(settings, args.workers)
+    host = settings.server.host
+    # Bound with SO_REUSEPORT but never listening (the kernel gives connections only to the
+    # workers' listening sockets): a busy port is one line here, port 0 is chosen once, and the
+    # port stays this server's while a worker restarts.
+    probe = _listen(host, settings.server.port, reuse_port=True)
+    try:
+        port = settings.server.port = probe.getsockname()[1]
+        _check_data_dir(settings.data_path)
+        prepare_data_dir(settings)
+        supervisor = Supervisor(f"http://{host}:{port}", args.workers, lambda i: _worker_argv(args, port, i),
+                                settings.server.shutdown_timeout_s)
+        return uvloop.run(supervisor.run())
+    finally:
+        probe.close()
+
+
+def _worker_argv(args: argparse.Namespace, port: int, index: int) -> list[str]:
+    """Worker `index`'s command: this `relay serve` on the port bound, without --workers,
+    with --demo in worker 0 only (one synthetic host is enough)."""
+    argv = [sys.executable, "-m", "relay", "serve", "--port", str(port)]
+    for action in _parsers()[1]._actions:  # every option of serve, so a new one is passed on too
+        value = getattr(args, action.dest, None)
+        if (not action.option_strings or action.dest in ("help", "port", "workers") or value is None
+                or value is False or (action.dest == "demo" and index)):
+            continue
+        argv += [action.option_strings[-1]] + ([] if value is True else [str(value)])
+    return argv
+
+
+def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to host:port (shared with others that ask for `reuse_port`), or a
+    ConfigError saying why not."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
@@ -132,6 +200,8 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError as exc:
         sock.close()
@@ -155,8 +225,10 @@ def _check_data_dir(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level, args.log_format, worker_index())
     try:
+        if args.command == "serve" and args.workers > 1:
+            return _supervise(args)
         if args.command == "serve":
             uvloop.run(_serve(args))
     except ConfigError as exc:

@@ -99,8 +99,8 @@ class StoreSettings:
 
 @dataclass
 class ClusterSettings:
-    node_id: str = ""  # default: <hostname>-<port>
-    advertise_url: str = ""  # where other nodes reach this one; default: the server's base URL
+    node_id: str = ""  # empty: <hostname>-<port>, and -w<i> after it for worker i
+    advertise_url: str = ""  # empty: base_url; a worker's: its private port
     origin_ttl_s: float = 10.0  # a show's origin key outlives its node's last heartbeat this long
     edge_linger_s: float = 30.0  # an edge keeps pulling a show this long after its last viewer left
 

@@ -15,13 +15,19 @@ CONTEXT_FIELDS = ("show", "room", "session")
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
-        line = {
+        line: dict[str, object] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.worker is not None:
+            line["worker"] = self.worker
         for name in CONTEXT_FIELDS + ("method", "path", "status", "bytes", "ms", "remote"):
             value = getattr(record, name, None)
             if value is not None:
@@ -31,12 +37,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def setup_logging(level: str, fmt: str) -> None:
+def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
+    """Log lines to stderr; a supervisor's worker names itself in each (`[w1]`, "worker": 1),
+    as the workers share the supervisor's stderr."""
     handler = logging.StreamHandler()
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        who = "" if worker is None else f"[w{worker}] "
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -238,4 +238,5 @@ class ShowsApi:
             "store": "ok" if self.commerce.available else "unavailable",
             "live_shows": live_shows,
             "viewers": viewers,
+            "node": self.settings.cluster.node_id,
         })

@@ -160,3 +160,4 @@ class Health(BaseModel):
     store: Literal["ok", "unavailable"]
     live_shows: int
     viewers: int
+    node: str = Field(description="this process's [cluster] node_id (one per worker)")
