@@ -395,9 +395,10 @@ class LiveRegistry:
         return {room: f.viewers for room, f in live.figures.rooms.items()} if live else {}
 
     def totals(self) -> tuple[int, int]:
-        """(shows whose host is on air here, viewers connected here)."""
+        """(shows whose host is on air here, viewers connected here; other nodes' pulls are not)."""
         shows = self.running.values()
-        return sum(1 for live in shows if live.publisher is not None), sum(len(live.viewers) for live in shows)
+        viewers = sum(1 for live in shows for v in live.viewers.values() if v.room != EDGE_ROOM)
+        return sum(1 for live in shows if live.publisher is not None and not live.publisher.upstream), viewers
 
     # -- figures ---------------------------------------------------------------------------
     async def figures(self, show_id: str) -> ShowFigures:

@@ -83,7 +83,7 @@ def check_workers(settings: Settings, count: int) -> None:
     """The settings a supervisor needs, or a ConfigError."""
     if not settings.store.redis_url:
         raise ConfigError(f"--workers {count} needs --redis URL (or [store] redis_url): "
-                          "the workers share commerce state through Redis")
+                          "the workers share shows and state through Redis")
     if settings.cluster.advertise_url:
         raise ConfigError("[cluster] advertise_url cannot be set with --workers: "
                           "each worker advertises its own private port")

@@ -20,6 +20,7 @@ from relay.cli import _parse, _worker_argv
 from relay.config import Settings
 from relay.workers import Supervisor, name_node, worker_count
 from relay_testkit.process import RelayProcess, ServerError
+from relay_testkit.synthetic import host_tracks
 
 READY = re.compile(r"^\[w(\d+)\] ready \(pid (\d+)\): node (\S+) at (\S+)$", re.M)
 
@@ -77,7 +78,7 @@ def test_a_worker_names_itself_after_its_index_and_advertises_its_private_port()
 
 @pytest.mark.parametrize("args, message", [
     (("--workers", "2"), "relay: --workers 2 needs --redis URL (or [store] redis_url): "
-                         "the workers share commerce state through Redis"),
+                         "the workers share shows and state through Redis"),
     (("--workers", "2", "--redis", "redis://127.0.0.1:1/0"),
      "relay: cannot listen on 127.0.0.1:{port}: Address already in use (another server is using it; "
      "pick another with --port)"),
@@ -172,3 +173,30 @@ async def test_workers_stop_when_the_supervisor_is_killed(tmp_path, redis_server
 
     await Relay(server.base, relay_settings(tmp_path / "data")).wait_for(
         all_gone, timeout=20, what="the workers to stop on their own")
+
+
+async def test_viewers_through_the_one_port_land_on_both_workers_and_all_play(tmp_path, redis_server, h264_clip):
+    server = RelayProcess(tmp_path / "data", ADMIN_KEY, args=("--workers", "2", "--redis", redis_server.url))
+    server.start()
+    relay = Relay(server.base, relay_settings(tmp_path / "data"))
+    try:
+        show = await relay.create_show("cores")
+        await relay.publish(show, host_tracks(h264_clip, None))  # to whichever worker the kernel picks
+        workers = [url for _, _, url in ready_workers(server).values()]
+        viewers = []
+
+        async def both_workers_have_viewers() -> bool:
+            return all([(await health(url))["viewers"] >= 1 for url in workers])
+
+        while not await both_workers_have_viewers():  # each viewer's connection lands on either
+            assert len(viewers) < 24, "every viewer landed on the same worker"
+            viewers.append(await relay.viewer("cores", kinds=("video",), decode=True))
+        for viewer in viewers:  # decoded, on both workers: the host's stream reached each
+            await viewer.first_frame("video", timeout=10)
+            assert viewer.tracks["video"].width == 640
+        assert sum([(await health(url))["viewers"] for url in workers]) == len(viewers)
+        assert sum([(await health(url))["live_shows"] for url in workers]) == 1  # the host is on one
+    finally:
+        await relay.close_clients()
+        server.stop()
+
