@@ -10,8 +10,9 @@ from test_media import nal_units
 
 
 def node(server_process, tmp_path, redis_server, name: str):
+    # A peer that vanished (a killed node) is noticed after 3 s without ICE consent.
     return server_process(tmp_path / f"data-{name}", args=("--redis", redis_server.url),
-                          env={"RELAY_CLUSTER_NODE_ID": name})
+                          env={"RELAY_CLUSTER_NODE_ID": name, "RELAY_ICE_CONSENT_TIMEOUT_S": "3"})
 
 
 def client_for(server) -> Relay:
@@ -51,3 +52,45 @@ async def test_viewers_on_every_node_get_the_hosts_access_units(server_process, 
     await a.wait_for(counted_everywhere, timeout=10, what="every node to count the cluster's viewers")
     for relay in (a, b, c):
         await relay.close_clients()
+
+
+async def test_origin_killed_host_republishes_elsewhere_and_edge_viewers_resume_on_their_connection(
+        server_process, tmp_path, redis_server, h264_clip):
+    servers = {name: node(server_process, tmp_path, redis_server, name) for name in "abc"}
+    a, b, c = (client_for(servers[name]) for name in "abc")
+    show = await a.create_show("phoenix")
+    await a.publish(show, host_tracks(h264_clip, None))
+    viewer = await c.viewer("phoenix", kinds=("video",), decode=False)
+    await viewer.first_frame("video")
+    pc = viewer.pc
+
+    servers["a"].kill()  # the origin dies mid-show; the host's encoder reconnects to another node
+    await a.close_clients()
+    await b.publish(show, host_tracks(h264_clip, None))
+    frames = viewer.tracks["video"].frames
+
+    async def resumed() -> bool:
+        return viewer.tracks["video"].frames > frames + 60
+
+    await c.wait_for(resumed, timeout=20, what="the viewer on C to play again, from the new origin B")
+    assert viewer.pc is pc and pc.connectionState == "connected"  # no new peer connection
+    detail = await c.show("phoenix")
+    assert detail["state"] == "live"
+    for relay in (b, c):
+        await relay.close_clients()
+
+
+async def test_a_killed_edge_viewers_rejoin_through_another_node(server_process, tmp_path, redis_server,
+                                                                 h264_clip):
+    servers = {name: node(server_process, tmp_path, redis_server, name) for name in "abc"}
+    a, b, c = (client_for(servers[name]) for name in "abc")
+    show = await a.create_show("hop", mirrors=("d1",))
+    await a.publish(show, host_tracks(h264_clip, None))
+    await (await b.viewer("hop", "d1", kinds=("video",), decode=False)).first_frame("video")
+    servers["b"].kill()
+    await b.close_clients()
+    again = await c.viewer("hop", "d1", kinds=("video",), decode=True)  # what the watch page does
+    assert await again.first_frame("video", timeout=3) < 3
+    for relay in (a, c):
+        await relay.close_clients()
+
