@@ -37,6 +37,7 @@ from .http.whep import WhepApi
 from .http.whip import WhipApi
 from .catalog import ShowCatalog
 from .cluster.edge import EdgeLinks
+from .cluster.nodes import NodeDirectory
 from .cluster.origins import Origin, OriginRegistry
 from .live_registry import LiveRegistry
 from .redis_show_store import RedisShowStore
@@ -195,10 +196,13 @@ def build_app(settings: Settings) -> web.Application:
 
     shelf = ProductShelf(commerce, events, mirror_ids, replays.stream_time)
     edges = cluster_edges(settings, admin_key)
+    nodes = None if edges is None else NodeDirectory(
+        settings.store.redis_url, settings.store.redis_prefix, lambda: Origin(settings.node_id, settings.node_url),
+        lambda: live.totals()[1], settings.cluster.max_viewers_per_node)
     live = LiveRegistry(
         settings, catalog, replays, show_store, on_state=events.publish_soon, on_webhook=webhooks.emit,
         on_viewer_channel=lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel),
-        on_ended=lambda show_id: end_coupons(commerce, events, show_id), edges=edges)
+        on_ended=lambda show_id: end_coupons(commerce, events, show_id), edges=edges, nodes=nodes)
 
     async def purge_commerce(show_id: str) -> None:  # a store failure (503) leaves the show to delete again
         await commerce.purge_show(show_id)
@@ -242,6 +246,8 @@ def build_app(settings: Settings) -> web.Application:
             background["recover"] = asyncio.ensure_future(_recover_when_reachable(live, replays, settings))
         background["retention"] = asyncio.ensure_future(replays.run_retention())
         background["figures"] = asyncio.ensure_future(live.run_figures_saver())
+        if nodes is not None:
+            nodes.start()
         if isinstance(show_store, RedisShowStore):  # what other nodes change, this one reads again
             background["catalog"] = asyncio.ensure_future(show_store.follow(live.show_changed))
         background["expiry"] = asyncio.ensure_future(_expire_claim_requests(commerce, limits.idempotency_retention_s))
@@ -262,6 +268,8 @@ def build_app(settings: Settings) -> web.Application:
         await live.shutdown()
         if edges is not None:
             await edges.close()
+        if nodes is not None:
+            await nodes.close()
         await replays.shutdown()
         await commerce.close()
         await webhooks.close()

@@ -103,6 +103,7 @@ class ClusterSettings:
     advertise_url: str = ""  # empty: base_url; a worker's: its private port
     origin_ttl_s: float = 10.0  # a show's origin key outlives its node's last heartbeat this long
     edge_linger_s: float = 30.0  # an edge keeps pulling a show this long after its last viewer left
+    max_viewers_per_node: int = 0  # beyond it a WHEP offer is sent (307) to the least loaded node; 0: off
 
 
 @dataclass

@@ -15,6 +15,14 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+class NodeFull(ApiError):
+    """This node has its maximum of viewers: the same request goes to `base_url` (307)."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(307, "node_full", f"this node is full; send the offer to {base_url}")
+        self.base_url = base_url
+
+
 class StoreUnavailable(ApiError):
     """The store could not be reached or could not commit; nothing was changed. 503."""
 

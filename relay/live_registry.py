@@ -14,8 +14,9 @@ from typing import Awaitable, Callable, Protocol
 from .address_counter import AddressCounter
 from .catalog import ShowCatalog, key_hash_matches
 from .cluster.edge import EdgeLinks
+from .cluster.nodes import NodeDirectory
 from .config import Settings
-from .errors import ApiError
+from .errors import ApiError, NodeFull
 from .fanout.viewer import ViewerSession
 from .ingest.publisher import PublisherSession
 from .live import LiveShow
@@ -62,7 +63,8 @@ class LiveRegistry:
     def __init__(self, settings: Settings, catalog: ShowCatalog, replays: ReplayService, figures: FiguresStore,
                  on_state: StateListener, on_webhook: WebhookListener,
                  on_viewer_channel: Callable[[ViewerSession, object], None] | None = None,
-                 on_ended: Callable[[str], Awaitable[None]] | None = None, edges: EdgeLinks | None = None) -> None:
+                 on_ended: Callable[[str], Awaitable[None]] | None = None, edges: EdgeLinks | None = None,
+                 nodes: NodeDirectory | None = None) -> None:
         self.settings = settings
         self.running: dict[str, LiveShow] = {}  # shows with a host or viewers here
         self.pending = PendingSessions(settings.limits.max_pending_sessions_per_address)
@@ -74,6 +76,7 @@ class LiveRegistry:
         self._on_viewer_channel = on_viewer_channel
         self._on_ended = on_ended  # e.g. the show's coupons end
         self._edges = edges  # in a cluster: pulls of shows whose host is on another node
+        self._nodes = nodes  # in a cluster: where a viewer goes when this node is full
         self._unsaved: set[str] = set()  # shows whose figures changed since they were saved
         self._saved_at: dict[str, float] = {}
 
@@ -310,6 +313,7 @@ class LiveRegistry:
         show_id = show.id
         if room != EDGE_ROOM:
             self._check_capacity(show_id)
+            await self._check_node_capacity()
         if show.state is ShowState.ENDED:
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
         live = await self._live_show(show_id)
@@ -365,6 +369,20 @@ class LiveRegistry:
         if limits.max_viewers_per_process and total >= limits.max_viewers_per_process:
             raise ApiError(503, "server_full", "this server is at its viewer capacity; try again shortly",
                            {"Retry-After": "10"})
+
+    async def _check_node_capacity(self) -> None:
+        """A full node of a cluster sends the viewer to the least loaded node with room."""
+        nodes = self._nodes
+        if nodes is None or not nodes.max_viewers:
+            return
+        audience = sum(live.audience for live in self.running.values())
+        if audience < nodes.max_viewers:
+            return
+        elsewhere = await nodes.least_loaded()
+        if elsewhere is None:
+            raise ApiError(503, "server_full", "every node is at its viewer capacity; try again shortly",
+                           {"Retry-After": "10"})
+        raise NodeFull(elsewhere.url)
 
     async def stop_watching(self, show_id: str, room: str, session_id: str) -> None:
         live = self.running.get(show_id)

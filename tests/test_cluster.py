@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import aiohttp
+
 from conftest import Relay, relay_settings
+
+from test_bad_input import make_offer
+from test_workers import health
 
 from relay_testkit.synthetic import host_tracks
 
@@ -92,5 +97,25 @@ async def test_a_killed_edge_viewers_rejoin_through_another_node(server_process,
     again = await c.viewer("hop", "d1", kinds=("video",), decode=True)  # what the watch page does
     assert await again.first_frame("video", timeout=3) < 3
     for relay in (a, c):
+        await relay.close_clients()
+
+
+async def test_a_full_node_redirects_the_offer_to_another_node(server_process, tmp_path, redis_server, h264_clip):
+    full = {"RELAY_CLUSTER_MAX_VIEWERS_PER_NODE": "1"}
+    servers = {name: server_process(tmp_path / f"data-{name}", args=("--redis", redis_server.url),
+                                    env={"RELAY_CLUSTER_NODE_ID": name, **full}) for name in "ab"}
+    a, b = (client_for(servers[name]) for name in "ab")
+    show = await a.create_show("busy")
+    await a.publish(show, host_tracks(h264_clip, None))
+    await (await a.viewer("busy", kinds=("video",), decode=False)).first_frame("video")  # A is full now
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{a.base}/whep/busy", data=await make_offer("recvonly"), allow_redirects=False,
+                             headers={"Content-Type": "application/sdp"}) as res:
+            assert res.status == 307 and (await res.json())["error"] == "node_full"
+            assert res.headers["Location"] == f"{servers['b'].base}/whep/busy"
+    redirected = await a.viewer("busy", kinds=("video",), decode=True)  # the client follows it to B
+    await redirected.first_frame("video")
+    assert (await health(servers["b"].base))["viewers"] == 1
+    for relay in (a, b):
         await relay.close_clients()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..errors import NodeFull
 from ..models import HQ_ROOM
 from ..webrtc import parse_offer
 from .openapi import NO_SHOW, VIEWER, VIEWER_QUERY, operation
@@ -27,7 +28,9 @@ class WhepApi(SessionEndpoint):
                errors=(OFFER_ERRORS, NO_SHOW, {401: "unauthorized or token_expired: a token-playback show needs "
                                                     "a viewer token of the room",
                                                403: "wrong_room", 404: "mirror_not_found", 409: "show_ended",
-                                               503: "show_full or server_full (Retry-After)"}))
+                                               503: "show_full or server_full (Retry-After)",
+                                               307: "node_full: in a cluster, this node is full; the same "
+                                                    "offer goes to the node in Location"}))
     async def play(self, request: web.Request) -> web.Response:
         self.limiter.check(request)
         room = request.match_info.get("room", HQ_ROOM)
@@ -35,7 +38,11 @@ class WhepApi(SessionEndpoint):
         if show.playback == "token":
             await self.auth.check_viewer_token(request, show, room)
         offer = parse_offer(await read_sdp(request), sending=False)
-        viewer, answer = await self.live.watch(show, room, offer, self.auth.client(request))
+        try:
+            viewer, answer = await self.live.watch(show, room, offer, self.auth.client(request))
+        except NodeFull as full:  # the same offer, to a node with room
+            full.headers["Location"] = full.base_url + request.path_qs
+            raise
         return sdp_answer(answer, f"/whep/{show.id}/{room}/{viewer.id}")
 
     @operation("Stop playing (WHEP)", tag="media", replies=SESSION_GONE,

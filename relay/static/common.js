@@ -81,7 +81,8 @@ async function exchange(pc, url, token) {
     const data = await res.json().catch(() => null);
     throw new ApiError(res.status, data?.error || "error", data?.message || `${res.status} ${res.statusText}`);
   }
-  const location = new URL(res.headers.get("Location"), new URL(url, window.location.href)).toString();
+  // (res.url: where a 307 from a full node of a cluster led)
+  const location = new URL(res.headers.get("Location"), res.url || new URL(url, window.location.href)).toString();
   await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
   return location;
 }
