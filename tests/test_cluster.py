@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import redis.asyncio as aioredis
 
 from conftest import Relay, relay_settings
 
@@ -117,5 +118,40 @@ async def test_a_full_node_redirects_the_offer_to_another_node(server_process, t
     await redirected.first_frame("video")
     assert (await health(servers["b"].base))["viewers"] == 1
     for relay in (a, b):
+        await relay.close_clients()
+
+
+async def test_redis_restarted_media_keeps_flowing_and_the_origin_registry_is_rebuilt(
+        server_process, tmp_path, redis_server, h264_clip):
+    servers = {name: node(server_process, tmp_path, redis_server, name) for name in "abc"}
+    a, b, c = (client_for(servers[name]) for name in "abc")
+    show = await a.create_show("steady")
+    await a.publish(show, host_tracks(h264_clip, None))
+    viewer = await b.viewer("steady", kinds=("video",), decode=False)
+    await viewer.first_frame("video")
+
+    redis_server.kill()  # Redis away: the media path does not need it
+    frames = viewer.tracks["video"].frames
+
+    async def flowing() -> bool:
+        return viewer.tracks["video"].frames > frames + 60
+
+    await b.wait_for(flowing, timeout=10, what="media on B while Redis is down")
+    redis_server.start()
+    origin_key = "relay:{steady}:origin"
+    http_redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        await http_redis.delete(origin_key)  # as if Redis had come back empty: the heartbeat says it again
+
+        async def registered() -> bool:
+            value = await http_redis.get(origin_key)
+            return value is not None and '"a"' in value
+
+        await a.wait_for(registered, timeout=10, what="node A's heartbeat to claim the show again")
+    finally:
+        await http_redis.aclose()
+    late = await c.viewer("steady", kinds=("video",), decode=False)  # C finds the origin again
+    await late.first_frame("video")
+    for relay in (a, b, c):
         await relay.close_clients()
 
