@@ -36,7 +36,7 @@ from .http.util import Auth
 from .http.whep import WhepApi
 from .http.whip import WhipApi
 from .catalog import ShowCatalog
-from .cluster.edge import EdgeLinks
+from .cluster.edge import EdgeLinks, PullOptions
 from .cluster.nodes import NodeDirectory
 from .cluster.origins import Origin, OriginRegistry
 from .live_registry import LiveRegistry
@@ -153,8 +153,8 @@ def cluster_edges(settings: Settings, admin_key: str) -> EdgeLinks | None:
         return None
     origins = OriginRegistry(settings.store.redis_url, settings.store.redis_prefix,
                              lambda: Origin(settings.node_id, settings.node_url), settings.cluster.origin_ttl_s)
-    return EdgeLinks(origins, admin_key, settings.media.video_codecs, settings.ice.connect_timeout_s,
-                     settings.cluster.edge_linger_s)
+    return EdgeLinks(origins, PullOptions(admin_key, settings.media.video_codecs, settings.ice.connect_timeout_s,
+                                          settings.cluster.edge_linger_s))
 
 
 def build_app(settings: Settings) -> web.Application:

@@ -25,10 +25,18 @@ def client_for(server) -> Relay:
     return Relay(server.base, relay_settings(server.data_dir))
 
 
+async def three_nodes_live(server_process, tmp_path, redis_server, h264_clip, show_id: str, mirrors=()):
+    """Nodes a, b and c (servers, clients) and a show whose host publishes to a."""
+    servers = {name: node(server_process, tmp_path, redis_server, name) for name in "abc"}
+    clients = [client_for(servers[name]) for name in "abc"]
+    show = await clients[0].create_show(show_id, mirrors=mirrors)
+    await clients[0].publish(show, host_tracks(h264_clip, None))
+    return servers, clients, show
+
+
 async def test_viewers_on_every_node_get_the_hosts_access_units(server_process, tmp_path, redis_server, h264_clip):
-    a, b, c = (client_for(node(server_process, tmp_path, redis_server, name)) for name in "abc")
-    show = await a.create_show("big", mirrors=("d1",))
-    await a.publish(show, host_tracks(h264_clip, None))
+    _, (a, b, c), _ = await three_nodes_live(server_process, tmp_path, redis_server, h264_clip, "big",
+                                             mirrors=("d1",))
     viewers = [await a.viewer("big", kinds=("video",), decode=False),
                await b.viewer("big", "d1", kinds=("video",), decode=False),
                await c.viewer("big", kinds=("video",), decode=False)]
@@ -62,10 +70,7 @@ async def test_viewers_on_every_node_get_the_hosts_access_units(server_process, 
 
 async def test_origin_killed_host_republishes_elsewhere_and_edge_viewers_resume_on_their_connection(
         server_process, tmp_path, redis_server, h264_clip):
-    servers = {name: node(server_process, tmp_path, redis_server, name) for name in "abc"}
-    a, b, c = (client_for(servers[name]) for name in "abc")
-    show = await a.create_show("phoenix")
-    await a.publish(show, host_tracks(h264_clip, None))
+    servers, (a, b, c), show = await three_nodes_live(server_process, tmp_path, redis_server, h264_clip, "phoenix")
     viewer = await c.viewer("phoenix", kinds=("video",), decode=False)
     await viewer.first_frame("video")
     pc = viewer.pc
@@ -88,10 +93,8 @@ async def test_origin_killed_host_republishes_elsewhere_and_edge_viewers_resume_
 
 async def test_a_killed_edge_viewers_rejoin_through_another_node(server_process, tmp_path, redis_server,
                                                                  h264_clip):
-    servers = {name: node(server_process, tmp_path, redis_server, name) for name in "abc"}
-    a, b, c = (client_for(servers[name]) for name in "abc")
-    show = await a.create_show("hop", mirrors=("d1",))
-    await a.publish(show, host_tracks(h264_clip, None))
+    servers, (a, b, c), _ = await three_nodes_live(server_process, tmp_path, redis_server, h264_clip, "hop",
+                                                   mirrors=("d1",))
     await (await b.viewer("hop", "d1", kinds=("video",), decode=False)).first_frame("video")
     servers["b"].kill()
     await b.close_clients()
@@ -123,10 +126,7 @@ async def test_a_full_node_redirects_the_offer_to_another_node(server_process, t
 
 async def test_redis_restarted_media_keeps_flowing_and_the_origin_registry_is_rebuilt(
         server_process, tmp_path, redis_server, h264_clip):
-    servers = {name: node(server_process, tmp_path, redis_server, name) for name in "abc"}
-    a, b, c = (client_for(servers[name]) for name in "abc")
-    show = await a.create_show("steady")
-    await a.publish(show, host_tracks(h264_clip, None))
+    _, (a, b, c), _ = await three_nodes_live(server_process, tmp_path, redis_server, h264_clip, "steady")
     viewer = await b.viewer("steady", kinds=("video",), decode=False)
     await viewer.first_frame("video")
 

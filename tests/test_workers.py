@@ -38,6 +38,17 @@ def gone(pid: int) -> bool:
         return True
 
 
+async def both_ready(server: RelayProcess) -> dict[int, tuple[int, str, str]]:
+    """Both workers' ready lines, once the log has them (it is written by a reader thread)."""
+    relay = Relay(server.base, relay_settings(server.data_dir))
+
+    async def logged() -> bool:
+        return sorted(ready_workers(server)) == [0, 1]
+
+    await relay.wait_for(logged, timeout=5, what="both workers' ready lines in the log")
+    return ready_workers(server)
+
+
 async def health(url: str) -> dict:
     # A connection of its own each time: the kernel picks a worker per connection.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
@@ -116,8 +127,8 @@ async def test_two_workers_share_the_port_and_one_that_dies_is_started_again(tmp
     server.start()
     try:
         assert re.search(r"^relay: listening on http://127\.0\.0\.1:\d+ \(2 workers\)$", server.log_text(), re.M)
-        workers = ready_workers(server)
-        assert sorted(workers) == [0, 1] and workers[0][1] != workers[1][1]
+        workers = await both_ready(server)
+        assert workers[0][1] != workers[1][1]
         for _, node, url in workers.values():
             assert (await health(url))["node"] == node  # each private port leads to its own worker
 
@@ -182,7 +193,7 @@ async def test_viewers_through_the_one_port_land_on_both_workers_and_all_play(tm
     try:
         show = await relay.create_show("cores")
         await relay.publish(show, host_tracks(h264_clip, None))  # to whichever worker the kernel picks
-        workers = [url for _, _, url in ready_workers(server).values()]
+        workers = [url for _, _, url in (await both_ready(server)).values()]
         viewers = []
 
         async def both_workers_have_viewers() -> bool:

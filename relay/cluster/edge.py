@@ -4,6 +4,7 @@ from that origin, once for all its rooms and viewers, and feeds its own copy of 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 import logging
 import time
 from typing import Awaitable, Callable
@@ -22,6 +23,17 @@ POLL_S = 0.25  # how often a link looks at its show and the origin registry
 RETRY_S = 1.0
 
 
+@dataclass(frozen=True)
+class PullOptions:
+    """How this node pulls shows: the cluster's admin key, the video codecs it offers, how long
+    a pull may take to connect, and how long it lasts after the last viewer left."""
+
+    admin_key: str
+    video_codecs: list[str]
+    connect_timeout_s: float
+    linger_s: float
+
+
 class EdgeLink:
     """This node's pull of one show. It runs while the show has viewers here (and `linger_s`
     after the last one left) and its host is elsewhere: it finds the origin, pulls the show
@@ -29,17 +41,13 @@ class EdgeLink:
     as the live show's publisher (as a host's would be), and pulls again from the new origin
     if the stream ends. Media stays as the host encoded it."""
 
-    def __init__(self, live: LiveShow, origins: OriginRegistry, http: aiohttp.ClientSession, admin_key: str,
-                 video_codecs: list[str], connect_timeout_s: float, linger_s: float,
+    def __init__(self, live: LiveShow, origins: OriginRegistry, http: aiohttp.ClientSession, options: PullOptions,
                  on_idle: Callable[[str], Awaitable[None]]) -> None:
         self.live = live
         self.ready = asyncio.Event()  # a stream from the origin is attached
         self._origins = origins
         self._http = http
-        self._admin_key = admin_key
-        self._video_codecs = video_codecs
-        self._connect_timeout_s = connect_timeout_s
-        self._linger_s = linger_s
+        self._options = options
         self._on_idle = on_idle
         self._task = asyncio.ensure_future(self._run())
 
@@ -62,8 +70,8 @@ class EdgeLink:
                     idle_since = None
                 elif idle_since is None:
                     idle_since = time.monotonic()
-                elif time.monotonic() - idle_since >= self._linger_s:
-                    log.info("show %s: no viewers here for %.0fs; no longer pulling it", show_id, self._linger_s)
+                elif time.monotonic() - idle_since >= self._options.linger_s:
+                    log.info("show %s: no viewers here for %.0fs; no longer pulling it", show_id, self._options.linger_s)
                     await self._on_idle(show_id)
                     return
                 if publisher is None:
@@ -83,19 +91,19 @@ class EdgeLink:
             log.exception("show %s: the edge link failed", show_id)
 
     async def _pull(self, origin: Origin) -> None:
-        live = self.live
+        live, options = self.live, self._options
         session = PublisherSession(live.show_id, live.on_frame, live.publisher_gone, upstream=True)
         try:
-            offer = await session.offer(self._video_codecs)
+            offer = await session.offer(options.video_codecs)
             url = origin.url + PULL_PATH.format(show=live.show_id)
-            headers = {"Authorization": f"Bearer {self._admin_key}", "Content-Type": "application/sdp"}
-            timeout = aiohttp.ClientTimeout(total=self._connect_timeout_s)
+            headers = {"Authorization": f"Bearer {options.admin_key}", "Content-Type": "application/sdp"}
+            timeout = aiohttp.ClientTimeout(total=options.connect_timeout_s)
             async with self._http.post(url, data=offer, headers=headers, timeout=timeout) as res:
                 if res.status != 201:
                     raise RuntimeError(f"{res.status} {(await res.text())[:200]}")
                 await session.accept(await res.text())
             connected = asyncio.get_running_loop().create_future()
-            watch_handshake(session.pc, self._connect_timeout_s, lambda: connected.set_result(None),
+            watch_handshake(session.pc, options.connect_timeout_s, lambda: connected.set_result(None),
                             lambda reason: connected.set_exception(RuntimeError(reason)))
             await connected
         except BaseException:
@@ -113,13 +121,9 @@ class EdgeLink:
 class EdgeLinks:
     """The edge links of this node, one per show at most."""
 
-    def __init__(self, origins: OriginRegistry, admin_key: str, video_codecs: list[str], connect_timeout_s: float,
-                 linger_s: float) -> None:
+    def __init__(self, origins: OriginRegistry, options: PullOptions) -> None:
         self.origins = origins
-        self._admin_key = admin_key
-        self._video_codecs = video_codecs
-        self._connect_timeout_s = connect_timeout_s
-        self._linger_s = linger_s
+        self._options = options
         self._links: dict[str, EdgeLink] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -131,8 +135,7 @@ class EdgeLinks:
                 link.cancel()
             if self._http is None:
                 self._http = aiohttp.ClientSession()
-            link = EdgeLink(live, self.origins, self._http, self._admin_key, self._video_codecs,
-                            self._connect_timeout_s, self._linger_s, on_idle)
+            link = EdgeLink(live, self.origins, self._http, self._options, on_idle)
             self._links[live.show_id] = link
         return link
 
