@@ -77,6 +77,7 @@ class LiveRegistry:
         self._on_ended = on_ended  # e.g. the show's coupons end
         self._edges = edges  # in a cluster: pulls of shows whose host is on another node
         self._nodes = nodes  # in a cluster: where a viewer goes when this node is full
+        self.cluster_viewers: dict[str, dict[str, int]] = {}  # in a cluster: viewers now, all nodes, per show
         self._unsaved: set[str] = set()  # shows whose figures changed since they were saved
         self._saved_at: dict[str, float] = {}
 
@@ -439,9 +440,12 @@ class LiveRegistry:
         cluster, also every running show's viewers now (they expire unless saved again)."""
         if self._edges is not None:
             ttl = 3 * self.settings.media.figures_save_interval_s
+            cluster = {}
             for show_id, live in list(self.running.items()):
                 await self._figures.save_live_viewers(
                     show_id, {room: f.viewers for room, f in live.figures.rooms.items()}, ttl)
+                cluster[show_id] = await self._figures.load_live_viewers(show_id)
+            self.cluster_viewers = cluster  # (read by /metrics, which cannot wait on a store)
         for show_id in list(self._unsaved):
             live = self.running.get(show_id)
             if live is not None:

@@ -64,6 +64,12 @@ async def test_viewers_on_every_node_get_the_hosts_access_units(server_process, 
         return all(v == {"hq": 2, "d1": 1} for v in viewers_per_room)
 
     await a.wait_for(counted_everywhere, timeout=10, what="every node to count the cluster's viewers")
+
+    async def metrics_say_so() -> bool:  # each node's /metrics has the cluster's sums too
+        text = (await b.request("GET", "/metrics", headers=b.admin))[1]
+        return 'relay_cluster_viewers{room="hq",show="big"} 2.0' in text
+
+    await b.wait_for(metrics_say_so, timeout=10, what="the cluster's viewers in B's /metrics")
     for relay in (a, b, c):
         await relay.close_clients()
 

@@ -37,9 +37,16 @@ class LiveCollector:
                 rooms[viewer.room] = rooms.get(viewer.room, 0) + 1
             for room, n in rooms.items():
                 viewers.add_metric([show_id, room], n)
+        cluster = GaugeMetricFamily("relay_cluster_viewers", "Viewers connected now on every node of the "
+                                    "cluster, of the shows running here (as of the last figures save)",
+                                    labels=["show", "room"])
+        for show_id, rooms in self._registry.cluster_viewers.items():
+            for room, n in rooms.items():
+                cluster.add_metric([show_id, room], n)
         yield publishers
         yield shows
         yield viewers
+        yield cluster
         peers = GaugeMetricFamily("relay_peer_connections", "Server peer connections not closed")
         peers.add_metric([], open_peer_count())
         yield peers
