@@ -22,9 +22,35 @@ What it measures
     `--baseline mediarelay` also runs bench/mediarelay_server.py (aiortc's MediaRelay: decode
     once, encode per viewer) through a short ladder on the same core, for the CPU ratio.
 
+A cluster (issue 14)
+    `--nodes K` (a list: `--nodes 1,2` runs each in turn) starts a redis-server and K
+    `relay serve --redis URL` processes, nodes n0..n{K-1} (RELAY_CLUSTER_NODE_ID), node i pinned
+    to CPU i % cpus; Redis runs on the server's CPU (its CPU is reported apart). The host
+    publishes to n0, the origin. Viewer k posts its offer to node k % K (and room k // K % 3),
+    so every other node is an edge pulling the show from n0 once. `--workers K` runs one
+    `relay serve --workers K --redis URL` instead: its workers (found from the supervisor's
+    `[wN] ready (pid P)` lines) are the nodes, each pinned by the bench to CPU N % cpus; the
+    host and the viewers post to the one port, and the kernel spreads them.
+    The load (host, viewers) stays on the CPUs after the first, as above: with 2 nodes on a
+    2-core machine it shares CPU 1 with n1, so read CPU per viewer-second, not capacity.
+
+    Each step adds per node: CPU % of a core, the viewers it counted (/healthz) and the fps
+    of the viewers sent to it; the row's CPU is the sum over the nodes. A step is real time when
+    every node stayed under 100 % of its core. An edge, once pulling, keeps pulling for the rest
+    of the run ([cluster] edge_linger_s set long), so the steps measure the steady state.
+
+    With 2 nodes or more, before the ladder: the host alone (no edge yet), `--cascade-viewers`
+    N viewers all on n0, then N all on n1 (n0 then serves one upstream: its CPU above the host
+    alone is what one edge costs the origin, set against what each viewer costs it), then the
+    edge pulling with nobody watching. The summary compares CPU per viewer-second with 2 nodes
+    against 1 node (both with Redis) at each N of the ladder (target: the cascade adds <= 10 %)
+    and the origin's cost per edge against one viewer's.
+
 Run (from the repository root, relay installed with `pip install -e '.[bench]'`):
 
     python -m bench.fanout --ladder 1,10,25,50,75,100 --baseline mediarelay --json fanout.json
+    python -m bench.fanout --nodes 1,2 --ladder 10,25,50 --json cluster.json
+    python -m bench.fanout --workers 2 --ladder 25,50 --json workers.json
 
 Everything listens on 127.0.0.1 only. Every wait is bounded and the run stops by itself
 (`--max-seconds`); subprocesses are killed on the way out. Linux only (CPU affinity, /proc).
@@ -34,28 +60,40 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+import secrets
 import signal
+import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.harness import (
     FPS,
     HEADER,
+    SHOW_ID,
     BenchError,
     FanoutBench,
     RelayTarget,
+    RelayUnderTest,
     args_record,
     begin_run,
+    cpu_seconds,
     end_run,
+    http_json,
     report_log_problems,
+    room_urls,
     stopped_early,
 )
+from relay_testkit.process import RedisProcess, ServerError, pin
 
 TARGET_VIEWERS_PER_CORE = 60
+TARGET_CASCADE_EXTRA = 0.10  # the cascade adds at most 10 % CPU per viewer-second
+EDGE_LINGER_S = 3600  # an edge keeps pulling for the rest of the run: steps measure the steady state
+READY = re.compile(r"^\[w(\d+)\] ready \(pid (\d+)\): node (\S+) at (\S+)$", re.M)  # relay/workers.py
 
 
 def run_ladder(bench: FanoutBench, target_name: str, ladder: list[int], outcome: dict[str, Any]) -> None:
@@ -74,6 +112,143 @@ def run_ladder(bench: FanoutBench, target_name: str, ladder: list[int], outcome:
         bench.stop_publisher()
         target.stop()
         outcome["log_problems"] = report_log_problems(target.process, target.name)
+
+
+# -- a cluster: K nodes, or K workers on one port --------------------------------------------
+
+@dataclass
+class Node:
+    name: str
+    pid: int
+    url: str  # its own HTTP port
+    cpu: int
+
+
+class ClusterTarget(RelayTarget):
+    """Relay nodes on this machine sharing one Redis: K `relay serve --redis` processes
+    (`--nodes K`, the host on n0, the viewers round-robin over the nodes), or the K workers of
+    one `relay serve --workers K --redis` (`--workers K`, everyone through the one port). The
+    admin API goes to n0, or to the one port; the figures are read from each node's own port."""
+
+    def __init__(self, bench: FanoutBench, kind: str, k: int) -> None:
+        self.kind, self.k = kind, k
+        self.name = f"{k} {kind}" if k > 1 else f"1 {kind[:-1]}"
+        self.cpus = sorted(bench.server_cpus | bench.client_cpus)
+        self.deadline = bench.deadline
+        self.redis = RedisProcess(bench.workdir / f"redis-{kind}{k}", bench.server_cpus)
+        key = secrets.token_urlsafe(24)  # the nodes share it: an edge pulls with it
+        env = {"RELAY_CLUSTER_EDGE_LINGER_S": str(EDGE_LINGER_S)}
+        redis = ("--redis", self.redis.url)
+        if kind == "nodes":
+            self.relays = [RelayUnderTest(bench.workdir, {self.cpus[i % len(self.cpus)]}, bench.deadline,
+                                          name=f"nodes{k}-n{i}", admin_key=key, args=redis,
+                                          env={**env, "RELAY_CLUSTER_NODE_ID": f"n{i}"}) for i in range(k)]
+        else:  # the supervisor anywhere; the bench pins each worker
+            self.relays = [RelayUnderTest(bench.workdir, set(self.cpus), bench.deadline, name=f"workers{k}",
+                                          admin_key=key, args=("--workers", str(k), *redis),
+                                          env={**env, "RELAY_CLUSTER_NODE_ID": "n"})]
+        super().__init__(self.relays[0])
+        self.nodes: list[Node] = []
+
+    def start(self) -> None:
+        try:
+            self.redis.start(self.deadline.cap(30))
+        except ServerError as exc:
+            raise BenchError(str(exc)) from None
+        for relay in self.relays:
+            relay.start()
+        self.base = self.relay.base
+        cpu = lambda i: self.cpus[i % len(self.cpus)]  # noqa: E731
+        if self.kind == "nodes":
+            self.nodes = [Node(f"n{i}", r.pid, r.base, cpu(i)) for i, r in enumerate(self.relays)]
+            return
+        found = {int(i): (int(pid), node, url) for i, pid, node, url in READY.findall(self.relay.server.log_text())}
+        if sorted(found) != list(range(self.k)):
+            raise BenchError(f"{self.k} workers expected, ready lines for {sorted(found)}:\n"
+                             f"{self.relay.server.log_tail()}")
+        self.nodes = [Node(node, pid, url, cpu(i)) for i, (pid, node, url) in sorted(found.items())]
+        for node in self.nodes:
+            pin(node.pid, {node.cpu})
+
+    def cpu_pids(self) -> dict[str, int]:
+        return {node.name: node.pid for node in self.nodes}
+
+    def urls_on(self, nodes: list[Node]) -> list[str]:
+        """Round-robin over `nodes` first, then over the rooms."""
+        return [url for urls in zip(*(room_urls(node.url) for node in nodes)) for url in urls]
+
+    def whep_urls(self) -> list[str]:
+        return self.urls_on(self.nodes) if self.kind == "nodes" else super().whep_urls()
+
+    def node_of(self, url: str) -> str | None:
+        return next((node.name for node in self.nodes if url.startswith(node.url + "/")), None)
+
+    def viewers(self) -> int:
+        return sum(int(http_json("GET", f"{node.url}/healthz")[1]["viewers"]) for node in self.nodes)
+
+    def figures(self) -> dict[str, Any]:
+        """Frames in at the origin (the node whose host is on air), drops summed over the nodes."""
+        nodes: dict[str, dict[str, Any]] = {}
+        frames_in = dropped = 0
+        for node in self.nodes:
+            health = http_json("GET", f"{node.url}/healthz")[1]
+            detail = self.relay.api("GET", f"/api/shows/{SHOW_ID}", base=node.url)
+            video = (detail.get("tracks") or {}).get("video") or {}
+            frames = int(video.get("frames", 0))
+            origin = int(health["live_shows"]) > 0
+            nodes[node.name] = {"viewers": int(health["viewers"]), "origin": origin, "frames": frames}
+            dropped += int(self.relay.api("GET", f"/api/shows/{SHOW_ID}/stats", base=node.url)["dropped_frames"])
+            frames_in += frames if origin else 0
+        return {"frames_in": frames_in, "dropped": dropped, "nodes": nodes}
+
+    def log_problems(self) -> list[str]:
+        return [line for relay in self.relays for line in report_log_problems(relay.server, relay.server.name)]
+
+    def stop(self) -> None:
+        for relay in self.relays:
+            relay.stop()
+        self.redis.stop(timeout=10)
+
+
+def run_cluster(bench: FanoutBench, kind: str, k: int, ladder: list[int], outcome: dict[str, Any]) -> None:
+    """A cluster of `k` nodes or workers: the host alone, with 2 nodes or more the cascade's steps
+    (viewers all on n0, then all on n1, then the edge with nobody watching), then the ladder."""
+    target = ClusterTarget(bench, kind, k)
+    bench.targets.append(target)
+    outcome.update({"kind": kind, "k": k, "idle": None, "cascade": {}, "steps": []})
+    try:
+        target.start()
+        outcome["nodes"] = {node.name: {"pid": node.pid, "url": node.url, "cpu": node.cpu} for node in target.nodes}
+        print(f"{target.name}: " + ", ".join(f"{node.name} on CPU {node.cpu} ({node.url})" for node in target.nodes)
+              + f"; redis-server on CPU {sorted(bench.server_cpus)}", flush=True)
+        aside = {"redis-server": target.redis.pid}
+        if kind == "workers":
+            aside["supervisor"] = target.relay.pid
+        aside_cpu, t0 = {name: cpu_seconds(pid) for name, pid in aside.items()}, time.monotonic()
+        bench.start_publisher(target, target.setup())
+        outcome["idle"] = asdict(bench.measure_idle(target))
+        n = bench.args.cascade_viewers
+        if kind == "nodes" and k >= 2 and n > 0:
+            first, second = target.nodes[:2]
+            print(HEADER, flush=True)
+            for node in (first, second):
+                step = bench.run_step(target, n, target.urls_on([node]), placement=f"all on {node.name}")
+                outcome["cascade"][f"all_on_{node.name}"] = asdict(step)
+            outcome["cascade"]["edge_idle"] = asdict(bench.measure_idle(
+                target, f"{second.name} pulling the show from {first.name}, nobody watching"))
+        print(HEADER, flush=True)
+        for n in ladder:
+            outcome["steps"].append(asdict(bench.run_step(target, n)))
+        wall = time.monotonic() - t0
+        outcome["aside_cpu_pct"] = {name: 100 * (cpu_seconds(pid) - aside_cpu[name]) / wall
+                                    for name, pid in aside.items()}
+        print(f"{target.name}: over the run, " + ", ".join(f"{name} {pct:.1f}%" for name, pct in
+                                                           outcome["aside_cpu_pct"].items())
+              + " of a core (not counted above)", flush=True)
+    finally:
+        bench.stop_publisher()
+        target.stop()
+        outcome["log_problems"] = target.log_problems()
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -141,6 +316,85 @@ def summarize(relay: dict[str, Any] | None, baseline: dict[str, Any] | None) -> 
     return summary
 
 
+def summarize_cluster(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per configuration (nodes1, nodes2, workers2...): CPU per viewer-second at each N; the
+    cascade (K nodes against 1, both with Redis); the origin's cost per edge against a viewer's."""
+    summary: dict[str, Any] = {}
+    lines: list[str] = []
+    per_n: dict[str, dict[int, float]] = {}
+    for name, c in configs.items():
+        steps = c.get("steps") or []
+        if not steps:
+            continue
+        per_n[name] = {s["viewers"]: s["cpu_ms_per_viewer_s"] for s in steps}
+        real_time = max((s["viewers"] for s in steps if s["real_time"]), default=0)
+        summary[name] = {"ms_per_viewer_s": per_n[name], "largest_real_time_viewers": real_time}
+        lines.append(f"{name}: CPU ms per viewer-second (all nodes) "
+                     + ", ".join(f"N={n}: {ms:.2f}" for n, ms in per_n[name].items())
+                     + f"; real time up to N={real_time}")
+
+    one = per_n.get("nodes1", {})
+    for name in per_n:
+        if name == "nodes1" or not one:
+            continue
+        extra = {n: ms / one[n] - 1 for n, ms in per_n[name].items() if one.get(n)}
+        if not extra:
+            continue
+        summary[name]["extra_vs_nodes1"] = extra
+        lines.append(f"{name} against nodes1 (both with Redis), CPU per viewer-second: "
+                     + ", ".join(f"N={n}: {e:+.0%}" for n, e in extra.items()))
+        if name.startswith("nodes"):
+            largest = max(extra)
+            met = extra[largest] <= TARGET_CASCADE_EXTRA
+            summary[name]["cascade_target_met"] = met
+            lines.append(f"cascade target (adds <= {TARGET_CASCADE_EXTRA:.0%} CPU per viewer-second): "
+                         f"{'MET' if met else 'NOT MET'} at the largest N={largest} ({extra[largest]:+.0%})"
+                         + (f"; met at N={', '.join(str(n) for n, e in extra.items() if e <= TARGET_CASCADE_EXTRA)}"
+                            if any(e <= TARGET_CASCADE_EXTRA for e in extra.values()) else "; met at no N"))
+
+    for name, c in configs.items():
+        cascade = c.get("cascade") or {}
+        if not {"all_on_n0", "all_on_n1", "edge_idle"} <= set(cascade) or not c.get("idle"):
+            continue
+        idle = c["idle"]["node_cpu_pct"]
+        on0, on1, edge_idle = cascade["all_on_n0"], cascade["all_on_n1"], cascade["edge_idle"]["node_cpu_pct"]
+        n = max(1, on0["connected"])
+        # % of a core -> CPU ms per second: x 10
+        viewer_ms = (on0["node_cpu_pct"]["n0"] - idle["n0"]) * 10 / n
+        upstream_ms = (on1["node_cpu_pct"]["n0"] - idle["n0"]) * 10
+        upstream_idle_ms = (edge_idle["n0"] - idle["n0"]) * 10
+        edge_viewer_ms = (on1["node_cpu_pct"]["n1"] - edge_idle["n1"]) * 10 / max(1, on1["connected"])
+        edge_ingest_ms = (edge_idle["n1"] - idle["n1"]) * 10
+        # n0's CPU against its own viewers over the steps where it serves the edge: intercept = the edge
+        points = [(0, on1["node_cpu_pct"]["n0"])] + [(s["node_viewers"].get("n0", 0), s["node_cpu_pct"]["n0"])
+                                                    for s in c["steps"]]
+        fit = None
+        if len({x for x, _ in points}) >= 2:
+            slope, intercept = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
+            fit = {"viewer_ms": slope * 10, "upstream_ms": (intercept - idle["n0"]) * 10}
+        ratio = upstream_ms / viewer_ms if viewer_ms > 0 else math.inf
+        summary.setdefault(name, {})["origin_per_edge"] = {
+            "viewer_ms_at_origin": viewer_ms, "upstream_ms_with_viewers_on_edge": upstream_ms,
+            "upstream_ms_nobody_watching": upstream_idle_ms, "upstream_in_viewers": ratio,
+            "edge_viewer_ms": edge_viewer_ms, "edge_ingest_ms": edge_ingest_ms,
+            "origin_host_only_ms": idle["n0"] * 10, "empty_node_ms": idle["n1"] * 10, "fit": fit,
+        }
+        lines.append(f"{name}: at n0 (the origin) each of {n} viewers costs {viewer_ms:.2f} ms per second; "
+                     f"with {on1['connected']} viewers all on n1, n0 spends {upstream_ms:.2f} ms per second above "
+                     f"the host alone on its one upstream (= {ratio:.1f} viewer(s)); "
+                     f"{upstream_idle_ms:.2f} with nobody watching on n1")
+        if fit is not None:
+            lines.append(f"{name}: fit of n0's CPU on its viewers over the steps it also serves n1: "
+                         f"{fit['viewer_ms']:.2f} ms per viewer, {fit['upstream_ms']:.2f} ms for the upstream")
+        lines.append(f"{name}: n1 (the edge) pulling with nobody watching: {edge_ingest_ms:.2f} ms per second above "
+                     f"an empty node (n0's host alone: {idle['n0'] * 10 - idle['n1'] * 10:.2f} above it); "
+                     f"each viewer on n1 costs it {edge_viewer_ms:.2f} ms per second")
+        lines.append("origin's cost per edge ~ one viewer (within 1.5 viewers): "
+                     + ("MET" if ratio <= 1.5 else "NOT MET") + f" ({ratio:.1f} viewers)")
+    summary["lines"] = lines
+    return summary
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Fan-out load test of the relay (see the module docstring).")
     ints = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
@@ -153,6 +407,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also measure aiortc's MediaRelay (decode once, encode per viewer)")
     parser.add_argument("--baseline-ladder", type=ints, default=[1, 2, 4],
                         help="viewer counts for the baseline (default 1,2,4)")
+    parser.add_argument("--nodes", type=ints, default=[],
+                        help="a cluster: K `relay serve --redis` nodes with a redis-server, node i on CPU i %% cpus;"
+                             " a list runs each in turn (1,2: the cascade against one node). Default: one relay, "
+                             "no Redis")
+    parser.add_argument("--workers", type=ints, default=[],
+                        help="a cluster of K workers: `relay serve --workers K --redis`, one port "
+                             "(a list: each in turn)")
+    parser.add_argument("--cascade-viewers", type=int, default=25,
+                        help="with --nodes 2 or more: viewers of the steps all on n0, then all on n1 "
+                             "(default 25; 0: none)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="hard cap for the whole run (default 600)")
     parser.add_argument("--viewers-per-process", type=int, default=25, help="viewers per worker process (default 25)")
@@ -167,6 +431,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--step-seconds must exceed --warmup by at least 1 s (the measurement window)")
     if not args.ladder or min(args.ladder) < 1:
         parser.error("--ladder needs positive viewer counts")
+    if min(args.nodes + args.workers, default=1) < 1:
+        parser.error("--nodes and --workers need counts of 1 or more")
     return args
 
 
@@ -188,10 +454,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.encode()
         ladders = args.ladder + (args.baseline_ladder if args.baseline == "mediarelay" else [])
+        clusters = [("nodes", k) for k in args.nodes] + [("workers", k) for k in args.workers]
+        if any(kind == "nodes" and k >= 2 for kind, k in clusters):
+            ladders.append(args.cascade_viewers)
         bench.spawn_viewer_workers(math.ceil(max(ladders) / args.viewers_per_process))
-        print(f"\n== relay (python -m relay serve), {len(bench.workers)} viewer process(es), "
-              f"{args.warmup:.0f}s warm-up + {args.step_seconds - args.warmup:.0f}s window per step", flush=True)
-        run_ladder(bench, "relay", args.ladder, results.setdefault("relay", {}))
+        window = f"{args.warmup:.0f}s warm-up + {args.step_seconds - args.warmup:.0f}s window per step"
+        if not clusters:
+            print(f"\n== relay (python -m relay serve), {len(bench.workers)} viewer process(es), {window}",
+                  flush=True)
+            run_ladder(bench, "relay", args.ladder, results.setdefault("relay", {}))
+        for kind, k in clusters:
+            command = f"relay serve --redis URL, {k} process(es)" if kind == "nodes" else \
+                f"relay serve --workers {k} --redis URL"
+            print(f"\n== {kind}={k} ({command}), {len(bench.workers)} viewer process(es), {window}", flush=True)
+            run_cluster(bench, kind, k, args.ladder, results.setdefault("clusters", {}).setdefault(f"{kind}{k}", {}))
         if args.baseline == "mediarelay":
             print("\n== baseline: aiortc MediaRelay (bench/mediarelay_server.py)", flush=True)
             run_ladder(bench, "mediarelay", args.baseline_ladder, results.setdefault("mediarelay", {}))
@@ -202,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
         results["seconds"] = round(time.monotonic() - started, 1)
         summary = summarize(results.get("relay"), results.get("mediarelay"))
+        if results.get("clusters"):
+            summary["clusters"] = summarize_cluster(results["clusters"])
+            summary["lines"] += summary["clusters"].pop("lines")
         if status:
             summary["lines"].insert(0, "the run stopped early: these figures cover only the steps done")
         results["summary"] = summary
