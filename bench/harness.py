@@ -39,6 +39,7 @@ MIRRORS = ("d1", "d2")
 FPS = 30
 REALTIME_FPS = 29.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+OTHER_CPU_WARN_PCT = 15.0  # CPU used by processes outside the bench's in a window, above which a step is flagged
 
 
 class BenchError(RuntimeError):
@@ -178,6 +179,13 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs, all processes: /proc/stat)."""
+    with open("/proc/stat") as fh:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fh.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def rss_mib(pid: int) -> float:
@@ -684,6 +692,7 @@ class Snapshot:
     host_cpu: float
     figures: dict[str, Any]
     node_cpu: dict[str, float]  # per server process (Target.cpu_pids)
+    machine_cpu: float  # the whole machine's busy CPU seconds
 
 
 @dataclass
@@ -718,6 +727,9 @@ class StepResult:
     node_viewers: dict[str, int] = field(default_factory=dict)
     node_fps: dict[str, tuple[float, float]] = field(default_factory=dict)
     placement: str = ""
+    # CPU of everything else on the machine in the window (% of a core): the bench itself, Redis,
+    # and anything another user runs meanwhile (a test suite would show here).
+    other_cpu_pct: float = 0.0
 
 
 @dataclass
@@ -727,6 +739,7 @@ class IdleResult:
     server_cpu_pct: float
     ingest_fps: float
     node_cpu_pct: dict[str, float] = field(default_factory=dict)
+    other_cpu_pct: float = 0.0  # the rest of the machine (StepResult.other_cpu_pct), the host's excluded
 
 
 HEADER = ("    N  conn  srvCPU%  ms/viewer-s  fps min/med  aud fps   kbps  TTFF p50/p95 s  drops  ingest"
@@ -844,7 +857,7 @@ class FanoutBench(LoadBench):
         host = cpu_seconds(self.publisher.pid) if self.publisher else 0.0
         nodes = {name: cpu_seconds(pid) for name, pid in target.cpu_pids().items()}
         return Snapshot(time.monotonic(), sum(nodes.values()),
-                        sum(cpu_seconds(w.pid) for w in workers), host, figures, nodes)
+                        sum(cpu_seconds(w.pid) for w in workers), host, figures, nodes, machine_busy_seconds())
 
     def measure_idle(self, target: Target, what: str = "host only, nobody watching") -> IdleResult:
         """The server with the host publishing and nobody watching (ingest cost)."""
@@ -852,10 +865,14 @@ class FanoutBench(LoadBench):
         self.deadline.sleep(self.args.idle_seconds)
         b = self.snapshot(target, [])
         wall = b.t - a.t
-        result = IdleResult(target.name, wall, 100 * (b.server_cpu - a.server_cpu) / wall,
-                            (b.figures["frames_in"] - a.figures["frames_in"]) / wall, node_cpu_pct(a, b))
+        server_pct = 100 * (b.server_cpu - a.server_cpu) / wall
+        result = IdleResult(target.name, wall, server_pct, (b.figures["frames_in"] - a.figures["frames_in"]) / wall,
+                            node_cpu_pct(a, b),
+                            100 * (b.machine_cpu - a.machine_cpu - b.host_cpu + a.host_cpu) / wall - server_pct)
         print(f"{target.name}: {what}: server CPU {result.server_cpu_pct:.1f}% of a core, "
               f"ingest {result.ingest_fps:.1f} fps", flush=True)
+        if result.other_cpu_pct > OTHER_CPU_WARN_PCT:
+            print(f"      ! other processes used {result.other_cpu_pct:.0f}% of a core meanwhile", flush=True)
         if len(result.node_cpu_pct) > 1:
             print(format_nodes(result.node_cpu_pct, origin=origin_of(b.figures)), flush=True)
         return result
@@ -937,7 +954,11 @@ class FanoutBench(LoadBench):
             node_viewers={node: f["viewers"] for node, f in nodes.items()},
             node_fps={node: (min(values), statistics.median(values)) for node, values in node_fps.items()},
             placement=placement,
+            other_cpu_pct=100 * (after.machine_cpu - before.machine_cpu) / wall - server_pct - viewer_pct - host_pct,
         )
+        if result.other_cpu_pct > OTHER_CPU_WARN_PCT:
+            errors.append(f"other processes used {result.other_cpu_pct:.0f}% of a core in the window: "
+                          "the figures may be disturbed")
         print(format_row(result), flush=True)
         if len(nodes_pct) > 1:
             print(format_nodes(nodes_pct, result.node_viewers, result.node_fps, origin_of(after.figures), placement),
