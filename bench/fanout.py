@@ -226,6 +226,7 @@ def run_cluster(bench: FanoutBench, kind: str, k: int, ladder: list[int], outcom
             aside["supervisor"] = target.relay.pid
         aside_cpu, t0 = {name: cpu_seconds(pid) for name, pid in aside.items()}, time.monotonic()
         bench.start_publisher(target, target.setup())
+        bench.deadline.sleep(bench.args.warmup)  # the host alone is the cascade's baseline: past its start
         outcome["idle"] = asdict(bench.measure_idle(target))
         n = bench.args.cascade_viewers
         if kind == "nodes" and k >= 2 and n > 0:

@@ -39,7 +39,11 @@ MIRRORS = ("d1", "d2")
 FPS = 30
 REALTIME_FPS = 29.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-OTHER_CPU_WARN_PCT = 15.0  # CPU used by processes outside the bench's in a window, above which a step is flagged
+# A window is flagged when processes outside the bench used more than this (% of a core), when a
+# CPU was this busy, or when the hypervisor took this much from the machine's CPUs (steal).
+OTHER_CPU_WARN_PCT = 15.0
+BUSY_CPU_WARN_PCT = 90.0
+STOLEN_WARN_PCT = 5.0
 
 
 class BenchError(RuntimeError):
@@ -181,11 +185,46 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy (all CPUs, all processes: /proc/stat)."""
+def machine_cpu_seconds() -> dict[str, tuple[float, float]]:
+    """(busy, stolen) CPU seconds from /proc/stat, for the machine ("cpu") and each CPU ("cpu0"...).
+    Busy: user, nice, system, irq, softirq (a process's own time includes the interrupts it ran
+    under); stolen: time the hypervisor gave the CPU to something else while it had work."""
+    times = {}
     with open("/proc/stat") as fh:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fh.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+        for line in fh:
+            if not line.startswith("cpu"):
+                break
+            name, *fields = line.split()
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+            times[name] = ((user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK)
+    return times
+
+
+@dataclass
+class MachineWindow:
+    """What the whole machine did over a window, beside the bench's own processes."""
+
+    other_cpu_pct: float  # processes other than the server's and the load's, % of a core
+    cpu_busy_pct: dict[str, float]  # each CPU, % busy
+    stolen_pct: float  # taken by the hypervisor, % of a core, all CPUs
+
+    @classmethod
+    def between(cls, before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], wall: float,
+                ours_pct: float) -> MachineWindow:
+        pct = {name: (100 * (after[name][0] - busy) / wall, 100 * (after[name][1] - stolen) / wall)
+               for name, (busy, stolen) in before.items()}
+        return cls(pct["cpu"][0] - ours_pct, {name: busy for name, (busy, _) in pct.items() if name != "cpu"},
+                   pct["cpu"][1])
+
+    def notes(self) -> list[str]:
+        """What may have disturbed the window."""
+        notes = [f"{name} was {busy:.0f}% busy" for name, busy in self.cpu_busy_pct.items()
+                 if busy >= BUSY_CPU_WARN_PCT]
+        if self.other_cpu_pct > OTHER_CPU_WARN_PCT:
+            notes.append(f"other processes used {self.other_cpu_pct:.0f}% of a core")
+        if self.stolen_pct > STOLEN_WARN_PCT:
+            notes.append(f"the hypervisor took {self.stolen_pct:.0f}% of a core (steal)")
+        return notes
 
 
 def rss_mib(pid: int) -> float:
@@ -692,7 +731,7 @@ class Snapshot:
     host_cpu: float
     figures: dict[str, Any]
     node_cpu: dict[str, float]  # per server process (Target.cpu_pids)
-    machine_cpu: float  # the whole machine's busy CPU seconds
+    machine_cpu: dict[str, tuple[float, float]]  # machine_cpu_seconds()
 
 
 @dataclass
@@ -727,9 +766,11 @@ class StepResult:
     node_viewers: dict[str, int] = field(default_factory=dict)
     node_fps: dict[str, tuple[float, float]] = field(default_factory=dict)
     placement: str = ""
-    # CPU of everything else on the machine in the window (% of a core): the bench itself, Redis,
-    # and anything another user runs meanwhile (a test suite would show here).
+    # The machine in the window: CPU of everything else (% of a core: the bench itself, Redis, and
+    # whatever another user runs meanwhile), each CPU's busy %, and what the hypervisor took.
     other_cpu_pct: float = 0.0
+    cpu_busy_pct: dict[str, float] = field(default_factory=dict)
+    stolen_pct: float = 0.0
 
 
 @dataclass
@@ -739,7 +780,9 @@ class IdleResult:
     server_cpu_pct: float
     ingest_fps: float
     node_cpu_pct: dict[str, float] = field(default_factory=dict)
-    other_cpu_pct: float = 0.0  # the rest of the machine (StepResult.other_cpu_pct), the host's excluded
+    other_cpu_pct: float = 0.0  # the machine in the window, as in StepResult
+    cpu_busy_pct: dict[str, float] = field(default_factory=dict)
+    stolen_pct: float = 0.0
 
 
 HEADER = ("    N  conn  srvCPU%  ms/viewer-s  fps min/med  aud fps   kbps  TTFF p50/p95 s  drops  ingest"
@@ -857,7 +900,7 @@ class FanoutBench(LoadBench):
         host = cpu_seconds(self.publisher.pid) if self.publisher else 0.0
         nodes = {name: cpu_seconds(pid) for name, pid in target.cpu_pids().items()}
         return Snapshot(time.monotonic(), sum(nodes.values()),
-                        sum(cpu_seconds(w.pid) for w in workers), host, figures, nodes, machine_busy_seconds())
+                        sum(cpu_seconds(w.pid) for w in workers), host, figures, nodes, machine_cpu_seconds())
 
     def measure_idle(self, target: Target, what: str = "host only, nobody watching") -> IdleResult:
         """The server with the host publishing and nobody watching (ingest cost)."""
@@ -866,13 +909,14 @@ class FanoutBench(LoadBench):
         b = self.snapshot(target, [])
         wall = b.t - a.t
         server_pct = 100 * (b.server_cpu - a.server_cpu) / wall
+        machine = MachineWindow.between(a.machine_cpu, b.machine_cpu, wall,
+                                        server_pct + 100 * (b.host_cpu - a.host_cpu) / wall)
         result = IdleResult(target.name, wall, server_pct, (b.figures["frames_in"] - a.figures["frames_in"]) / wall,
-                            node_cpu_pct(a, b),
-                            100 * (b.machine_cpu - a.machine_cpu - b.host_cpu + a.host_cpu) / wall - server_pct)
+                            node_cpu_pct(a, b), machine.other_cpu_pct, machine.cpu_busy_pct, machine.stolen_pct)
         print(f"{target.name}: {what}: server CPU {result.server_cpu_pct:.1f}% of a core, "
               f"ingest {result.ingest_fps:.1f} fps", flush=True)
-        if result.other_cpu_pct > OTHER_CPU_WARN_PCT:
-            print(f"      ! other processes used {result.other_cpu_pct:.0f}% of a core meanwhile", flush=True)
+        for note in machine.notes():
+            print(f"      ! {note}", flush=True)
         if len(result.node_cpu_pct) > 1:
             print(format_nodes(result.node_cpu_pct, origin=origin_of(b.figures)), flush=True)
         return result
@@ -933,6 +977,7 @@ class FanoutBench(LoadBench):
                 node_fps.setdefault(node, []).append(r["fps"] if r["ok"] else 0.0)
         viewer_pct = 100 * (after.viewer_cpu - before.viewer_cpu) / wall
         host_pct = 100 * (after.host_cpu - before.host_cpu) / wall
+        machine = MachineWindow.between(before.machine_cpu, after.machine_cpu, wall, server_pct + viewer_pct + host_pct)
         result = StepResult(
             server=target.name, viewers=n, connected=len(connected), window_s=round(wall, 2),
             server_cpu_pct=server_pct,
@@ -954,11 +999,11 @@ class FanoutBench(LoadBench):
             node_viewers={node: f["viewers"] for node, f in nodes.items()},
             node_fps={node: (min(values), statistics.median(values)) for node, values in node_fps.items()},
             placement=placement,
-            other_cpu_pct=100 * (after.machine_cpu - before.machine_cpu) / wall - server_pct - viewer_pct - host_pct,
+            other_cpu_pct=machine.other_cpu_pct, cpu_busy_pct=machine.cpu_busy_pct, stolen_pct=machine.stolen_pct,
         )
-        if result.other_cpu_pct > OTHER_CPU_WARN_PCT:
-            errors.append(f"other processes used {result.other_cpu_pct:.0f}% of a core in the window: "
-                          "the figures may be disturbed")
+        notes = machine.notes()
+        if notes:
+            errors.append("in the window: " + "; ".join(notes))
         print(format_row(result), flush=True)
         if len(nodes_pct) > 1:
             print(format_nodes(nodes_pct, result.node_viewers, result.node_fps, origin_of(after.figures), placement),
