@@ -43,13 +43,20 @@ A cluster (issue 14)
     N viewers all on n0, then N all on n1 (n0 then serves one upstream: its CPU above the host
     alone is what one edge costs the origin, set against what each viewer costs it), then the
     edge pulling with nobody watching. The summary compares CPU per viewer-second with 2 nodes
-    against 1 node (both with Redis) at each N of the ladder (target: the cascade adds <= 10 %)
-    and the origin's cost per edge against one viewer's.
+    against 1 node (both with Redis) at each N of the ladder, round by round and in real-time
+    steps only (target: the cascade adds <= 10 %), puts the origin's cost per edge against one
+    viewer's, and estimates from which N the target holds: an edge's fixed cost (its ingest and
+    the origin's upstream) against one node's host-alone cost and per-viewer slope.
+    `--rounds R` runs the configurations R times, each round in the other order; the summary
+    gives the mean of the rounds and their range.
+
+    Each window also records what the rest of the machine did (other processes' CPU, each CPU's
+    busy %, the hypervisor's steal) and flags it when it may have disturbed the figures.
 
 Run (from the repository root, relay installed with `pip install -e '.[bench]'`):
 
     python -m bench.fanout --ladder 1,10,25,50,75,100 --baseline mediarelay --json fanout.json
-    python -m bench.fanout --nodes 1,2 --ladder 10,25,50 --json cluster.json
+    python -m bench.fanout --nodes 1,2 --rounds 2 --ladder 10,25,50 --json cluster.json
     python -m bench.fanout --workers 2 --ladder 25,50 --json workers.json
 
 Everything listens on 127.0.0.1 only. Every wait is bounded and the run stops by itself
@@ -317,81 +324,111 @@ def summarize(relay: dict[str, Any] | None, baseline: dict[str, Any] | None) -> 
     return summary
 
 
-def summarize_cluster(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per configuration (nodes1, nodes2, workers2...): CPU per viewer-second at each N; the
-    cascade (K nodes against 1, both with Redis); the origin's cost per edge against a viewer's."""
+def spread(values: list[float], fmt: str = ".2f") -> str:
+    """The mean of the rounds' values, and their range when there are several."""
+    mean = statistics.fmean(values)
+    return f"{mean:{fmt}}" + (f" ({min(values):{fmt}} to {max(values):{fmt}})" if len(values) > 1 else "")
+
+
+def origin_per_edge(c: dict[str, Any]) -> dict[str, Any] | None:
+    """One round of K >= 2 nodes: what n0 (the origin) spends on its upstream to n1 against what
+    each of its own viewers costs it, and what n1 (the edge) spends, in CPU ms per second."""
+    cascade = c.get("cascade") or {}
+    if not {"all_on_n0", "all_on_n1", "edge_idle"} <= set(cascade) or not c.get("idle"):
+        return None
+    idle = c["idle"]["node_cpu_pct"]
+    on0, on1, edge_idle = cascade["all_on_n0"], cascade["all_on_n1"], cascade["edge_idle"]["node_cpu_pct"]
+    viewer_ms = (on0["node_cpu_pct"]["n0"] - idle["n0"]) * 10 / max(1, on0["connected"])  # % of a core x 10
+    upstream_ms = (on1["node_cpu_pct"]["n0"] - idle["n0"]) * 10
+    return {
+        "viewers": on0["connected"], "viewer_ms_at_origin": viewer_ms,
+        "upstream_ms_with_viewers_on_edge": upstream_ms,
+        "upstream_ms_nobody_watching": (edge_idle["n0"] - idle["n0"]) * 10,
+        "upstream_in_viewers": upstream_ms / viewer_ms if viewer_ms > 0 else math.inf,
+        "edge_viewer_ms": (on1["node_cpu_pct"]["n1"] - edge_idle["n1"]) * 10 / max(1, on1["connected"]),
+        "edge_ingest_ms": (edge_idle["n1"] - idle["n1"]) * 10,
+        "origin_ingest_ms": (idle["n0"] - idle["n1"]) * 10,
+    }
+
+
+def summarize_cluster(configs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per configuration (nodes1, nodes2, workers2...), over its rounds: CPU per viewer-second at
+    each N; the cascade (K nodes against 1, both with Redis, round by round); the origin's cost
+    per edge against a viewer's."""
     summary: dict[str, Any] = {}
     lines: list[str] = []
-    per_n: dict[str, dict[int, float]] = {}
-    for name, c in configs.items():
-        steps = c.get("steps") or []
-        if not steps:
+    per_n: dict[str, list[dict[int, float]]] = {}  # configuration -> per round: N -> ms per viewer-second
+    in_time: dict[str, list[dict[int, float]]] = {}  # the same, steps in real time only
+    for name, rounds in configs.items():
+        per_n[name] = [{s["viewers"]: s["cpu_ms_per_viewer_s"] for s in c.get("steps") or []} for c in rounds]
+        in_time[name] = [{s["viewers"]: s["cpu_ms_per_viewer_s"] for s in c.get("steps") or [] if s["real_time"]}
+                         for c in rounds]
+        ns = sorted({n for r in per_n[name] for n in r})
+        if not ns:
             continue
-        per_n[name] = {s["viewers"]: s["cpu_ms_per_viewer_s"] for s in steps}
-        real_time = max((s["viewers"] for s in steps if s["real_time"]), default=0)
-        summary[name] = {"ms_per_viewer_s": per_n[name], "largest_real_time_viewers": real_time}
-        lines.append(f"{name}: CPU ms per viewer-second (all nodes) "
-                     + ", ".join(f"N={n}: {ms:.2f}" for n, ms in per_n[name].items())
-                     + f"; real time up to N={real_time}")
+        real_time = [max((s["viewers"] for s in c.get("steps") or [] if s["real_time"]), default=0) for c in rounds]
+        summary[name] = {"ms_per_viewer_s": {n: [r[n] for r in per_n[name] if n in r] for n in ns},
+                         "largest_real_time_viewers": real_time}
+        over = f" over {len(rounds)} rounds" if len(rounds) > 1 else ""
+        lines.append(f"{name}: CPU ms per viewer-second (all nodes){over}: "
+                     + ", ".join(f"N={n}: {spread(summary[name]['ms_per_viewer_s'][n])}" for n in ns)
+                     + f"; real time up to N={'/'.join(map(str, real_time))}")
 
-    one = per_n.get("nodes1", {})
-    for name in per_n:
-        if name == "nodes1" or not one:
+    ones = in_time.get("nodes1", [])
+    for name in summary:
+        if name == "nodes1" or not ones:
             continue
-        extra = {n: ms / one[n] - 1 for n, ms in per_n[name].items() if one.get(n)}
+        # Round by round, steps in real time on both sides: a step whose viewers fell behind
+        # (the load's CPU full) costs more per viewer-second for reasons of its own.
+        pairs = list(zip(in_time[name], ones))
+        extra = {n: [r[n] / one[n] - 1 for r, one in pairs if one.get(n) and n in r]
+                 for n in sorted({n for r in per_n[name] for n in r})}
+        left_out = {n: len(per_n[name]) - len(e) for n, e in extra.items() if len(e) < len(per_n[name])}
+        extra = {n: e for n, e in extra.items() if e}
         if not extra:
             continue
         summary[name]["extra_vs_nodes1"] = extra
+        summary[name]["rounds_left_out"] = left_out
         lines.append(f"{name} against nodes1 (both with Redis), CPU per viewer-second: "
-                     + ", ".join(f"N={n}: {e:+.0%}" for n, e in extra.items()))
+                     + ", ".join(f"N={n}: {spread([100 * x for x in e], '+.0f')} %" for n, e in extra.items())
+                     + "".join(f"; N={n}: {k} round(s) left out (not in real time)" for n, k in left_out.items()))
         if name.startswith("nodes"):
-            largest = max(extra)
-            met = extra[largest] <= TARGET_CASCADE_EXTRA
+            met = {n: statistics.fmean(e) <= TARGET_CASCADE_EXTRA for n, e in extra.items()}
             summary[name]["cascade_target_met"] = met
-            lines.append(f"cascade target (adds <= {TARGET_CASCADE_EXTRA:.0%} CPU per viewer-second): "
-                         f"{'MET' if met else 'NOT MET'} at the largest N={largest} ({extra[largest]:+.0%})"
-                         + (f"; met at N={', '.join(str(n) for n, e in extra.items() if e <= TARGET_CASCADE_EXTRA)}"
-                            if any(e <= TARGET_CASCADE_EXTRA for e in extra.values()) else "; met at no N"))
+            lines.append(f"cascade target (adds <= {TARGET_CASCADE_EXTRA:.0%} CPU per viewer-second, mean of the "
+                         "rounds): " + ", ".join(f"N={n} {'MET' if ok else 'NOT MET'}" for n, ok in met.items()))
 
-    for name, c in configs.items():
-        cascade = c.get("cascade") or {}
-        if not {"all_on_n0", "all_on_n1", "edge_idle"} <= set(cascade) or not c.get("idle"):
+    for name, rounds in configs.items():
+        found = [o for o in map(origin_per_edge, rounds) if o is not None]
+        if not found:
             continue
-        idle = c["idle"]["node_cpu_pct"]
-        on0, on1, edge_idle = cascade["all_on_n0"], cascade["all_on_n1"], cascade["edge_idle"]["node_cpu_pct"]
-        n = max(1, on0["connected"])
-        # % of a core -> CPU ms per second: x 10
-        viewer_ms = (on0["node_cpu_pct"]["n0"] - idle["n0"]) * 10 / n
-        upstream_ms = (on1["node_cpu_pct"]["n0"] - idle["n0"]) * 10
-        upstream_idle_ms = (edge_idle["n0"] - idle["n0"]) * 10
-        edge_viewer_ms = (on1["node_cpu_pct"]["n1"] - edge_idle["n1"]) * 10 / max(1, on1["connected"])
-        edge_ingest_ms = (edge_idle["n1"] - idle["n1"]) * 10
-        # n0's CPU against its own viewers over the steps where it serves the edge: intercept = the edge
-        points = [(0, on1["node_cpu_pct"]["n0"])] + [(s["node_viewers"].get("n0", 0), s["node_cpu_pct"]["n0"])
-                                                    for s in c["steps"]]
-        fit = None
-        if len({x for x, _ in points}) >= 2:
-            slope, intercept = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
-            fit = {"viewer_ms": slope * 10, "upstream_ms": (intercept - idle["n0"]) * 10}
-        ratio = upstream_ms / viewer_ms if viewer_ms > 0 else math.inf
-        summary.setdefault(name, {})["origin_per_edge"] = {
-            "viewer_ms_at_origin": viewer_ms, "upstream_ms_with_viewers_on_edge": upstream_ms,
-            "upstream_ms_nobody_watching": upstream_idle_ms, "upstream_in_viewers": ratio,
-            "edge_viewer_ms": edge_viewer_ms, "edge_ingest_ms": edge_ingest_ms,
-            "origin_host_only_ms": idle["n0"] * 10, "empty_node_ms": idle["n1"] * 10, "fit": fit,
-        }
-        lines.append(f"{name}: at n0 (the origin) each of {n} viewers costs {viewer_ms:.2f} ms per second; "
-                     f"with {on1['connected']} viewers all on n1, n0 spends {upstream_ms:.2f} ms per second above "
-                     f"the host alone on its one upstream (= {ratio:.1f} viewer(s)); "
-                     f"{upstream_idle_ms:.2f} with nobody watching on n1")
-        if fit is not None:
-            lines.append(f"{name}: fit of n0's CPU on its viewers over the steps it also serves n1: "
-                         f"{fit['viewer_ms']:.2f} ms per viewer, {fit['upstream_ms']:.2f} ms for the upstream")
-        lines.append(f"{name}: n1 (the edge) pulling with nobody watching: {edge_ingest_ms:.2f} ms per second above "
-                     f"an empty node (n0's host alone: {idle['n0'] * 10 - idle['n1'] * 10:.2f} above it); "
-                     f"each viewer on n1 costs it {edge_viewer_ms:.2f} ms per second")
-        lines.append("origin's cost per edge ~ one viewer (within 1.5 viewers): "
-                     + ("MET" if ratio <= 1.5 else "NOT MET") + f" ({ratio:.1f} viewers)")
+        summary.setdefault(name, {})["origin_per_edge"] = found
+        figure = lambda key: spread([o[key] for o in found])  # noqa: E731
+        lines.append(f"{name}: at n0 (the origin) each of {found[0]['viewers']} viewers costs "
+                     f"{figure('viewer_ms_at_origin')} ms per second; its one upstream to n1 costs it "
+                     f"{figure('upstream_ms_with_viewers_on_edge')} with {found[0]['viewers']} viewers on n1, "
+                     f"{figure('upstream_ms_nobody_watching')} with nobody watching there")
+        lines.append(f"{name}: n1 (the edge) pulling with nobody watching: {figure('edge_ingest_ms')} ms per second "
+                     f"above an empty node (the origin's ingest of the host: {figure('origin_ingest_ms')}); each "
+                     f"viewer on n1 costs it {figure('edge_viewer_ms')}")
+        ratio = statistics.fmean([o["upstream_in_viewers"] for o in found])
+        lines.append("origin's cost per edge ~ one viewer (within 1.5 viewers, with viewers on the edge): "
+                     + ("MET" if ratio <= 1.5 else "NOT MET")
+                     + f" ({spread([o['upstream_in_viewers'] for o in found], '.1f')} viewers)")
+        # The edge's fixed cost E (its ingest + the origin's upstream) against one node's I + N v:
+        # E / (I + N v) <= 10 % from N = (E / 10 % - I) / v on.
+        fixed = statistics.fmean([o["edge_ingest_ms"] + o["upstream_ms_with_viewers_on_edge"] for o in found])
+        one = [c for c in configs.get("nodes1", []) if c.get("idle") and len(c.get("steps") or []) >= 2]
+        if one:
+            ingest = statistics.fmean([c["idle"]["server_cpu_pct"] * 10 for c in one])
+            viewer = statistics.fmean([statistics.linear_regression(
+                [s["connected"] for s in c["steps"]], [s["server_cpu_pct"] * 10 for s in c["steps"]])[0] for c in one])
+            from_n = (fixed / TARGET_CASCADE_EXTRA - ingest) / viewer if viewer > 0 else math.inf
+            summary[name]["cascade_fixed_ms"] = fixed
+            summary[name]["cascade_target_from_viewers"] = from_n
+            lines.append(f"{name}: an edge costs the cluster a fixed {fixed:.1f} ms per second (its ingest + the "
+                         f"origin's upstream); one node: host {ingest:.1f} + {viewer:.2f} per viewer (fit) -> the "
+                         f"cascade adds <= {TARGET_CASCADE_EXTRA:.0%} from about N = {from_n:.0f} viewers (estimate)")
     summary["lines"] = lines
     return summary
 
@@ -418,6 +455,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cascade-viewers", type=int, default=25,
                         help="with --nodes 2 or more: viewers of the steps all on n0, then all on n1 "
                              "(default 25; 0: none)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --nodes/--workers: run the configurations this many times, each round in the "
+                             "other order; the summary gives the mean and the range (default 1)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="hard cap for the whole run (default 600)")
     parser.add_argument("--viewers-per-process", type=int, default=25, help="viewers per worker process (default 25)")
@@ -432,7 +472,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--step-seconds must exceed --warmup by at least 1 s (the measurement window)")
     if not args.ladder or min(args.ladder) < 1:
         parser.error("--ladder needs positive viewer counts")
-    if min(args.nodes + args.workers, default=1) < 1:
+    if min(args.nodes + args.workers + [args.rounds], default=1) < 1:
         parser.error("--nodes and --workers need counts of 1 or more")
     return args
 
@@ -464,11 +504,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n== relay (python -m relay serve), {len(bench.workers)} viewer process(es), {window}",
                   flush=True)
             run_ladder(bench, "relay", args.ladder, results.setdefault("relay", {}))
-        for kind, k in clusters:
-            command = f"relay serve --redis URL, {k} process(es)" if kind == "nodes" else \
-                f"relay serve --workers {k} --redis URL"
-            print(f"\n== {kind}={k} ({command}), {len(bench.workers)} viewer process(es), {window}", flush=True)
-            run_cluster(bench, kind, k, args.ladder, results.setdefault("clusters", {}).setdefault(f"{kind}{k}", {}))
+        for round_no in range(1, args.rounds + 1 if clusters else 1):
+            for kind, k in clusters if round_no % 2 else clusters[::-1]:  # (each round the other order)
+                command = f"relay serve --redis URL, {k} process(es)" if kind == "nodes" else \
+                    f"relay serve --workers {k} --redis URL"
+                print(f"\n== {kind}={k} ({command}), round {round_no} of {args.rounds}, "
+                      f"{len(bench.workers)} viewer process(es), {window}", flush=True)
+                outcome: dict[str, Any] = {"round": round_no}
+                results.setdefault("clusters", {}).setdefault(f"{kind}{k}", []).append(outcome)
+                run_cluster(bench, kind, k, args.ladder, outcome)
         if args.baseline == "mediarelay":
             print("\n== baseline: aiortc MediaRelay (bench/mediarelay_server.py)", flush=True)
             run_ladder(bench, "mediarelay", args.baseline_ladder, results.setdefault("mediarelay", {}))
