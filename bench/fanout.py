@@ -142,16 +142,17 @@ class ClusterTarget(RelayTarget):
         self.name = f"{k} {kind}" if k > 1 else f"1 {kind[:-1]}"
         self.cpus = sorted(bench.server_cpus | bench.client_cpus)
         self.deadline = bench.deadline
-        self.redis = RedisProcess(bench.workdir / f"redis-{kind}{k}", bench.server_cpus)
+        tag = f"{kind}{k}-{len(bench.targets)}"  # each cluster its own Redis and data dirs (rounds)
+        self.redis = RedisProcess(bench.workdir / f"redis-{tag}", bench.server_cpus)
         key = secrets.token_urlsafe(24)  # the nodes share it: an edge pulls with it
         env = {"RELAY_CLUSTER_EDGE_LINGER_S": str(EDGE_LINGER_S)}
         redis = ("--redis", self.redis.url)
         if kind == "nodes":
             self.relays = [RelayUnderTest(bench.workdir, {self.cpus[i % len(self.cpus)]}, bench.deadline,
-                                          name=f"nodes{k}-n{i}", admin_key=key, args=redis,
+                                          name=f"{tag}-n{i}", admin_key=key, args=redis,
                                           env={**env, "RELAY_CLUSTER_NODE_ID": f"n{i}"}) for i in range(k)]
         else:  # the supervisor anywhere; the bench pins each worker
-            self.relays = [RelayUnderTest(bench.workdir, set(self.cpus), bench.deadline, name=f"workers{k}",
+            self.relays = [RelayUnderTest(bench.workdir, set(self.cpus), bench.deadline, name=tag,
                                           admin_key=key, args=("--workers", str(k), *redis),
                                           env={**env, "RELAY_CLUSTER_NODE_ID": "n"})]
         super().__init__(self.relays[0])
@@ -358,32 +359,34 @@ def summarize_cluster(configs: dict[str, list[dict[str, Any]]]) -> dict[str, Any
     summary: dict[str, Any] = {}
     lines: list[str] = []
     per_n: dict[str, list[dict[int, float]]] = {}  # configuration -> per round: N -> ms per viewer-second
-    in_time: dict[str, list[dict[int, float]]] = {}  # the same, steps in real time only
+    clean: dict[str, list[dict[int, float]]] = {}  # the same, steps in real time and not disturbed only
     for name, rounds in configs.items():
         per_n[name] = [{s["viewers"]: s["cpu_ms_per_viewer_s"] for s in c.get("steps") or []} for c in rounds]
-        in_time[name] = [{s["viewers"]: s["cpu_ms_per_viewer_s"] for s in c.get("steps") or [] if s["real_time"]}
-                         for c in rounds]
+        clean[name] = [{s["viewers"]: s["cpu_ms_per_viewer_s"] for s in c.get("steps") or []
+                        if s["real_time"] and not s.get("disturbed")} for c in rounds]
         ns = sorted({n for r in per_n[name] for n in r})
         if not ns:
             continue
-        real_time = [max((s["viewers"] for s in c.get("steps") or [] if s["real_time"]), default=0) for c in rounds]
+        done = [c for c in rounds if c.get("steps")]
+        real_time = [max((s["viewers"] for s in c["steps"] if s["real_time"]), default=0) for c in done]
         summary[name] = {"ms_per_viewer_s": {n: [r[n] for r in per_n[name] if n in r] for n in ns},
                          "largest_real_time_viewers": real_time}
-        over = f" over {len(rounds)} rounds" if len(rounds) > 1 else ""
+        over = f" over {len(done)} rounds" if len(done) > 1 else ""
         lines.append(f"{name}: CPU ms per viewer-second (all nodes){over}: "
                      + ", ".join(f"N={n}: {spread(summary[name]['ms_per_viewer_s'][n])}" for n in ns)
                      + f"; real time up to N={'/'.join(map(str, real_time))}")
 
-    ones = in_time.get("nodes1", [])
+    ones = clean.get("nodes1", [])
     for name in summary:
         if name == "nodes1" or not ones:
             continue
-        # Round by round, steps in real time on both sides: a step whose viewers fell behind
-        # (the load's CPU full) costs more per viewer-second for reasons of its own.
-        pairs = list(zip(in_time[name], ones))
+        # Round by round, steps in real time and undisturbed on both sides: a step whose viewers
+        # fell behind (the load's CPU full) costs more per viewer-second for reasons of its own.
+        pairs = list(zip(clean[name], ones))
         extra = {n: [r[n] / one[n] - 1 for r, one in pairs if one.get(n) and n in r]
                  for n in sorted({n for r in per_n[name] for n in r})}
-        left_out = {n: len(per_n[name]) - len(e) for n, e in extra.items() if len(e) < len(per_n[name])}
+        measured = {n: sum(1 for r in per_n[name] if n in r) for n in extra}
+        left_out = {n: measured[n] - len(e) for n, e in extra.items() if len(e) < measured[n]}
         extra = {n: e for n, e in extra.items() if e}
         if not extra:
             continue
@@ -391,7 +394,8 @@ def summarize_cluster(configs: dict[str, list[dict[str, Any]]]) -> dict[str, Any
         summary[name]["rounds_left_out"] = left_out
         lines.append(f"{name} against nodes1 (both with Redis), CPU per viewer-second: "
                      + ", ".join(f"N={n}: {spread([100 * x for x in e], '+.0f')} %" for n, e in extra.items())
-                     + "".join(f"; N={n}: {k} round(s) left out (not in real time)" for n, k in left_out.items()))
+                     + "".join(f"; N={n}: {k} round(s) left out (not in real time, disturbed, or no pair)"
+                               for n, k in left_out.items()))
         if name.startswith("nodes"):
             met = {n: statistics.fmean(e) <= TARGET_CASCADE_EXTRA for n, e in extra.items()}
             summary[name]["cascade_target_met"] = met

@@ -216,6 +216,11 @@ class MachineWindow:
         return cls(pct["cpu"][0] - ours_pct, {name: busy for name, (busy, _) in pct.items() if name != "cpu"},
                    pct["cpu"][1])
 
+    @property
+    def disturbed(self) -> bool:
+        """Something outside the bench took CPU in the window (a busy CPU alone is the bench's own)."""
+        return self.other_cpu_pct > OTHER_CPU_WARN_PCT or self.stolen_pct > STOLEN_WARN_PCT
+
     def notes(self) -> list[str]:
         """What may have disturbed the window."""
         notes = [f"{name} was {busy:.0f}% busy" for name, busy in self.cpu_busy_pct.items()
@@ -771,6 +776,7 @@ class StepResult:
     other_cpu_pct: float = 0.0
     cpu_busy_pct: dict[str, float] = field(default_factory=dict)
     stolen_pct: float = 0.0
+    disturbed: bool = False  # other processes or the hypervisor took more than the thresholds
 
 
 @dataclass
@@ -1000,6 +1006,7 @@ class FanoutBench(LoadBench):
             node_fps={node: (min(values), statistics.median(values)) for node, values in node_fps.items()},
             placement=placement,
             other_cpu_pct=machine.other_cpu_pct, cpu_busy_pct=machine.cpu_busy_pct, stolen_pct=machine.stolen_pct,
+            disturbed=machine.disturbed,
         )
         notes = machine.notes()
         if notes:
