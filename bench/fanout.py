@@ -22,9 +22,42 @@ What it measures
     `--baseline mediarelay` also runs bench/mediarelay_server.py (aiortc's MediaRelay: decode
     once, encode per viewer) through a short ladder on the same core, for the CPU ratio.
 
+A cluster (issue 14)
+    `--nodes K` (a list: `--nodes 1,2` runs each in turn) starts a redis-server and K
+    `relay serve --redis URL` processes, nodes n0..n{K-1} (RELAY_CLUSTER_NODE_ID), node i pinned
+    to CPU i % cpus; Redis runs on the server's CPU (its CPU is reported apart). The host
+    publishes to n0, the origin. Viewer k posts its offer to node k % K (and room k // K % 3),
+    so every other node is an edge pulling the show from n0 once. `--workers K` runs one
+    `relay serve --workers K --redis URL` instead: its workers (found from the supervisor's
+    `[wN] ready (pid P)` lines) are the nodes, each pinned by the bench to CPU N % cpus; the
+    host and the viewers post to the one port, and the kernel spreads them.
+    The load (host, viewers) stays on the CPUs after the first, as above: with 2 nodes on a
+    2-core machine it shares CPU 1 with n1, so read CPU per viewer-second, not capacity.
+
+    Each step adds per node: CPU % of a core, the viewers it counted (/healthz) and the fps
+    of the viewers sent to it; the row's CPU is the sum over the nodes. A step is real time when
+    every node stayed under 100 % of its core. An edge, once pulling, keeps pulling for the rest
+    of the run ([cluster] edge_linger_s set long), so the steps measure the steady state.
+
+    With 2 nodes or more, before the ladder: the host alone (no edge yet), `--cascade-viewers`
+    N viewers all on n0, then N all on n1 (n0 then serves one upstream: its CPU above the host
+    alone is what one edge costs the origin, set against what each viewer costs it), then the
+    edge pulling with nobody watching. The summary compares CPU per viewer-second with 2 nodes
+    against 1 node (both with Redis) at each N of the ladder, round by round and in real-time
+    steps only (target: the cascade adds <= 10 %), puts the origin's cost per edge against one
+    viewer's, and estimates from which N the target holds: an edge's fixed cost (its ingest and
+    the origin's upstream) against one node's host-alone cost and per-viewer slope.
+    `--rounds R` runs the configurations R times, each round in the other order; the summary
+    gives the mean of the rounds and their range.
+
+    Each window also records what the rest of the machine did (other processes' CPU, each CPU's
+    busy %, the hypervisor's steal) and flags it when it may have disturbed the figures.
+
 Run (from the repository root, relay installed with `pip install -e '.[bench]'`):
 
     python -m bench.fanout --ladder 1,10,25,50,75,100 --baseline mediarelay --json fanout.json
+    python -m bench.fanout --nodes 1,2 --rounds 2 --ladder 10,25,50 --json cluster.json
+    python -m bench.fanout --workers 2 --ladder 25,50 --json workers.json
 
 Everything listens on 127.0.0.1 only. Every wait is bounded and the run stops by itself
 (`--max-seconds`); subprocesses are killed on the way out. Linux only (CPU affinity, /proc).
@@ -34,28 +67,40 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+import secrets
 import signal
+import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.harness import (
     FPS,
     HEADER,
+    SHOW_ID,
     BenchError,
     FanoutBench,
     RelayTarget,
+    RelayUnderTest,
     args_record,
     begin_run,
+    cpu_seconds,
     end_run,
+    http_json,
     report_log_problems,
+    room_urls,
     stopped_early,
 )
+from relay_testkit.process import RedisProcess, ServerError, pin
 
 TARGET_VIEWERS_PER_CORE = 60
+TARGET_CASCADE_EXTRA = 0.10  # the cascade adds at most 10 % CPU per viewer-second
+EDGE_LINGER_S = 3600  # an edge keeps pulling for the rest of the run: steps measure the steady state
+READY = re.compile(r"^\[w(\d+)\] ready \(pid (\d+)\): node (\S+) at (\S+)$", re.M)  # relay/workers.py
 
 
 def run_ladder(bench: FanoutBench, target_name: str, ladder: list[int], outcome: dict[str, Any]) -> None:
@@ -74,6 +119,145 @@ def run_ladder(bench: FanoutBench, target_name: str, ladder: list[int], outcome:
         bench.stop_publisher()
         target.stop()
         outcome["log_problems"] = report_log_problems(target.process, target.name)
+
+
+# -- a cluster: K nodes, or K workers on one port --------------------------------------------
+
+@dataclass
+class Node:
+    name: str
+    pid: int
+    url: str  # its own HTTP port
+    cpu: int
+
+
+class ClusterTarget(RelayTarget):
+    """Relay nodes on this machine sharing one Redis: K `relay serve --redis` processes
+    (`--nodes K`, the host on n0, the viewers round-robin over the nodes), or the K workers of
+    one `relay serve --workers K --redis` (`--workers K`, everyone through the one port). The
+    admin API goes to n0, or to the one port; the figures are read from each node's own port."""
+
+    def __init__(self, bench: FanoutBench, kind: str, k: int) -> None:
+        self.kind, self.k = kind, k
+        self.name = f"{k} {kind}" if k > 1 else f"1 {kind[:-1]}"
+        self.cpus = sorted(bench.server_cpus | bench.client_cpus)
+        self.deadline = bench.deadline
+        tag = f"{kind}{k}-{len(bench.targets)}"  # each cluster its own Redis and data dirs (rounds)
+        self.redis = RedisProcess(bench.workdir / f"redis-{tag}", bench.server_cpus)
+        key = secrets.token_urlsafe(24)  # the nodes share it: an edge pulls with it
+        env = {"RELAY_CLUSTER_EDGE_LINGER_S": str(EDGE_LINGER_S)}
+        redis = ("--redis", self.redis.url)
+        if kind == "nodes":
+            self.relays = [RelayUnderTest(bench.workdir, {self.cpus[i % len(self.cpus)]}, bench.deadline,
+                                          name=f"{tag}-n{i}", admin_key=key, args=redis,
+                                          env={**env, "RELAY_CLUSTER_NODE_ID": f"n{i}"}) for i in range(k)]
+        else:  # the supervisor anywhere; the bench pins each worker
+            self.relays = [RelayUnderTest(bench.workdir, set(self.cpus), bench.deadline, name=tag,
+                                          admin_key=key, args=("--workers", str(k), *redis),
+                                          env={**env, "RELAY_CLUSTER_NODE_ID": "n"})]
+        super().__init__(self.relays[0])
+        self.nodes: list[Node] = []
+
+    def start(self) -> None:
+        try:
+            self.redis.start(self.deadline.cap(30))
+        except ServerError as exc:
+            raise BenchError(str(exc)) from None
+        for relay in self.relays:
+            relay.start()
+        self.base = self.relay.base
+        cpu = lambda i: self.cpus[i % len(self.cpus)]  # noqa: E731
+        if self.kind == "nodes":
+            self.nodes = [Node(f"n{i}", r.pid, r.base, cpu(i)) for i, r in enumerate(self.relays)]
+            return
+        found = {int(i): (int(pid), node, url) for i, pid, node, url in READY.findall(self.relay.server.log_text())}
+        if sorted(found) != list(range(self.k)):
+            raise BenchError(f"{self.k} workers expected, ready lines for {sorted(found)}:\n"
+                             f"{self.relay.server.log_tail()}")
+        self.nodes = [Node(node, pid, url, cpu(i)) for i, (pid, node, url) in sorted(found.items())]
+        for node in self.nodes:
+            pin(node.pid, {node.cpu})
+
+    def cpu_pids(self) -> dict[str, int]:
+        return {node.name: node.pid for node in self.nodes}
+
+    def urls_on(self, nodes: list[Node]) -> list[str]:
+        """Round-robin over `nodes` first, then over the rooms."""
+        return [url for urls in zip(*(room_urls(node.url) for node in nodes)) for url in urls]
+
+    def whep_urls(self) -> list[str]:
+        return self.urls_on(self.nodes) if self.kind == "nodes" else super().whep_urls()
+
+    def node_of(self, url: str) -> str | None:
+        return next((node.name for node in self.nodes if url.startswith(node.url + "/")), None)
+
+    def viewers(self) -> int:
+        return sum(int(http_json("GET", f"{node.url}/healthz")[1]["viewers"]) for node in self.nodes)
+
+    def figures(self) -> dict[str, Any]:
+        """Frames in at the origin (the node whose host is on air), drops summed over the nodes."""
+        nodes: dict[str, dict[str, Any]] = {}
+        frames_in = dropped = 0
+        for node in self.nodes:
+            health = http_json("GET", f"{node.url}/healthz")[1]
+            detail = self.relay.api("GET", f"/api/shows/{SHOW_ID}", base=node.url)
+            video = (detail.get("tracks") or {}).get("video") or {}
+            frames = int(video.get("frames", 0))
+            origin = int(health["live_shows"]) > 0
+            nodes[node.name] = {"viewers": int(health["viewers"]), "origin": origin, "frames": frames}
+            dropped += int(self.relay.api("GET", f"/api/shows/{SHOW_ID}/stats", base=node.url)["dropped_frames"])
+            frames_in += frames if origin else 0
+        return {"frames_in": frames_in, "dropped": dropped, "nodes": nodes}
+
+    def log_problems(self) -> list[str]:
+        return [line for relay in self.relays for line in report_log_problems(relay.server, relay.server.name)]
+
+    def stop(self) -> None:
+        for relay in self.relays:
+            relay.stop()
+        self.redis.stop(timeout=10)
+
+
+def run_cluster(bench: FanoutBench, kind: str, k: int, ladder: list[int], outcome: dict[str, Any]) -> None:
+    """A cluster of `k` nodes or workers: the host alone, with 2 nodes or more the cascade's steps
+    (viewers all on n0, then all on n1, then the edge with nobody watching), then the ladder."""
+    target = ClusterTarget(bench, kind, k)
+    bench.targets.append(target)
+    outcome.update({"kind": kind, "k": k, "idle": None, "cascade": {}, "steps": []})
+    try:
+        target.start()
+        outcome["nodes"] = {node.name: {"pid": node.pid, "url": node.url, "cpu": node.cpu} for node in target.nodes}
+        print(f"{target.name}: " + ", ".join(f"{node.name} on CPU {node.cpu} ({node.url})" for node in target.nodes)
+              + f"; redis-server on CPU {sorted(bench.server_cpus)}", flush=True)
+        aside = {"redis-server": target.redis.pid}
+        if kind == "workers":
+            aside["supervisor"] = target.relay.pid
+        aside_cpu, t0 = {name: cpu_seconds(pid) for name, pid in aside.items()}, time.monotonic()
+        bench.start_publisher(target, target.setup())
+        bench.deadline.sleep(bench.args.warmup)  # the host alone is the cascade's baseline: past its start
+        outcome["idle"] = asdict(bench.measure_idle(target))
+        n = bench.args.cascade_viewers
+        if kind == "nodes" and k >= 2 and n > 0:
+            first, second = target.nodes[:2]
+            print(HEADER, flush=True)
+            for node in (first, second):
+                step = bench.run_step(target, n, target.urls_on([node]), placement=f"all on {node.name}")
+                outcome["cascade"][f"all_on_{node.name}"] = asdict(step)
+            outcome["cascade"]["edge_idle"] = asdict(bench.measure_idle(
+                target, f"{second.name} pulling the show from {first.name}, nobody watching"))
+        print(HEADER, flush=True)
+        for n in ladder:
+            outcome["steps"].append(asdict(bench.run_step(target, n)))
+        wall = time.monotonic() - t0
+        outcome["aside_cpu_pct"] = {name: 100 * (cpu_seconds(pid) - aside_cpu[name]) / wall
+                                    for name, pid in aside.items()}
+        print(f"{target.name}: over the run, " + ", ".join(f"{name} {pct:.1f}%" for name, pct in
+                                                           outcome["aside_cpu_pct"].items())
+              + " of a core (not counted above)", flush=True)
+    finally:
+        bench.stop_publisher()
+        target.stop()
+        outcome["log_problems"] = target.log_problems()
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -141,6 +325,118 @@ def summarize(relay: dict[str, Any] | None, baseline: dict[str, Any] | None) -> 
     return summary
 
 
+def spread(values: list[float], fmt: str = ".2f") -> str:
+    """The mean of the rounds' values, and their range when there are several."""
+    mean = statistics.fmean(values)
+    return f"{mean:{fmt}}" + (f" ({min(values):{fmt}} to {max(values):{fmt}})" if len(values) > 1 else "")
+
+
+def origin_per_edge(c: dict[str, Any]) -> dict[str, Any] | None:
+    """One round of K >= 2 nodes: what n0 (the origin) spends on its upstream to n1 against what
+    each of its own viewers costs it, and what n1 (the edge) spends, in CPU ms per second."""
+    cascade = c.get("cascade") or {}
+    if not {"all_on_n0", "all_on_n1", "edge_idle"} <= set(cascade) or not c.get("idle"):
+        return None
+    idle = c["idle"]["node_cpu_pct"]
+    on0, on1, edge_idle = cascade["all_on_n0"], cascade["all_on_n1"], cascade["edge_idle"]["node_cpu_pct"]
+    viewer_ms = (on0["node_cpu_pct"]["n0"] - idle["n0"]) * 10 / max(1, on0["connected"])  # % of a core x 10
+    upstream_ms = (on1["node_cpu_pct"]["n0"] - idle["n0"]) * 10
+    return {
+        "viewers": on0["connected"], "viewer_ms_at_origin": viewer_ms,
+        "upstream_ms_with_viewers_on_edge": upstream_ms,
+        "upstream_ms_nobody_watching": (edge_idle["n0"] - idle["n0"]) * 10,
+        "upstream_in_viewers": upstream_ms / viewer_ms if viewer_ms > 0 else math.inf,
+        "edge_viewer_ms": (on1["node_cpu_pct"]["n1"] - edge_idle["n1"]) * 10 / max(1, on1["connected"]),
+        "edge_ingest_ms": (edge_idle["n1"] - idle["n1"]) * 10,
+        "origin_ingest_ms": (idle["n0"] - idle["n1"]) * 10,
+    }
+
+
+def summarize_cluster(configs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per configuration (nodes1, nodes2, workers2...), over its rounds: CPU per viewer-second at
+    each N; the cascade (K nodes against 1, both with Redis, round by round); the origin's cost
+    per edge against a viewer's."""
+    summary: dict[str, Any] = {}
+    lines: list[str] = []
+    per_n: dict[str, list[dict[int, float]]] = {}  # configuration -> per round: N -> ms per viewer-second
+    clean: dict[str, list[dict[int, float]]] = {}  # the same, steps in real time and not disturbed only
+    for name, rounds in configs.items():
+        per_n[name] = [{s["viewers"]: s["cpu_ms_per_viewer_s"] for s in c.get("steps") or []} for c in rounds]
+        clean[name] = [{s["viewers"]: s["cpu_ms_per_viewer_s"] for s in c.get("steps") or []
+                        if s["real_time"] and not s.get("disturbed")} for c in rounds]
+        ns = sorted({n for r in per_n[name] for n in r})
+        if not ns:
+            continue
+        done = [c for c in rounds if c.get("steps")]
+        real_time = [max((s["viewers"] for s in c["steps"] if s["real_time"]), default=0) for c in done]
+        summary[name] = {"ms_per_viewer_s": {n: [r[n] for r in per_n[name] if n in r] for n in ns},
+                         "largest_real_time_viewers": real_time}
+        over = f" over {len(done)} rounds" if len(done) > 1 else ""
+        lines.append(f"{name}: CPU ms per viewer-second (all nodes){over}: "
+                     + ", ".join(f"N={n}: {spread(summary[name]['ms_per_viewer_s'][n])}" for n in ns)
+                     + f"; real time up to N={'/'.join(map(str, real_time))}")
+
+    ones = clean.get("nodes1", [])
+    for name in summary:
+        if name == "nodes1" or not ones:
+            continue
+        # Round by round, steps in real time and undisturbed on both sides: a step whose viewers
+        # fell behind (the load's CPU full) costs more per viewer-second for reasons of its own.
+        pairs = list(zip(clean[name], ones))
+        extra = {n: [r[n] / one[n] - 1 for r, one in pairs if one.get(n) and n in r]
+                 for n in sorted({n for r in per_n[name] for n in r})}
+        measured = {n: sum(1 for r in per_n[name] if n in r) for n in extra}
+        left_out = {n: measured[n] - len(e) for n, e in extra.items() if len(e) < measured[n]}
+        extra = {n: e for n, e in extra.items() if e}
+        if not extra:
+            continue
+        summary[name]["extra_vs_nodes1"] = extra
+        summary[name]["rounds_left_out"] = left_out
+        lines.append(f"{name} against nodes1 (both with Redis), CPU per viewer-second: "
+                     + ", ".join(f"N={n}: {spread([100 * x for x in e], '+.0f')} %" for n, e in extra.items())
+                     + "".join(f"; N={n}: {k} round(s) left out (not in real time, disturbed, or no pair)"
+                               for n, k in left_out.items()))
+        if name.startswith("nodes"):
+            met = {n: statistics.fmean(e) <= TARGET_CASCADE_EXTRA for n, e in extra.items()}
+            summary[name]["cascade_target_met"] = met
+            lines.append(f"cascade target (adds <= {TARGET_CASCADE_EXTRA:.0%} CPU per viewer-second, mean of the "
+                         "rounds): " + ", ".join(f"N={n} {'MET' if ok else 'NOT MET'}" for n, ok in met.items()))
+
+    for name, rounds in configs.items():
+        found = [o for o in map(origin_per_edge, rounds) if o is not None]
+        if not found:
+            continue
+        summary.setdefault(name, {})["origin_per_edge"] = found
+        figure = lambda key: spread([o[key] for o in found])  # noqa: E731
+        lines.append(f"{name}: at n0 (the origin) each of {found[0]['viewers']} viewers costs "
+                     f"{figure('viewer_ms_at_origin')} ms per second; its one upstream to n1 costs it "
+                     f"{figure('upstream_ms_with_viewers_on_edge')} with {found[0]['viewers']} viewers on n1, "
+                     f"{figure('upstream_ms_nobody_watching')} with nobody watching there")
+        lines.append(f"{name}: n1 (the edge) pulling with nobody watching: {figure('edge_ingest_ms')} ms per second "
+                     f"above an empty node (the origin's ingest of the host: {figure('origin_ingest_ms')}); each "
+                     f"viewer on n1 costs it {figure('edge_viewer_ms')}")
+        ratio = statistics.fmean([o["upstream_in_viewers"] for o in found])
+        lines.append("origin's cost per edge ~ one viewer (within 1.5 viewers, with viewers on the edge): "
+                     + ("MET" if ratio <= 1.5 else "NOT MET")
+                     + f" ({spread([o['upstream_in_viewers'] for o in found], '.1f')} viewers)")
+        # The edge's fixed cost E (its ingest + the origin's upstream) against one node's I + N v:
+        # E / (I + N v) <= 10 % from N = (E / 10 % - I) / v on.
+        fixed = statistics.fmean([o["edge_ingest_ms"] + o["upstream_ms_with_viewers_on_edge"] for o in found])
+        one = [c for c in configs.get("nodes1", []) if c.get("idle") and len(c.get("steps") or []) >= 2]
+        if one:
+            ingest = statistics.fmean([c["idle"]["server_cpu_pct"] * 10 for c in one])
+            viewer = statistics.fmean([statistics.linear_regression(
+                [s["connected"] for s in c["steps"]], [s["server_cpu_pct"] * 10 for s in c["steps"]])[0] for c in one])
+            from_n = (fixed / TARGET_CASCADE_EXTRA - ingest) / viewer if viewer > 0 else math.inf
+            summary[name]["cascade_fixed_ms"] = fixed
+            summary[name]["cascade_target_from_viewers"] = from_n
+            lines.append(f"{name}: an edge costs the cluster a fixed {fixed:.1f} ms per second (its ingest + the "
+                         f"origin's upstream); one node: host {ingest:.1f} + {viewer:.2f} per viewer (fit) -> the "
+                         f"cascade adds <= {TARGET_CASCADE_EXTRA:.0%} from about N = {from_n:.0f} viewers (estimate)")
+    summary["lines"] = lines
+    return summary
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Fan-out load test of the relay (see the module docstring).")
     ints = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
@@ -153,6 +449,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also measure aiortc's MediaRelay (decode once, encode per viewer)")
     parser.add_argument("--baseline-ladder", type=ints, default=[1, 2, 4],
                         help="viewer counts for the baseline (default 1,2,4)")
+    parser.add_argument("--nodes", type=ints, default=[],
+                        help="a cluster: K `relay serve --redis` nodes with a redis-server, node i on CPU i %% cpus;"
+                             " a list runs each in turn (1,2: the cascade against one node). Default: one relay, "
+                             "no Redis")
+    parser.add_argument("--workers", type=ints, default=[],
+                        help="a cluster of K workers: `relay serve --workers K --redis`, one port "
+                             "(a list: each in turn)")
+    parser.add_argument("--cascade-viewers", type=int, default=25,
+                        help="with --nodes 2 or more: viewers of the steps all on n0, then all on n1 "
+                             "(default 25; 0: none)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --nodes/--workers: run the configurations this many times, each round in the "
+                             "other order; the summary gives the mean and the range (default 1)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="hard cap for the whole run (default 600)")
     parser.add_argument("--viewers-per-process", type=int, default=25, help="viewers per worker process (default 25)")
@@ -167,6 +476,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--step-seconds must exceed --warmup by at least 1 s (the measurement window)")
     if not args.ladder or min(args.ladder) < 1:
         parser.error("--ladder needs positive viewer counts")
+    if min(args.nodes + args.workers + [args.rounds], default=1) < 1:
+        parser.error("--nodes and --workers need counts of 1 or more")
     return args
 
 
@@ -188,10 +499,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.encode()
         ladders = args.ladder + (args.baseline_ladder if args.baseline == "mediarelay" else [])
+        clusters = [("nodes", k) for k in args.nodes] + [("workers", k) for k in args.workers]
+        if any(kind == "nodes" and k >= 2 for kind, k in clusters):
+            ladders.append(args.cascade_viewers)
         bench.spawn_viewer_workers(math.ceil(max(ladders) / args.viewers_per_process))
-        print(f"\n== relay (python -m relay serve), {len(bench.workers)} viewer process(es), "
-              f"{args.warmup:.0f}s warm-up + {args.step_seconds - args.warmup:.0f}s window per step", flush=True)
-        run_ladder(bench, "relay", args.ladder, results.setdefault("relay", {}))
+        window = f"{args.warmup:.0f}s warm-up + {args.step_seconds - args.warmup:.0f}s window per step"
+        if not clusters:
+            print(f"\n== relay (python -m relay serve), {len(bench.workers)} viewer process(es), {window}",
+                  flush=True)
+            run_ladder(bench, "relay", args.ladder, results.setdefault("relay", {}))
+        for round_no in range(1, args.rounds + 1 if clusters else 1):
+            for kind, k in clusters if round_no % 2 else clusters[::-1]:  # (each round the other order)
+                command = f"relay serve --redis URL, {k} process(es)" if kind == "nodes" else \
+                    f"relay serve --workers {k} --redis URL"
+                print(f"\n== {kind}={k} ({command}), round {round_no} of {args.rounds}, "
+                      f"{len(bench.workers)} viewer process(es), {window}", flush=True)
+                outcome: dict[str, Any] = {"round": round_no}
+                results.setdefault("clusters", {}).setdefault(f"{kind}{k}", []).append(outcome)
+                run_cluster(bench, kind, k, args.ladder, outcome)
         if args.baseline == "mediarelay":
             print("\n== baseline: aiortc MediaRelay (bench/mediarelay_server.py)", flush=True)
             run_ladder(bench, "mediarelay", args.baseline_ladder, results.setdefault("mediarelay", {}))
@@ -202,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
         results["seconds"] = round(time.monotonic() - started, 1)
         summary = summarize(results.get("relay"), results.get("mediarelay"))
+        if results.get("clusters"):
+            summary["clusters"] = summarize_cluster(results["clusters"])
+            summary["lines"] += summary["clusters"].pop("lines")
         if status:
             summary["lines"].insert(0, "the run stopped early: these figures cover only the steps done")
         results["summary"] = summary

@@ -39,6 +39,11 @@ MIRRORS = ("d1", "d2")
 FPS = 30
 REALTIME_FPS = 29.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# A window is flagged when processes outside the bench used more than this (% of a core), when a
+# CPU was this busy, or when the hypervisor took this much from the machine's CPUs (steal).
+OTHER_CPU_WARN_PCT = 15.0
+BUSY_CPU_WARN_PCT = 90.0
+STOLEN_WARN_PCT = 5.0
 
 
 class BenchError(RuntimeError):
@@ -180,6 +185,53 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
+def machine_cpu_seconds() -> dict[str, tuple[float, float]]:
+    """(busy, stolen) CPU seconds from /proc/stat, for the machine ("cpu") and each CPU ("cpu0"...).
+    Busy: user, nice, system, irq, softirq (a process's own time includes the interrupts it ran
+    under); stolen: time the hypervisor gave the CPU to something else while it had work."""
+    times = {}
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if not line.startswith("cpu"):
+                break
+            name, *fields = line.split()
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+            times[name] = ((user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK)
+    return times
+
+
+@dataclass
+class MachineWindow:
+    """What the whole machine did over a window, beside the bench's own processes."""
+
+    other_cpu_pct: float  # processes other than the server's and the load's, % of a core
+    cpu_busy_pct: dict[str, float]  # each CPU, % busy
+    stolen_pct: float  # taken by the hypervisor, % of a core, all CPUs
+
+    @classmethod
+    def between(cls, before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], wall: float,
+                ours_pct: float) -> MachineWindow:
+        pct = {name: (100 * (after[name][0] - busy) / wall, 100 * (after[name][1] - stolen) / wall)
+               for name, (busy, stolen) in before.items()}
+        return cls(pct["cpu"][0] - ours_pct, {name: busy for name, (busy, _) in pct.items() if name != "cpu"},
+                   pct["cpu"][1])
+
+    @property
+    def disturbed(self) -> bool:
+        """Something outside the bench took CPU in the window (a busy CPU alone is the bench's own)."""
+        return self.other_cpu_pct > OTHER_CPU_WARN_PCT or self.stolen_pct > STOLEN_WARN_PCT
+
+    def notes(self) -> list[str]:
+        """What may have disturbed the window."""
+        notes = [f"{name} was {busy:.0f}% busy" for name, busy in self.cpu_busy_pct.items()
+                 if busy >= BUSY_CPU_WARN_PCT]
+        if self.other_cpu_pct > OTHER_CPU_WARN_PCT:
+            notes.append(f"other processes used {self.other_cpu_pct:.0f}% of a core")
+        if self.stolen_pct > STOLEN_WARN_PCT:
+            notes.append(f"the hypervisor took {self.stolen_pct:.0f}% of a core (steal)")
+        return notes
+
+
 def rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     match = re.search(r"VmRSS:\s+(\d+)", status)
@@ -233,6 +285,12 @@ class CpuSampler:
         return cpu, cpu / max(1e-6, b_t - a_t)
 
 
+def node_cpu_pct(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """Each server process's CPU between two snapshots, % of one core."""
+    wall = after.t - before.t
+    return {name: 100 * (after.node_cpu[name] - cpu) / wall for name, cpu in before.node_cpu.items()}
+
+
 # -- HTTP -------------------------------------------------------------------------------------
 
 def http_json(method: str, url: str, body: dict | None = None, token: str | None = None,
@@ -263,15 +321,16 @@ class RelayUnderTest:
     stops keeping up). Started again, it keeps its port and data dir."""
 
     def __init__(self, workdir: Path, cpus: set[int], deadline: Deadline, *, name: str = "relay",
-                 store: str = "embedded", env: dict[str, str] | None = None) -> None:
-        self.admin_key = secrets.token_urlsafe(24)
+                 store: str = "embedded", env: dict[str, str] | None = None, admin_key: str | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.admin_key = admin_key or secrets.token_urlsafe(24)
         self.workdir = workdir
         self.data = workdir / f"{name}-data"
         self.deadline = deadline
         self.store = store
         self.redis: RedisProcess | None = None
         self.server = RelayProcess(self.data, self.admin_key, name=name, cpus=cpus, log_path=workdir / f"{name}.log",
-                                   env={"RELAY_LIMITS_MAX_VIEWERS_PER_PROCESS": "0", **(env or {})})
+                                   env={"RELAY_LIMITS_MAX_VIEWERS_PER_PROCESS": "0", **(env or {})}, args=args)
 
     @property
     def pid(self) -> int:
@@ -307,8 +366,11 @@ class RelayUnderTest:
         if self.redis is not None:
             self.redis.stop(timeout=10)
 
-    def api(self, method: str, path: str, body: dict | None = None, expect: int | None = 200) -> Any:
-        status, reply = http_json(method, f"{self.base}{path}", body, self.admin_key, timeout=self.deadline.cap(30))
+    def api(self, method: str, path: str, body: dict | None = None, expect: int | None = 200,
+            base: str | None = None) -> Any:
+        """The admin API at this server, or at `base` (another node of its cluster, same admin key)."""
+        status, reply = http_json(method, f"{base or self.base}{path}", body, self.admin_key,
+                                  timeout=self.deadline.cap(30))
         if expect is not None and status != expect:
             raise BenchError(f"{method} {path} answered {status}: {reply}")
         return reply
@@ -599,11 +661,20 @@ class Target:
     def whep_urls(self) -> list[str]:
         raise NotImplementedError
 
+    def cpu_pids(self) -> dict[str, int]:
+        """The processes whose CPU is the server's, by name (one, or a cluster's nodes)."""
+        return {self.name: self.process.pid}
+
+    def node_of(self, url: str) -> str | None:
+        """The node a viewer posting its offer to `url` lands on, when the URL says so."""
+        return None
+
     def viewers(self) -> int:
         return int(http_json("GET", f"{self.base}/healthz")[1]["viewers"])
 
     def figures(self) -> dict[str, Any]:
-        """{"frames_in": video frames received from the host so far, "dropped": frames dropped or None}"""
+        """{"frames_in": video frames received from the host so far, "dropped": frames dropped or None,
+        and for a cluster "nodes": {node: {"viewers": n, ...}}}"""
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -622,7 +693,7 @@ class RelayTarget(Target):
         return self.relay.create_show("Fan-out bench", SHOW_ID, MIRRORS)["stream_key"]
 
     def whep_urls(self) -> list[str]:
-        return [f"{self.base}/whep/{SHOW_ID}"] + [f"{self.base}/whep/{SHOW_ID}/{d}" for d in MIRRORS]
+        return room_urls(self.base)
 
     def figures(self) -> dict[str, Any]:
         stats = self.relay.api("GET", f"/api/shows/{SHOW_ID}/stats")
@@ -631,6 +702,16 @@ class RelayTarget(Target):
 
     def stop(self) -> None:
         self.relay.stop()
+
+
+def room_urls(base: str) -> list[str]:
+    """The bench show's WHEP URLs at `base`: HQ and the mirror rooms."""
+    return [f"{base}/whep/{SHOW_ID}"] + [f"{base}/whep/{SHOW_ID}/{d}" for d in MIRRORS]
+
+
+def origin_of(figures: dict[str, Any]) -> str | None:
+    """The node of a cluster the host publishes to, from Target.figures()."""
+    return next((node for node, f in figures.get("nodes", {}).items() if f.get("origin")), None)
 
 
 AnyRelayTarget = TypeVar("AnyRelayTarget", bound=RelayTarget)
@@ -650,10 +731,12 @@ class MediaRelayTarget(Target):
 @dataclass
 class Snapshot:
     t: float
-    server_cpu: float
+    server_cpu: float  # all of the server's processes
     viewer_cpu: float
     host_cpu: float
     figures: dict[str, Any]
+    node_cpu: dict[str, float]  # per server process (Target.cpu_pids)
+    machine_cpu: dict[str, tuple[float, float]]  # machine_cpu_seconds()
 
 
 @dataclass
@@ -681,6 +764,19 @@ class StepResult:
     real_time: bool
     viewer_bound: bool
     errors: list[str] = field(default_factory=list)
+    # A server of several processes (a cluster's nodes): each one's CPU, % of a core; the viewers
+    # each counted at the window's end (/healthz); the fps (min, median) of the viewers whose URL
+    # led to it; and where the step put its viewers when not spread as usual.
+    node_cpu_pct: dict[str, float] = field(default_factory=dict)
+    node_viewers: dict[str, int] = field(default_factory=dict)
+    node_fps: dict[str, tuple[float, float]] = field(default_factory=dict)
+    placement: str = ""
+    # The machine in the window: CPU of everything else (% of a core: the bench itself, Redis, and
+    # whatever another user runs meanwhile), each CPU's busy %, and what the hypervisor took.
+    other_cpu_pct: float = 0.0
+    cpu_busy_pct: dict[str, float] = field(default_factory=dict)
+    stolen_pct: float = 0.0
+    disturbed: bool = False  # other processes or the hypervisor took more than the thresholds
 
 
 @dataclass
@@ -689,6 +785,10 @@ class IdleResult:
     window_s: float
     server_cpu_pct: float
     ingest_fps: float
+    node_cpu_pct: dict[str, float] = field(default_factory=dict)
+    other_cpu_pct: float = 0.0  # the machine in the window, as in StepResult
+    cpu_busy_pct: dict[str, float] = field(default_factory=dict)
+    stolen_pct: float = 0.0
 
 
 HEADER = ("    N  conn  srvCPU%  ms/viewer-s  fps min/med  aud fps   kbps  TTFF p50/p95 s  drops  ingest"
@@ -704,6 +804,21 @@ def format_row(s: StepResult) -> str:
             f"{s.fps_min:6.1f}/{s.fps_median:<5.1f} {s.audio_fps_median:7.1f} {s.kbps_median:6.0f} "
             f"{s.ttff_p50:7.2f}/{s.ttff_p95:<6.2f} {drops:>6} {s.ingest_fps:6.1f} "
             f"{s.viewer_cpu_pct + s.host_cpu_pct:8.1f}/{100 * s.viewer_cores:<3d} {verdict}")
+
+
+def format_nodes(cpu_pct: dict[str, float], viewers: dict[str, int] | None = None,
+                 fps: dict[str, tuple[float, float]] | None = None, origin: str | None = None,
+                 placement: str = "") -> str:
+    """A cluster's nodes on one line: each one's CPU, viewers and their fps (min/median)."""
+    parts = []
+    for node, pct in cpu_pct.items():
+        part = f"{node}{' (origin)' if node == origin else ''} {pct:.1f}%"
+        if viewers is not None:
+            part += f" {viewers.get(node, 0)} viewers"
+        if fps and node in fps:
+            part += f" fps {fps[node][0]:.1f}/{fps[node][1]:.1f}"
+        parts.append(part)
+    return f"      nodes{f' ({placement})' if placement else ''}: " + "; ".join(parts)
 
 
 class FanoutBench(LoadBench):
@@ -789,26 +904,36 @@ class FanoutBench(LoadBench):
     def snapshot(self, target: Target, workers: list[Worker]) -> Snapshot:
         figures = target.figures()
         host = cpu_seconds(self.publisher.pid) if self.publisher else 0.0
-        return Snapshot(time.monotonic(), cpu_seconds(target.process.pid),
-                        sum(cpu_seconds(w.pid) for w in workers), host, figures)
+        nodes = {name: cpu_seconds(pid) for name, pid in target.cpu_pids().items()}
+        return Snapshot(time.monotonic(), sum(nodes.values()),
+                        sum(cpu_seconds(w.pid) for w in workers), host, figures, nodes, machine_cpu_seconds())
 
-    def measure_idle(self, target: Target) -> IdleResult:
+    def measure_idle(self, target: Target, what: str = "host only, nobody watching") -> IdleResult:
         """The server with the host publishing and nobody watching (ingest cost)."""
         a = self.snapshot(target, [])
         self.deadline.sleep(self.args.idle_seconds)
         b = self.snapshot(target, [])
         wall = b.t - a.t
-        result = IdleResult(target.name, wall, 100 * (b.server_cpu - a.server_cpu) / wall,
-                            (b.figures["frames_in"] - a.figures["frames_in"]) / wall)
-        print(f"{target.name}: host only, nobody watching: server CPU {result.server_cpu_pct:.1f}% of a core, "
+        server_pct = 100 * (b.server_cpu - a.server_cpu) / wall
+        machine = MachineWindow.between(a.machine_cpu, b.machine_cpu, wall,
+                                        server_pct + 100 * (b.host_cpu - a.host_cpu) / wall)
+        result = IdleResult(target.name, wall, server_pct, (b.figures["frames_in"] - a.figures["frames_in"]) / wall,
+                            node_cpu_pct(a, b), machine.other_cpu_pct, machine.cpu_busy_pct, machine.stolen_pct)
+        print(f"{target.name}: {what}: server CPU {result.server_cpu_pct:.1f}% of a core, "
               f"ingest {result.ingest_fps:.1f} fps", flush=True)
+        for note in machine.notes():
+            print(f"      ! {note}", flush=True)
+        if len(result.node_cpu_pct) > 1:
+            print(format_nodes(result.node_cpu_pct, origin=origin_of(b.figures)), flush=True)
         return result
 
-    def run_step(self, target: Target, n: int) -> StepResult:
+    def run_step(self, target: Target, n: int, urls: list[str] | None = None, placement: str = "") -> StepResult:
+        """N viewers join (round-robin over `urls`, the target's rooms by default), warm up, are
+        measured over the window and leave."""
         args = self.args
         window = args.step_seconds - args.warmup
         used = self.workers[:max(1, min(len(self.workers), math.ceil(n / args.viewers_per_process)))]
-        urls = target.whep_urls()
+        urls = urls or target.whep_urls()
         assigned: list[list[tuple[int, str]]] = [[] for _ in used]
         for k in range(n):
             assigned[k % len(used)].append((k, urls[k % len(urls)]))
@@ -848,8 +973,17 @@ class FanoutBench(LoadBench):
         dropped = (after.figures["dropped"] - before.figures["dropped"]
                    if after.figures["dropped"] is not None else None)
         server_pct = 100 * cpu / wall
+        nodes_pct = node_cpu_pct(before, after)
+        nodes = after.figures.get("nodes", {})
+        node_fps: dict[str, list[float]] = {}
+        reports = {r["index"]: r for r in report}
+        for v in joined:  # (the URL a viewer posted to may tell its node)
+            node, r = target.node_of(v["url"]), reports.get(v["index"])
+            if node is not None and r is not None:
+                node_fps.setdefault(node, []).append(r["fps"] if r["ok"] else 0.0)
         viewer_pct = 100 * (after.viewer_cpu - before.viewer_cpu) / wall
         host_pct = 100 * (after.host_cpu - before.host_cpu) / wall
+        machine = MachineWindow.between(before.machine_cpu, after.machine_cpu, wall, server_pct + viewer_pct + host_pct)
         result = StepResult(
             server=target.name, viewers=n, connected=len(connected), window_s=round(wall, 2),
             server_cpu_pct=server_pct,
@@ -864,11 +998,23 @@ class FanoutBench(LoadBench):
             viewer_cpu_pct=viewer_pct, host_cpu_pct=host_pct, viewer_cores=len(self.client_cpus),
             worker_processes=len(used),
             real_time=len(connected) == n and not lost and min(fps, default=0.0) >= REALTIME_FPS
-            and server_pct < 100.0,
+            and max(nodes_pct.values()) < 100.0,  # (each process on its own core)
             viewer_bound=viewer_pct + host_pct > 90 * len(self.client_cpus),
             errors=errors,
+            node_cpu_pct=nodes_pct,
+            node_viewers={node: f["viewers"] for node, f in nodes.items()},
+            node_fps={node: (min(values), statistics.median(values)) for node, values in node_fps.items()},
+            placement=placement,
+            other_cpu_pct=machine.other_cpu_pct, cpu_busy_pct=machine.cpu_busy_pct, stolen_pct=machine.stolen_pct,
+            disturbed=machine.disturbed,
         )
+        notes = machine.notes()
+        if notes:
+            errors.append("in the window: " + "; ".join(notes))
         print(format_row(result), flush=True)
+        if len(nodes_pct) > 1:
+            print(format_nodes(nodes_pct, result.node_viewers, result.node_fps, origin_of(after.figures), placement),
+                  flush=True)
         for error in errors:
             print(f"      ! {error}", flush=True)
         return result
