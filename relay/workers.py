@@ -101,8 +101,12 @@ def prepare_data_dir(settings: Settings) -> None:
         print(f"relay: generated an admin key (stored in {settings.data_path / 'admin_key'}):\n"
               f"  {admin_key}", flush=True)
     db_path = settings.data_path / "relay.db"
-    SqliteShowStore(db_path).close()
-    SqliteReplayStore(db_path).close()
+
+    async def make_schema() -> None:  # (a store makes its schema when built; closing stops its thread)
+        for store in (SqliteShowStore(db_path), SqliteReplayStore(db_path)):
+            await store.close()
+
+    asyncio.run(make_schema())
 
 
 async def watch_supervisor(on_gone: Callable[[], None]) -> None:
