@@ -39,6 +39,7 @@ from .catalog import ShowCatalog
 from .cluster.edge import EdgeLinks, PullOptions
 from .cluster.nodes import NodeDirectory
 from .cluster.origins import Origin, OriginRegistry
+from .cluster.replay_parts import ClusterReplayParts
 from .live_registry import LiveRegistry
 from .redis_show_store import RedisShowStore
 from .replay.redis_replay_store import RedisReplayStore
@@ -185,20 +186,25 @@ def build_app(settings: Settings) -> web.Application:
     commerce = open_commerce_store(settings)
     webhooks = WebhookSender(hooks.urls, hooks.secret, hooks.timeout_s, hooks.max_queue, hooks.max_attempts)
 
+    edges = cluster_edges(settings, admin_key)
+    nodes = None if edges is None else NodeDirectory(
+        settings.store.redis_url, settings.store.redis_prefix, lambda: Origin(settings.node_id, settings.node_url),
+        lambda: live.totals()[1], settings.cluster.max_viewers_per_node)
+    replay_parts = None if nodes is None else ClusterReplayParts(
+        settings.store.redis_url, settings.store.redis_prefix, lambda: Origin(settings.node_id, settings.node_url),
+        admin_key, nodes)
+
     async def replay_ready(show_id: str) -> None:
         webhooks.emit("replay.ready", {"show": show_id, **(await replays.describe(show_id, settings.base_url) or {})})
 
-    replays = ReplayService(settings.replay, replay_store, settings.data_path / "replays", replay_ready)
+    replays = ReplayService(settings.replay, replay_store, settings.replay_path, replay_ready, replay_parts)
+
     events = EventHub(commerce, replays.stream_time)
 
     async def mirror_ids(show_id: str) -> set[str]:
         return {m.distributor for m in await catalog.mirrors(show_id)}
 
     shelf = ProductShelf(commerce, events, mirror_ids, replays.stream_time)
-    edges = cluster_edges(settings, admin_key)
-    nodes = None if edges is None else NodeDirectory(
-        settings.store.redis_url, settings.store.redis_prefix, lambda: Origin(settings.node_id, settings.node_url),
-        lambda: live.totals()[1], settings.cluster.max_viewers_per_node)
     live = LiveRegistry(
         settings, catalog, replays, show_store, on_state=events.publish_soon, on_webhook=webhooks.emit,
         on_viewer_channel=lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel),
@@ -271,6 +277,8 @@ def build_app(settings: Settings) -> web.Application:
         if nodes is not None:
             await nodes.close()
         await replays.shutdown()
+        if replay_parts is not None:
+            await replay_parts.close()
         await commerce.close()
         await webhooks.close()
         await replay_store.close()

@@ -62,6 +62,7 @@ class MediaSettings:
 @dataclass
 class ReplaySettings:
     enabled: bool = True
+    dir: str = ""  # empty: <data_dir>/replays; in a cluster, a disk the nodes share if they have one
     segment_target_s: float = 4.0
     retention_days: float = 30.0
     retention_check_interval_s: float = 3600.0
@@ -123,6 +124,10 @@ class Settings:
         if self.server.public_url:
             return self.server.public_url.rstrip("/")
         return f"http://{self.server.host}:{self.server.port}"
+
+    @property
+    def replay_path(self) -> Path:
+        return Path(self.replay.dir) if self.replay.dir else self.data_path / "replays"
 
     @property
     def data_path(self) -> Path:

@@ -130,6 +130,12 @@ class LiveShow:
         for forwarder in self.forwarders.values():
             forwarder.add_reader(queue)
 
+    def remove_reader(self, queue: FrameQueue) -> None:
+        if queue in self.readers:
+            self.readers.remove(queue)
+            for forwarder in self.forwarders.values():
+                forwarder.remove_reader(queue)
+
     def add_viewer(self, viewer: ViewerSession) -> None:
         self.viewers[viewer.id] = viewer
         for kind, queue in viewer.queues.items():

@@ -197,7 +197,7 @@ class LiveRegistry:
             self._on_webhook("unpublish", {"show": show_id, "reason": "host_lost", "reconnecting_until": until})
         live = self.running.get(show_id)
         if self._edges is not None and live is not None:  # viewers here follow the host to another node
-            self._edges.ensure(live, self._close_idle)
+            self._edges.ensure(live, self._close_idle, self._pulling)
 
     async def _host_gone_for_good(self, show_id: str) -> None:
         live = self.running.get(show_id)
@@ -205,9 +205,17 @@ class LiveRegistry:
             return
         if not self._host_here(show_id) and await self._published_elsewhere(show_id):
             live.await_host()  # this edge's pull ended; the host is live on another node
-            self._edges.ensure(live, self._close_idle)
+            self._edges.ensure(live, self._close_idle, self._pulling)
             return
         await self.end_show(show_id, "host_left")
+
+    def _pulling(self, show_id: str) -> None:
+        """The show's stream comes from another node now: this node's part of the replay ends
+        (the origin records the show, not its edges)."""
+        live = self.running.get(show_id)
+        queue = self._replays.hand_over(show_id)
+        if queue is not None and live is not None:
+            live.remove_reader(queue)
 
     async def _close_idle(self, show_id: str) -> None:
         """An edge whose viewers left: its copy of the show goes."""
@@ -319,7 +327,7 @@ class LiveRegistry:
             raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
         live = await self._live_show(show_id)
         if self._edges is not None and room != EDGE_ROOM and not self._host_here(show_id):
-            link = self._edges.ensure(live, self._close_idle)
+            link = self._edges.ensure(live, self._close_idle, self._pulling)
             if live.publisher is None and await self._published_elsewhere(show_id):  # answer with its codec
                 try:
                     await asyncio.wait_for(asyncio.shield(link.ready.wait()), EDGE_WAIT_S)

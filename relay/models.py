@@ -92,3 +92,19 @@ class Replay:
     discontinuities: int = 0
     mp4_ready: bool = False
     error: str | None = None
+
+
+# A node reading a replay file from another asks for what is on that node's disk only.
+LOCAL_ONLY_HEADER = "Relay-Local-Only"
+
+
+@dataclass
+class ReplayPart:
+    """In a cluster: what one node recorded of a show while its host published there. A replay
+    is its parts in order, a discontinuity between two."""
+
+    tag: str  # unique among the show's parts; names the part's files
+    node: str
+    url: str  # the node's base URL for other nodes
+    started_at: float
+    ended: bool = False

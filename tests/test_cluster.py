@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import aiohttp
 import redis.asyncio as aioredis
 
@@ -13,25 +16,77 @@ from test_workers import health
 from relay_testkit.synthetic import host_tracks
 
 from test_media import nal_units
+from test_replay import decode_all, wait_state
 
 
-def node(server_process, tmp_path, redis_server, name: str):
-    # A peer that vanished (a killed node) is noticed after 3 s without ICE consent.
-    return server_process(tmp_path / f"data-{name}", args=("--redis", redis_server.url),
-                          env={"RELAY_CLUSTER_NODE_ID": name, "RELAY_ICE_CONSENT_TIMEOUT_S": "3"})
+def node(server_process, tmp_path, redis_server, name: str, replay_dir: Path | None = None):
+    # A peer that vanished (a killed node) is noticed after 3 s without ICE consent; replays are
+    # cut in 1 s segments (a part recorded before a node dies has some); `replay_dir`: a disk the
+    # nodes share (else each its own).
+    env = {"RELAY_CLUSTER_NODE_ID": name, "RELAY_ICE_CONSENT_TIMEOUT_S": "3", "RELAY_REPLAY_SEGMENT_TARGET_S": "1"}
+    if replay_dir is not None:
+        env["RELAY_REPLAY_DIR"] = str(replay_dir)
+    return server_process(tmp_path / f"data-{name}", args=("--redis", redis_server.url), env=env)
 
 
 def client_for(server) -> Relay:
     return Relay(server.base, relay_settings(server.data_dir))
 
 
-async def three_nodes_live(server_process, tmp_path, redis_server, h264_clip, show_id: str, mirrors=()):
+async def three_nodes_live(server_process, tmp_path, redis_server, h264_clip, show_id: str, mirrors=(),
+                           replay_dir: Path | None = None):
     """Nodes a, b and c (servers, clients) and a show whose host publishes to a."""
-    servers = {name: node(server_process, tmp_path, redis_server, name) for name in "abc"}
+    servers = {name: node(server_process, tmp_path, redis_server, name, replay_dir) for name in "abc"}
     clients = [client_for(servers[name]) for name in "abc"]
     show = await clients[0].create_show(show_id, mirrors=mirrors)
     await clients[0].publish(show, host_tracks(h264_clip, None))
     return servers, clients, show
+
+
+async def part_recorded(relay: Relay, show_id: str, node_name: str) -> None:
+    """Wait until `node_name`'s part of the replay has a segment (the playlist any node serves)."""
+    async def has_segment() -> bool:
+        status, text = await relay.request("GET", f"/replay/{show_id}/index.m3u8", headers=relay.admin)
+        return status == 200 and f"seg-{node_name}-p0-" in text
+
+    await relay.wait_for(has_segment, timeout=20, what=f"a segment of {node_name}'s part of the replay")
+
+
+async def replay_plays_end_to_end(relay: Relay, show_id: str, parts: tuple[str, ...], tmp_dir: Path) -> dict:
+    """The ended show's replay, as `relay` serves it: ready, one discontinuity between the parts,
+    its HLS and its MP4 decode from start to end."""
+    info = await wait_state(relay, show_id, ("ready",), timeout=60)
+    assert info["discontinuities"] == len(parts) - 1, info
+    status, text = await relay.request("GET", f"/replay/{show_id}/index.m3u8", headers=relay.admin)
+    assert status == 200 and text.count("#EXT-X-DISCONTINUITY") == len(parts) - 1, text
+    assert all(f"seg-{name}-p0-" in text for name in parts), text
+    hls = await decode_hls(relay, show_id, text, tmp_dir)
+    mp4 = await asyncio.get_running_loop().run_in_executor(None, decode_all, info["mp4_url"])
+    assert abs(mp4["video"] - info["duration_s"] * 30) <= 15 and hls == mp4["video"], (hls, mp4, info)
+    return info
+
+
+async def decode_hls(relay: Relay, show_id: str, playlist: str, tmp_dir: Path) -> int:
+    """Video frames decoded from an HLS replay as a player that honours EXT-X-DISCONTINUITY
+    plays it (each stretch from its own init segment; timestamps start again after one),
+    every file fetched from `relay`."""
+    stretches: list[list[str]] = []
+    for line in playlist.splitlines():
+        if line.startswith("#EXT-X-MAP:URI="):
+            stretches.append([line.split("=", 1)[1].strip('"')])
+        elif line and not line.startswith("#"):
+            stretches[-1].append(line)
+    frames = 0
+    async with aiohttp.ClientSession() as http:
+        for i, names in enumerate(stretches):
+            path = tmp_dir / f"{show_id}-stretch-{i}.mp4"
+            with open(path, "wb") as out:
+                for name in names:
+                    async with http.get(f"{relay.base}/replay/{show_id}/{name}", headers=relay.admin) as res:
+                        assert res.status == 200, (name, res.status)
+                        out.write(await res.read())
+            frames += (await asyncio.get_running_loop().run_in_executor(None, decode_all, str(path)))["video"]
+    return frames
 
 
 async def test_viewers_on_every_node_get_the_hosts_access_units(server_process, tmp_path, redis_server, h264_clip):
@@ -76,10 +131,13 @@ async def test_viewers_on_every_node_get_the_hosts_access_units(server_process, 
 
 async def test_origin_killed_host_republishes_elsewhere_and_edge_viewers_resume_on_their_connection(
         server_process, tmp_path, redis_server, h264_clip):
-    servers, (a, b, c), show = await three_nodes_live(server_process, tmp_path, redis_server, h264_clip, "phoenix")
+    # The nodes keep replays on one shared disk: the dead origin's part is still there.
+    servers, (a, b, c), show = await three_nodes_live(server_process, tmp_path, redis_server, h264_clip, "phoenix",
+                                                      replay_dir=tmp_path / "shared-replays")
     viewer = await c.viewer("phoenix", kinds=("video",), decode=False)
     await viewer.first_frame("video")
     pc = viewer.pc
+    await part_recorded(c, "phoenix", "a")
 
     servers["a"].kill()  # the origin dies mid-show; the host's encoder reconnects to another node
     await a.close_clients()
@@ -93,7 +151,40 @@ async def test_origin_killed_host_republishes_elsewhere_and_edge_viewers_resume_
     assert viewer.pc is pc and pc.connectionState == "connected"  # no new peer connection
     detail = await c.show("phoenix")
     assert detail["state"] == "live"
+
+    # The host ends the show on B: the replay holds A's part and B's, one discontinuity between.
+    await part_recorded(c, "phoenix", "b")
+    await b.clients[0].stop()
+    await replay_plays_end_to_end(c, "phoenix", ("a", "b"), tmp_path)
     for relay in (b, c):
+        await relay.close_clients()
+
+
+async def test_a_replay_whose_origin_moved_is_served_by_any_node_from_the_nodes_that_wrote_it(
+        server_process, tmp_path, redis_server, h264_clip):
+    # Each node its own disk: the parts stay where they were recorded, and are read over HTTP.
+    _, (a, b, c), show = await three_nodes_live(server_process, tmp_path, redis_server, h264_clip, "nomad")
+    viewer = await c.viewer("nomad", kinds=("video",), decode=False)
+    await viewer.first_frame("video")
+    await part_recorded(c, "nomad", "a")
+    await a.clients[0].drop()  # the host's network changed: it pushes to B now, A stays up
+    await b.publish(show, host_tracks(h264_clip, None))
+    await part_recorded(c, "nomad", "b")
+    await b.clients[0].stop()
+    await wait_state(c, "nomad", ("ready",), timeout=60)
+    # One node put the replay together (any may): it has every file. Another node serves it,
+    # reading what it has not from the node that wrote it.
+    replays = {name: tmp_path / f"data-{name}" / "replays" / "nomad" for name in "abc"}
+    made = [name for name in "abc" if (replays[name] / "show.mp4").is_file()]
+    assert len(made) == 1, made
+    server = next(name for name in "cab" if name != made[0])
+    await replay_plays_end_to_end({"a": a, "b": b, "c": c}[server], "nomad", ("a", "b"), tmp_path)
+    assert {p.name.split("-")[1] for p in replays[made[0]].glob("seg-*")} == {"a", "b"}
+    for name in set("ab") - set(made):  # a part that moved on stays where it was recorded
+        assert {p.name.split("-")[1] for p in replays[name].glob("seg-*")} == {name}
+    if server == "c":
+        assert not replays["c"].exists()  # C recorded nothing and stored nothing to serve it
+    for relay in (a, b, c):
         await relay.close_clients()
 
 

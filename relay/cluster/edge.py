@@ -42,13 +42,14 @@ class EdgeLink:
     if the stream ends. Media stays as the host encoded it."""
 
     def __init__(self, live: LiveShow, origins: OriginRegistry, http: aiohttp.ClientSession, options: PullOptions,
-                 on_idle: Callable[[str], Awaitable[None]]) -> None:
+                 on_idle: Callable[[str], Awaitable[None]], on_pulling: Callable[[str], None]) -> None:
         self.live = live
         self.ready = asyncio.Event()  # a stream from the origin is attached
         self._origins = origins
         self._http = http
         self._options = options
         self._on_idle = on_idle
+        self._on_pulling = on_pulling  # (before the origin's stream is attached)
         self._task = asyncio.ensure_future(self._run())
 
     @property
@@ -112,6 +113,7 @@ class EdgeLink:
         if live.publisher is not None and not live.publisher.upstream:  # the host came here meanwhile
             await session.close()
             return
+        self._on_pulling(live.show_id)
         live.attach_publisher(session)
         self.ready.set()
         log.info("show %s: pulling it from %s (%s)", live.show_id, origin.node, session.codecs,
@@ -127,15 +129,18 @@ class EdgeLinks:
         self._links: dict[str, EdgeLink] = {}
         self._http: aiohttp.ClientSession | None = None
 
-    def ensure(self, live: LiveShow, on_idle: Callable[[str], Awaitable[None]]) -> EdgeLink:
-        """The show's link, started if it is not running."""
+    def ensure(self, live: LiveShow, on_idle: Callable[[str], Awaitable[None]],
+               on_pulling: Callable[[str], None]) -> EdgeLink:
+        """The show's link, started if it is not running. `on_idle` is called when its viewers
+        have been gone for a while; `on_pulling` when a stream from the origin is about to feed
+        the show."""
         link = self._links.get(live.show_id)
         if link is None or link.done or link.live is not live:
             if link is not None:
                 link.cancel()
             if self._http is None:
                 self._http = aiohttp.ClientSession()
-            link = EdgeLink(live, self.origins, self._http, self._options, on_idle)
+            link = EdgeLink(live, self.origins, self._http, self._options, on_idle, on_pulling)
             self._links[live.show_id] = link
         return link
 

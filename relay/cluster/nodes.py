@@ -55,6 +55,14 @@ class NodeDirectory:
         _, node, url = min(candidates)
         return Origin(node, url)
 
+    async def alive(self, node: str) -> bool:
+        """The node beat lately (False if Redis cannot tell)."""
+        try:
+            raw = await self._redis.hget(self._key, node)
+        except (RedisError, OSError):
+            return False
+        return raw is not None and time.time() - json.loads(raw)["at"] <= FRESH_S
+
     async def _beat(self) -> None:
         while True:
             me = self._me()

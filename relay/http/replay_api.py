@@ -13,16 +13,19 @@ from ..commerce.products import ProductShelf
 from ..commerce.tokens import ViewerTokens
 from ..config import Settings
 from ..errors import ApiError
-from ..models import Show, is_slug
+from ..models import LOCAL_ONLY_HEADER, Show, is_slug
 from ..replay.service import ReplayService
 from .openapi import ADMIN, NO_SHOW, Param, Reply, operation
 from .schemas.replay import ReplayInfo
 from .util import Auth
 
+# (In a cluster, a node's part of a replay is part-<tag>.m3u8, init-<tag>-N.mp4, seg-<tag>-N.m4s.)
+_PART = r"(?:[a-z0-9-]{1,80}-p\d{1,6}-)?"
 _FILES = {
     re.compile(r"^index\.m3u8$"): ("application/vnd.apple.mpegurl", "no-cache"),
-    re.compile(r"^init-\d{1,6}\.mp4$"): ("video/mp4", "public, max-age=31536000, immutable"),
-    re.compile(r"^seg-\d{5,9}\.m4s$"): ("video/iso.segment", "public, max-age=31536000, immutable"),
+    re.compile(r"^part-[a-z0-9-]{1,80}-p\d{1,6}\.m3u8$"): ("application/vnd.apple.mpegurl", "no-cache"),
+    re.compile(rf"^init-{_PART}\d{{1,6}}\.mp4$"): ("video/mp4", "public, max-age=31536000, immutable"),
+    re.compile(rf"^seg-{_PART}\d{{5,9}}\.m4s$"): ("video/iso.segment", "public, max-age=31536000, immutable"),
     re.compile(r"^show\.mp4$"): ("video/mp4", "public, max-age=3600"),
 }
 
@@ -103,15 +106,19 @@ class ReplayApi:
         if replay is None:
             raise _not_found()
         self.check_access(request, show)
-        path = replays.folder(show_id) / name
-        if not path.is_file():
+        found = await replays.open_file(show_id, name, replay, local_only=LOCAL_ONLY_HEADER in request.headers)
+        if found is None:
             raise _not_found()
+        if found.elsewhere is not None:  # (in a cluster: the MP4, on the node that made it)
+            raise web.HTTPTemporaryRedirect(found.elsewhere + request.path_qs)
         content_type, cache = kind
         if name == "index.m3u8" and replay.state.value == "recording":
             cache = "no-cache"
         if not show.replay_public:  # a shared cache must never keep what a key or a link unlocked
             cache = cache.replace("public", "private")
-        response = web.FileResponse(path, headers={"Cache-Control": cache})
+        if found.body is not None:
+            return web.Response(body=found.body, content_type=content_type, headers={"Cache-Control": cache})
+        response = web.FileResponse(found.path, headers={"Cache-Control": cache})
         response.content_type = content_type
         return response
 

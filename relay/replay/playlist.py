@@ -67,12 +67,16 @@ class Playlist:
 
     @classmethod
     def read(cls, path: Path) -> "Playlist":
+        return cls.parse(path.read_text())
+
+    @classmethod
+    def parse(cls, text: str) -> "Playlist":
         playlist = cls()
         init = ""
         discontinuity = False
         duration = 0.0
         pdt = 0.0
-        for line in path.read_text().splitlines():
+        for line in text.splitlines():
             if line.startswith("#EXT-X-MAP:URI="):
                 init = line.split("=", 1)[1].strip('"')
             elif line == "#EXT-X-DISCONTINUITY":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +19,16 @@ from .timeline import Timeline
 log = logging.getLogger(__name__)
 
 PLAYLIST = "index.m3u8"
+_NUMBER = re.compile(r"(\d+)\.(?:mp4|m4s)$")
+
+
+def part_playlist(tag: str | None) -> str:
+    """The playlist a recorder writes: the replay's, or in a cluster that of one node's part."""
+    return PLAYLIST if tag is None else f"part-{tag}.m3u8"
+
+
+def _number(name: str) -> int:
+    return int(_NUMBER.search(name).group(1))
 RETRY_S = 10
 HANDOFF_S = 0.05  # frames go to the writer thread this often (their wall clock is that of the hand-off)
 
@@ -30,13 +41,17 @@ class Recorder:
     disk falls behind, the queue drops frames (video up to the next keyframe) with a logged
     error, and viewers are unaffected. Each host session is a run; runs after the first start
     with a discontinuity. With `resume`, the playlist recorded before a server restart, it
-    continues that replay. Made on the event loop.
+    continues that replay. In a cluster, `tag` names one node's part of the replay: its files
+    are `part-<tag>.m3u8`, `init-<tag>-N.mp4` and `seg-<tag>-N.m4s`. Made on the event loop.
     """
 
     def __init__(self, show_id: str, folder: Path, target_s: float, max_queued_frames: int = 900,
-                 resume: Playlist | None = None) -> None:
+                 resume: Playlist | None = None, tag: str | None = None) -> None:
         self.show_id = show_id
         self.folder = folder
+        self.tag = tag
+        self.playlist_name = part_playlist(tag)
+        self._prefix = "" if tag is None else f"{tag}-"
         self.target_s = target_s
         self.timeline = Timeline()
         self.playlist = resume or Playlist()
@@ -48,8 +63,8 @@ class Recorder:
         self._runs = 0
         self._segments = 0
         if resume is not None and resume.segments:  # number on from what is on disk
-            self._runs = 1 + max(int(s.init.removeprefix("init-").removesuffix(".mp4")) for s in resume.segments)
-            self._segments = 1 + max(int(s.uri.removeprefix("seg-").removesuffix(".m4s")) for s in resume.segments)
+            self._runs = 1 + max(_number(s.init) for s in resume.segments)
+            self._segments = 1 + max(_number(s.uri) for s in resume.segments)
             self.timeline.resume(resume.segments[0].program_date_time, resume.duration)
         self._codecs: dict[str, str] | None = None  # of the current host session
         self._retry_at = 0.0
@@ -120,14 +135,14 @@ class Recorder:
         self._codecs = codecs
         if codecs.get("video") not in (None, "H264"):
             log.warning("show %s: %s video is not recorded (fMP4 HLS carries H.264)", self.show_id, codecs["video"])
-        init = f"init-{self._runs}.mp4"
+        init = f"init-{self._prefix}{self._runs}.mp4"
         self._runs += 1
         discontinuity = bool(self.playlist.segments)
         self._writer = SegmentWriter(self.folder, init, self._next_segment_name, codecs, self.target_s,
                                      lambda seg: self._segment_closed(seg, init, discontinuity))
 
     def _next_segment_name(self) -> str:
-        name = f"seg-{self._segments:05d}.m4s"
+        name = f"seg-{self._prefix}{self._segments:05d}.m4s"
         self._segments += 1
         return name
 
@@ -172,7 +187,7 @@ class Recorder:
 
     def _save_playlist(self) -> None:
         try:
-            self.playlist.write(self.folder / PLAYLIST)
+            self.playlist.write(self.folder / self.playlist_name)
         except OSError as exc:
             self._fail(f"writing the playlist failed: {exc}")
 
