@@ -33,6 +33,7 @@ from .http.pages import Pages
 from .http.replay_api import ReplayApi
 from .http.shows_api import ShowsApi
 from .http.util import Auth
+from .http.session_routes import SessionRoutes
 from .http.whep import WhepApi
 from .http.whip import WhipApi
 from .catalog import ShowCatalog
@@ -232,8 +233,9 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(CommerceApi(catalog, shelf, commerce, events, tokens, settings, auth,
                                RateLimiter("viewer registration", limits.viewer_registrations_per_s,
                                            behind_proxy)).routes())
-    app.add_routes(WhepApi(live, auth, RateLimiter("WHEP", limits.whep_per_s, behind_proxy)).routes())
-    app.add_routes(WhipApi(live, auth, RateLimiter("WHIP", limits.whip_per_s, behind_proxy)).routes())
+    sessions = None if nodes is None else SessionRoutes(nodes, lambda: Origin(settings.node_id, settings.node_url))
+    app.add_routes(WhepApi(live, auth, RateLimiter("WHEP", limits.whep_per_s, behind_proxy), sessions).routes())
+    app.add_routes(WhipApi(live, auth, RateLimiter("WHIP", limits.whip_per_s, behind_proxy), sessions).routes())
     if edges is not None:
         app.add_routes(ClusterApi(live, auth, RateLimiter("pull", 0, behind_proxy)).routes())
     app.add_routes(ShowsApi(catalog, live, removal, replays, commerce, auth, settings).routes())
@@ -279,6 +281,8 @@ def build_app(settings: Settings) -> web.Application:
         await replays.shutdown()
         if replay_parts is not None:
             await replay_parts.close()
+        if sessions is not None:
+            await sessions.close()
         await commerce.close()
         await webhooks.close()
         await replay_store.close()

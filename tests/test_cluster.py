@@ -217,6 +217,15 @@ async def test_a_full_node_redirects_the_offer_to_another_node(server_process, t
     redirected = await a.viewer("busy", kinds=("video",), decode=True)  # the client follows it to B
     await redirected.first_frame("video")
     assert (await health(servers["b"].base))["viewers"] == 1
+
+    # The session's URL names B: a DELETE that reaches A (a load balancer's choice) is passed to B.
+    path = redirected.location.removeprefix(servers["b"].base)
+    async with aiohttp.ClientSession() as http:
+        async with http.delete(a.base + path) as res:
+            assert res.status == 200, await res.text()
+        assert (await health(servers["b"].base))["viewers"] == 0
+        async with http.delete(a.base + path) as res:  # gone: B's answer, through A
+            assert res.status == 404 and (await res.json())["error"] == "session_not_found"
     for relay in (a, b):
         await relay.close_clients()
 

@@ -207,6 +207,19 @@ async def test_viewers_through_the_one_port_land_on_both_workers_and_all_play(tm
             assert viewer.tracks["video"].width == 640
         assert sum([(await health(url))["viewers"] for url in workers]) == len(viewers)
         assert sum([(await health(url))["live_shows"] for url in workers]) == 1  # the host is on one
+
+        # Session URLs name their worker: a DELETE through the shared port reaches the right one.
+        async with aiohttp.ClientSession() as http:
+            for viewer in viewers:
+                assert viewer.location.startswith(f"{server.base}/whep/cores/hq/")
+                async with http.delete(viewer.location) as res:
+                    assert res.status == 200, await res.text()
+            for url in workers:
+                assert (await health(url))["viewers"] == 0
+            host = relay.clients[0]
+            async with http.delete(host.location, headers=host.auth) as res:
+                assert res.status == 200, await res.text()
+        assert (await relay.show("cores"))["state"] == "ended"  # the host's DELETE ended the show
     finally:
         await relay.close_clients()
         server.stop()

@@ -4,6 +4,7 @@ every second, so that a full node can send a viewer to the least loaded one."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -18,6 +19,11 @@ log = logging.getLogger(__name__)
 
 BEAT_S = 1.0
 FRESH_S = 3.0  # an entry older than this is a node that stopped
+
+
+def route_key(node: str) -> str:
+    """A short, URL-safe name of a node, for the session URLs it hands out."""
+    return hashlib.sha1(node.encode()).hexdigest()[:10]
 
 
 class NodeDirectory:
@@ -54,6 +60,19 @@ class NodeDirectory:
             return None
         _, node, url = min(candidates)
         return Origin(node, url)
+
+    async def find(self, key: str) -> Origin | None:
+        """The node whose route key is `key` (None if no node that beat lately has it)."""
+        try:
+            entries = await self._redis.hgetall(self._key)
+        except (RedisError, OSError) as exc:
+            log.warning("node directory unreachable: %s", exc)
+            return None
+        for node, raw in entries.items():
+            entry = json.loads(raw)
+            if route_key(node) == key and time.time() - entry["at"] <= FRESH_S:
+                return Origin(node, entry["url"])
+        return None
 
     async def alive(self, node: str) -> bool:
         """The node beat lately (False if Redis cannot tell)."""

@@ -29,7 +29,7 @@ async def negotiate(pc: RTCPeerConnection, url: str, headers: dict[str, str] | N
             if res.status != 201:
                 await pc.close()
                 raise SignalingError(res.status, body)
-            location = urljoin(url, res.headers["Location"])
+            location = urljoin(str(res.url), res.headers["Location"])  # (after any redirect)
     await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
     return location
 

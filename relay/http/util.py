@@ -16,6 +16,7 @@ from ..catalog import ShowCatalog
 from ..live_registry import LiveRegistry
 from .limits import RateLimiter, client_address
 from .openapi import RATE, Reply, merge_errors, operation
+from .session_routes import SessionRoutes
 
 SDP_TYPE = "application/sdp"
 # What WHIP and WHEP answer alike (RFC 9725).
@@ -160,11 +161,23 @@ async def _not_patchable(request: web.Request) -> web.Response:
 
 @dataclass(eq=False)
 class SessionEndpoint:
-    """What a WHIP or WHEP front-end is given: the live registry, who is asking, and its rate limit."""
+    """What a WHIP or WHEP front-end is given: the live registry, who is asking, its rate limit
+    and, in a cluster, how session URLs name the node that holds the session."""
 
     live: LiveRegistry
     auth: Auth
     limiter: RateLimiter
+    sessions: SessionRoutes | None = None
+
+    def location(self, base: str, session_id: str) -> str:
+        """The URL of a session made here."""
+        return f"{base}/{session_id if self.sessions is None else self.sessions.session_ref(session_id)}"
+
+    async def session_id(self, request: web.Request) -> str | web.Response:
+        """The id of the session a request is about, or (in a cluster, when another node holds
+        it) that node's answer to the request."""
+        ref = request.match_info["session"]
+        return ref if self.sessions is None else await self.sessions.local_id(request, ref)
 
 
 def session_routes(offer_paths: list[str], session_path: str) -> list[web.AbstractRouteDef]:

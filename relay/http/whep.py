@@ -43,11 +43,13 @@ class WhepApi(SessionEndpoint):
         except NodeFull as full:  # the same offer, to a node with room
             full.headers["Location"] = full.base_url + request.path_qs
             raise
-        return sdp_answer(answer, f"/whep/{show.id}/{room}/{viewer.id}")
+        return sdp_answer(answer, self.location(f"/whep/{show.id}/{room}", viewer.id))
 
     @operation("Stop playing (WHEP)", tag="media", replies=SESSION_GONE,
                errors=({404: "session_not_found"},))
     async def stop(self, request: web.Request) -> web.Response:
-        m = request.match_info
-        await self.live.stop_watching(m["show"], m["room"], m["session"])
+        session = await self.session_id(request)
+        if isinstance(session, web.Response):  # another node holds it
+            return session
+        await self.live.stop_watching(request.match_info["show"], request.match_info["room"], session)
         return web.Response(status=200)

@@ -29,11 +29,14 @@ class WhipApi(SessionEndpoint):
         show = await self.live.admit_host(request.match_info["show"], key)
         offer = parse_offer(await read_sdp(request), sending=True)
         session, answer = await self.live.publish(show, key, offer, self.auth.client(request))
-        return sdp_answer(answer, f"/whip/{show.id}/{session.id}")
+        return sdp_answer(answer, self.location(f"/whip/{show.id}", session.id))
 
     @operation("Stop publishing (WHIP): ends the show", tag="media", auth=(STREAM_KEY,), replies=SESSION_GONE,
                errors=(NO_SHOW, {401: "unauthorized: the stream key (the one it published with works too)",
                                  404: "session_not_found"}))
     async def unpublish(self, request: web.Request) -> web.Response:
-        await self.live.unpublish(request.match_info["show"], request.match_info["session"], bearer_token(request))
+        session = await self.session_id(request)
+        if isinstance(session, web.Response):  # another node holds it
+            return session
+        await self.live.unpublish(request.match_info["show"], session, bearer_token(request))
         return web.Response(status=200)
