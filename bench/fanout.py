@@ -348,7 +348,9 @@ def origin_per_edge(c: dict[str, Any]) -> dict[str, Any] | None:
     on0, on1, edge_idle = cascade["all_on_n0"], cascade["all_on_n1"], cascade["edge_idle"]["node_cpu_pct"]
     viewer_ms = (on0["node_cpu_pct"]["n0"] - (idle["n0"] + again["n0"]) / 2) * 10 / max(1, on0["connected"])
     upstream_ms = (on1["node_cpu_pct"]["n0"] - again["n0"]) * 10  # % of a core x 10: ms per second
+    windows = (c["idle"], on0, cascade["host_alone_after"], on1, cascade["edge_idle"])
     return {
+        "round": c.get("round"), "disturbed": any(w.get("disturbed") for w in windows),
         "viewers": on0["connected"], "viewer_ms_at_origin": viewer_ms,
         "origin_baseline_drift_ms": (again["n0"] - idle["n0"]) * 10,
         "upstream_ms_with_viewers_on_edge": upstream_ms,
@@ -411,10 +413,18 @@ def summarize_cluster(configs: dict[str, list[dict[str, Any]]]) -> dict[str, Any
                          "rounds): " + ", ".join(f"N={n} {'MET' if ok else 'NOT MET'}" for n, ok in met.items()))
 
     for name, rounds in configs.items():
-        found = [o for o in map(origin_per_edge, rounds) if o is not None]
+        every = [o for o in map(origin_per_edge, rounds) if o is not None]
+        found = [o for o in every if not o["disturbed"]] or every  # undisturbed rounds, if any
         if not found:
             continue
-        summary.setdefault(name, {})["origin_per_edge"] = found
+        summary.setdefault(name, {})["origin_per_edge"] = every
+        if len(found) < len(every):
+            lines.append(f"{name}: the cascade's figures below leave out round(s) "
+                         + ", ".join(str(o["round"]) for o in every if o["disturbed"])
+                         + " (a window disturbed by other processes or the hypervisor's steal)")
+        elif found[0]["disturbed"]:
+            lines.append(f"{name}: every round's cascade windows were disturbed (other processes or steal): "
+                         "read the figures below with care")
         figure = lambda key: spread([o[key] for o in found])  # noqa: E731
         lines.append(f"{name}: n0 (the origin) with the host alone: {figure('origin_baseline_drift_ms')} ms per "
                      "second more after its viewers left than at the start (the baseline's drift)")
