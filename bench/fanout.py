@@ -40,9 +40,11 @@ A cluster (issue 14)
     of the run ([cluster] edge_linger_s set long), so the steps measure the steady state.
 
     With 2 nodes or more, before the ladder: the host alone (no edge yet), `--cascade-viewers`
-    N viewers all on n0, then N all on n1 (n0 then serves one upstream: its CPU above the host
-    alone is what one edge costs the origin, set against what each viewer costs it), then the
-    edge pulling with nobody watching. The summary compares CPU per viewer-second with 2 nodes
+    N viewers all on n0, the host alone again, then N all on n1 (n0 then serves one upstream:
+    its CPU above the second host-alone window is what one edge costs the origin, set against
+    what each viewer costs it), then the edge pulling with nobody watching. (The origin's
+    host-alone CPU drifts by a few ms per second over a run: the upstream is read against the
+    window just before the edge, not the one at the start.) The summary compares CPU per viewer-second with 2 nodes
     against 1 node (both with Redis) at each N of the ladder, round by round and in real-time
     steps only (target: the cascade adds <= 10 %), puts the origin's cost per edge against one
     viewer's, and estimates from which N the target holds: an edge's fixed cost (its ingest and
@@ -239,11 +241,15 @@ def run_cluster(bench: FanoutBench, kind: str, k: int, ladder: list[int], outcom
         n = bench.args.cascade_viewers
         if kind == "nodes" and k >= 2 and n > 0:
             first, second = target.nodes[:2]
+            cascade = outcome["cascade"]
             print(HEADER, flush=True)
-            for node in (first, second):
-                step = bench.run_step(target, n, target.urls_on([node]), placement=f"all on {node.name}")
-                outcome["cascade"][f"all_on_{node.name}"] = asdict(step)
-            outcome["cascade"]["edge_idle"] = asdict(bench.measure_idle(
+            cascade["all_on_n0"] = asdict(bench.run_step(target, n, target.urls_on([first]), placement="all on n0"))
+            # The host alone again, back to back with the edge's windows: the upstream's cost is
+            # read against this one (after viewers came and went, as the edge's are).
+            cascade["host_alone_after"] = asdict(bench.measure_idle(target, "host only again, no edge yet"))
+            print(HEADER, flush=True)
+            cascade["all_on_n1"] = asdict(bench.run_step(target, n, target.urls_on([second]), placement="all on n1"))
+            cascade["edge_idle"] = asdict(bench.measure_idle(
                 target, f"{second.name} pulling the show from {first.name}, nobody watching"))
         print(HEADER, flush=True)
         for n in ladder:
@@ -335,20 +341,24 @@ def origin_per_edge(c: dict[str, Any]) -> dict[str, Any] | None:
     """One round of K >= 2 nodes: what n0 (the origin) spends on its upstream to n1 against what
     each of its own viewers costs it, and what n1 (the edge) spends, in CPU ms per second."""
     cascade = c.get("cascade") or {}
-    if not {"all_on_n0", "all_on_n1", "edge_idle"} <= set(cascade) or not c.get("idle"):
+    if not {"all_on_n0", "host_alone_after", "all_on_n1", "edge_idle"} <= set(cascade) or not c.get("idle"):
         return None
-    idle = c["idle"]["node_cpu_pct"]
+    idle = c["idle"]["node_cpu_pct"]  # the host alone at the start, n0's baseline for its viewers
+    again = cascade["host_alone_after"]["node_cpu_pct"]  # and just before the edge: its baseline for the upstream
     on0, on1, edge_idle = cascade["all_on_n0"], cascade["all_on_n1"], cascade["edge_idle"]["node_cpu_pct"]
-    viewer_ms = (on0["node_cpu_pct"]["n0"] - idle["n0"]) * 10 / max(1, on0["connected"])  # % of a core x 10
-    upstream_ms = (on1["node_cpu_pct"]["n0"] - idle["n0"]) * 10
+    viewer_ms = (on0["node_cpu_pct"]["n0"] - (idle["n0"] + again["n0"]) / 2) * 10 / max(1, on0["connected"])
+    upstream_ms = (on1["node_cpu_pct"]["n0"] - again["n0"]) * 10  # % of a core x 10: ms per second
+    windows = (c["idle"], on0, cascade["host_alone_after"], on1, cascade["edge_idle"])
     return {
+        "round": c.get("round"), "disturbed": any(w.get("disturbed") for w in windows),
         "viewers": on0["connected"], "viewer_ms_at_origin": viewer_ms,
+        "origin_baseline_drift_ms": (again["n0"] - idle["n0"]) * 10,
         "upstream_ms_with_viewers_on_edge": upstream_ms,
-        "upstream_ms_nobody_watching": (edge_idle["n0"] - idle["n0"]) * 10,
+        "upstream_ms_nobody_watching": (edge_idle["n0"] - again["n0"]) * 10,
         "upstream_in_viewers": upstream_ms / viewer_ms if viewer_ms > 0 else math.inf,
         "edge_viewer_ms": (on1["node_cpu_pct"]["n1"] - edge_idle["n1"]) * 10 / max(1, on1["connected"]),
-        "edge_ingest_ms": (edge_idle["n1"] - idle["n1"]) * 10,
-        "origin_ingest_ms": (idle["n0"] - idle["n1"]) * 10,
+        "edge_ingest_ms": (edge_idle["n1"] - again["n1"]) * 10,
+        "origin_ingest_ms": (again["n0"] - again["n1"]) * 10,
     }
 
 
@@ -403,11 +413,21 @@ def summarize_cluster(configs: dict[str, list[dict[str, Any]]]) -> dict[str, Any
                          "rounds): " + ", ".join(f"N={n} {'MET' if ok else 'NOT MET'}" for n, ok in met.items()))
 
     for name, rounds in configs.items():
-        found = [o for o in map(origin_per_edge, rounds) if o is not None]
+        every = [o for o in map(origin_per_edge, rounds) if o is not None]
+        found = [o for o in every if not o["disturbed"]] or every  # undisturbed rounds, if any
         if not found:
             continue
-        summary.setdefault(name, {})["origin_per_edge"] = found
+        summary.setdefault(name, {})["origin_per_edge"] = every
+        if len(found) < len(every):
+            lines.append(f"{name}: the cascade's figures below leave out round(s) "
+                         + ", ".join(str(o["round"]) for o in every if o["disturbed"])
+                         + " (a window disturbed by other processes or the hypervisor's steal)")
+        elif found[0]["disturbed"]:
+            lines.append(f"{name}: every round's cascade windows were disturbed (other processes or steal): "
+                         "read the figures below with care")
         figure = lambda key: spread([o[key] for o in found])  # noqa: E731
+        lines.append(f"{name}: n0 (the origin) with the host alone: {figure('origin_baseline_drift_ms')} ms per "
+                     "second more after its viewers left than at the start (the baseline's drift)")
         lines.append(f"{name}: at n0 (the origin) each of {found[0]['viewers']} viewers costs "
                      f"{figure('viewer_ms_at_origin')} ms per second; its one upstream to n1 costs it "
                      f"{figure('upstream_ms_with_viewers_on_edge')} with {found[0]['viewers']} viewers on n1, "
@@ -431,8 +451,9 @@ def summarize_cluster(configs: dict[str, list[dict[str, Any]]]) -> dict[str, Any
             summary[name]["cascade_fixed_ms"] = fixed
             summary[name]["cascade_target_from_viewers"] = from_n
             lines.append(f"{name}: an edge costs the cluster a fixed {fixed:.1f} ms per second (its ingest + the "
-                         f"origin's upstream); one node: host {ingest:.1f} + {viewer:.2f} per viewer (fit) -> the "
-                         f"cascade adds <= {TARGET_CASCADE_EXTRA:.0%} from about N = {from_n:.0f} viewers (estimate)")
+                         f"origin's upstream); one node: host {ingest:.1f} + {viewer:.2f} per viewer (fit) -> "
+                         + (f"the cascade adds <= {TARGET_CASCADE_EXTRA:.0%} from about N = {from_n:.0f} viewers "
+                            "(estimate)" if viewer > 0 else "no estimate (the per-viewer slope is not positive)"))
     summary["lines"] = lines
     return summary
 

@@ -789,6 +789,7 @@ class IdleResult:
     other_cpu_pct: float = 0.0  # the machine in the window, as in StepResult
     cpu_busy_pct: dict[str, float] = field(default_factory=dict)
     stolen_pct: float = 0.0
+    disturbed: bool = False
 
 
 HEADER = ("    N  conn  srvCPU%  ms/viewer-s  fps min/med  aud fps   kbps  TTFF p50/p95 s  drops  ingest"
@@ -918,7 +919,8 @@ class FanoutBench(LoadBench):
         machine = MachineWindow.between(a.machine_cpu, b.machine_cpu, wall,
                                         server_pct + 100 * (b.host_cpu - a.host_cpu) / wall)
         result = IdleResult(target.name, wall, server_pct, (b.figures["frames_in"] - a.figures["frames_in"]) / wall,
-                            node_cpu_pct(a, b), machine.other_cpu_pct, machine.cpu_busy_pct, machine.stolen_pct)
+                            node_cpu_pct(a, b), machine.other_cpu_pct, machine.cpu_busy_pct, machine.stolen_pct,
+                            machine.disturbed)
         print(f"{target.name}: {what}: server CPU {result.server_cpu_pct:.1f}% of a core, "
               f"ingest {result.ingest_fps:.1f} fps", flush=True)
         for note in machine.notes():
