@@ -10,6 +10,7 @@ aiortc upgrade that moves one fails loudly. Verified against aiortc 1.16 and aio
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 import sys
 import threading
 from typing import Any, Awaitable, Callable, Iterable
@@ -21,10 +22,17 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
-# Name-mangled private attributes of RTCRtpReceiver.
+# Name-mangled private attributes of RTCRtpReceiver and RTCRtpSender.
 _RECEIVER_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
 _RECEIVER_RTX_SSRC = "_RTCRtpReceiver__rtx_ssrc"
+_SENDER_MID = "_RTCRtpSender__mid"
+_SENDER_EXTENSIONS = "_RTCRtpSender__rtp_header_extensions_map"
+_SENDER_RTX_PT = "_RTCRtpSender__rtx_payload_type"
+# What the sender's RTCP task puts in its sender reports.
+_SENDER_REPORT = ("_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
+                  "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count")
 
 FrameSink = Callable[[RTCRtpCodecParameters, JitterFrame], None]
 
@@ -84,6 +92,70 @@ def feed_sender(
 
     sender._next_encoded_frame = _next_encoded_frame  # type: ignore[method-assign]
     sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+
+
+@dataclass
+class SenderWire:
+    """What a sender needs to put its RTP on the wire itself, once its connection is up: the
+    RTP header it sends (12 bytes and its header extensions, sequence number and timestamp to
+    fill in) and the RTX one if RTX was negotiated, the SRTP protection of its DTLS transport,
+    the UDP transport and address of the nominated ICE pair, and where aiortc's RTCP task reads
+    the figures of its sender reports."""
+
+    header: bytes
+    rtx_header: bytes | None
+    protect: Callable[[bytes], bytes]
+    udp: asyncio.DatagramTransport
+    address: tuple[str, int]
+    report: dict[str, Any]  # the sender's __dict__: set_report() writes the SR figures there
+
+    def set_report(self, ntp: int, rtp_timestamp: int, packets: int, octets: int) -> None:
+        report = self.report
+        report[_SENDER_REPORT[0]] = ntp
+        report[_SENDER_REPORT[1]] = rtp_timestamp
+        report[_SENDER_REPORT[2]] = packets & 0xFFFFFFFF
+        report[_SENDER_REPORT[3]] = octets & 0xFFFFFFFF
+
+
+def take_over_sender(sender: RTCRtpSender, retransmit: Callable[[int], None],
+                     on_keyframe_request: Callable[[], None],
+                     on_started: Callable[[RTCRtpCodecParameters], None]) -> None:
+    """The relay sends `sender`'s RTP itself: aiortc's RTP loop only says when the sender started
+    (`on_started` with its codec: its connection is up and its header extensions are known)
+    and then waits for ever; its RTCP loop goes on (sender reports, the viewer's feedback). A
+    NACKed sequence number goes to `retransmit`, a PLI/FIR to `on_keyframe_request`."""
+
+    async def _next_encoded_frame(codec: RTCRtpCodecParameters) -> Any:
+        on_started(codec)
+        await asyncio.get_running_loop().create_future()  # cancelled when the sender stops
+
+    async def _retransmit(sequence_number: int) -> None:
+        retransmit(sequence_number)
+
+    sender._next_encoded_frame = _next_encoded_frame  # type: ignore[method-assign]
+    sender._retransmit = _retransmit  # type: ignore[method-assign]
+    sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+
+
+def sender_wire(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> SenderWire | None:
+    """How to send `sender`'s RTP (see SenderWire); None if its connection is not up."""
+    dtls = sender.transport
+    srtp = getattr(dtls, "_tx_srtp", None)
+    connection = dtls.transport._connection
+    pair = connection._nominated.get(1)
+    if dtls.state != "connected" or srtp is None or pair is None or pair.protocol.transport is None:
+        return None
+    extensions = getattr(sender, _SENDER_EXTENSIONS)
+
+    def header(payload_type: int, ssrc: int) -> bytes:
+        packet = RtpPacket(payload_type=payload_type, ssrc=ssrc)
+        packet.extensions.mid = getattr(sender, _SENDER_MID)
+        return packet.serialize(extensions)
+
+    rtx_pt = getattr(sender, _SENDER_RTX_PT)
+    return SenderWire(header(codec.payloadType, sender._ssrc),
+                      header(rtx_pt, sender._rtx_ssrc) if rtx_pt is not None else None,
+                      srtp.protect, pair.protocol.transport, pair.remote_addr, sender.__dict__)
 
 
 def split_h264(annexb: bytes) -> list[bytes]:
@@ -202,6 +274,25 @@ def check() -> list[str]:
     worker = getattr(rtcrtpreceiver, "decoder_worker", None)
     if worker is None or "get" not in worker.__code__.co_names:
         missing.append("rtcrtpreceiver.decoder_worker reading input_q.get()")
+    sender_init = RTCRtpSender.__init__.__code__.co_names
+    for name in (_SENDER_MID, _SENDER_EXTENSIONS, _SENDER_RTX_PT, *_SENDER_REPORT, "_ssrc", "_rtx_ssrc"):
+        if name not in sender_init:
+            missing.append(f"RTCRtpSender.{name}")
+    if not asyncio.iscoroutinefunction(getattr(RTCRtpSender, "_retransmit", None)):
+        missing.append("RTCRtpSender._retransmit")
+    handle = getattr(RTCRtpSender, "_handle_rtcp_packet", None)
+    if handle is None or "_retransmit" not in handle.__code__.co_names:
+        missing.append("RTCRtpSender._handle_rtcp_packet calling _retransmit")
+    run_rtcp = getattr(RTCRtpSender, "_run_rtcp", None)
+    if run_rtcp is None or not set(_SENDER_REPORT) <= set(run_rtcp.__code__.co_names):
+        missing.append("RTCRtpSender._run_rtcp reading the sender report figures")
+    if "_tx_srtp" not in RTCDtlsTransport.__init__.__code__.co_names:
+        missing.append("RTCDtlsTransport._tx_srtp")
+    if "_nominated" not in aioice.ice.Connection.__init__.__code__.co_names:
+        missing.append("aioice.ice.Connection._nominated")
+    if ("protocol" not in aioice.ice.CandidatePair.__init__.__code__.co_names
+            or not isinstance(getattr(aioice.ice.CandidatePair, "remote_addr", None), property)):
+        missing.append("aioice.ice.CandidatePair.protocol / remote_addr")
     run_rtp = getattr(RTCRtpSender, "_run_rtp", None)
     if run_rtp is None or "_next_encoded_frame" not in run_rtp.__code__.co_names:
         missing.append("RTCRtpSender._run_rtp calling _next_encoded_frame")

@@ -138,8 +138,8 @@ class LiveShow:
 
     def add_viewer(self, viewer: ViewerSession) -> None:
         self.viewers[viewer.id] = viewer
-        for kind, queue in viewer.queues.items():
-            self.forwarders[kind].add_reader(queue)
+        for kind, sender in viewer.senders.items():
+            self.forwarders[kind].add_reader(sender)
         if viewer.room == EDGE_ROOM:  # another node's pull: its viewers count there
             return
         room = self.figures.room(viewer.room)
@@ -150,8 +150,8 @@ class LiveShow:
     def remove_viewer(self, viewer: ViewerSession) -> bool:
         if self.viewers.pop(viewer.id, None) is None:
             return False
-        for kind, queue in viewer.queues.items():
-            self.forwarders[kind].remove_reader(queue)
+        for kind, sender in viewer.senders.items():
+            self.forwarders[kind].remove_reader(sender)
         if viewer.room != EDGE_ROOM:
             self.figures.room(viewer.room).viewers -= 1
         asyncio.ensure_future(viewer.close())

@@ -54,6 +54,7 @@ class PendingSessions:
         self._counts.release(address)
 
 
+SENDING_WAIT_S = 5.0  # a connected viewer's tracks start sending within this
 EDGE_WAIT_S = 3.0  # a viewer on an edge waits this long at most for the pull to start
 StateListener = Callable[[str, str, dict], None]  # (show, event type, data): viewers hear it
 WebhookListener = Callable[[str, dict], None]  # (event type, data): the brand's systems hear it
@@ -334,7 +335,7 @@ class LiveRegistry:
                 except TimeoutError:
                     pass
         self.pending.open(client)
-        viewer = ViewerSession(show_id, room, self.settings.media.viewer_queue_frames, live.remove_viewer,
+        viewer = ViewerSession(show_id, room, self.settings.media.viewer_backlog_bytes, live.remove_viewer,
                                self._on_viewer_channel)
         live.joining[viewer.id] = viewer  # joins in progress hold their place: a burst cannot overshoot
         try:
@@ -354,8 +355,18 @@ class LiveRegistry:
 
     def _viewer_connected(self, live: LiveShow, viewer: ViewerSession, client: str) -> None:
         self.pending.close(client)
-        if live.joining.pop(viewer.id, None) is None or viewer.closed or self.running.get(live.show_id) is not live:
-            asyncio.ensure_future(viewer.close())
+        asyncio.ensure_future(self._viewer_sending(live, viewer))
+
+    async def _viewer_sending(self, live: LiveShow, viewer: ViewerSession) -> None:
+        """The viewer joins the show's readers once its tracks send (aiortc starts its senders
+        right after DTLS)."""
+        try:
+            await asyncio.wait_for(viewer.sending.wait(), SENDING_WAIT_S)
+        except TimeoutError:
+            log.warning("show %s: viewer %s connected but its tracks did not start", live.show_id, viewer.id)
+        if (live.joining.pop(viewer.id, None) is None or viewer.closed or not viewer.sending.is_set()
+                or self.running.get(live.show_id) is not live):
+            await viewer.close()
             return
         live.add_viewer(viewer)
         self._unsaved.add(live.show_id)

@@ -1,7 +1,9 @@
-"""A viewer's WHEP session: a peer connection whose senders send the show's shared frames."""
+"""A viewer's WHEP session: a peer connection whose tracks send the show's shared frames, put on
+the wire by the relay (aiortc does the signalling, ICE, DTLS and RTCP)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -13,7 +15,7 @@ from aiortc.mediastreams import MediaStreamError
 from .. import aiortc_hooks
 from ..webrtc import Offer, answer_offer, codec_preferences, new_peer_connection, on_connection_end
 from ..metrics import JOIN_SECONDS
-from .frame_queue import FrameQueue
+from .rtp_sender import RtpSender
 
 log = logging.getLogger(__name__)
 
@@ -25,24 +27,25 @@ class _SharedTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
 
-    async def recv(self):  # never called: the sender reads its FrameQueue
+    async def recv(self):  # never called: the relay sends the track's RTP itself
         raise MediaStreamError
 
 
 class ViewerSession:
     """One WHEP session in one room of a show."""
 
-    def __init__(self, show_id: str, room: str, queue_frames: int, on_gone: Callable[["ViewerSession"], None],
+    def __init__(self, show_id: str, room: str, backlog_bytes: int, on_gone: Callable[["ViewerSession"], None],
                  on_channel: Callable[["ViewerSession", object], None] | None = None) -> None:
         self.id = secrets.token_urlsafe(16)
         self.show_id = show_id
         self.room = room
         self.pc = new_peer_connection()
-        self.queues: dict[str, FrameQueue] = {}
+        self.senders: dict[str, RtpSender] = {}
+        self.sending = asyncio.Event()  # every track sends (its connection is up)
         self.codecs: dict[str, str] = {}
         self.started_at = time.time()
         self.closed = False
-        self._queue_frames = queue_frames
+        self._backlog_bytes = backlog_bytes
         self._on_gone = on_gone
         self._on_channel = on_channel
 
@@ -50,12 +53,13 @@ class ViewerSession:
         for media in offer.media:
             transceiver = self.pc.addTransceiver(_SharedTrack(media.kind), direction="sendonly")
             transceiver.setCodecPreferences(codec_preferences(media.kind, codecs[media.kind]))
-            queue = FrameQueue(self._queue_frames, video=media.kind == "video")
-            queue.on_drop = on_keyframe_request
+            sender = RtpSender(media.kind, self._backlog_bytes)
+            sender.on_drop = on_keyframe_request
             if media.kind == "video":
-                queue.on_first = self._joined
-            aiortc_hooks.feed_sender(transceiver.sender, queue.get, on_keyframe_request)
-            self.queues[media.kind] = queue
+                sender.on_first = self._joined
+            aiortc_hooks.take_over_sender(transceiver.sender, sender.retransmit, on_keyframe_request,
+                                          lambda codec, t=transceiver, s=sender: self._started(t, s, codec))
+            self.senders[media.kind] = sender
         sends = "; ".join(f"{k} {'/'.join(v)}" for k, v in codecs.items() if k in offer.kinds())
         if self._on_channel is not None:
             # A viewer that opened a data channel gets the show's events on it.
@@ -64,12 +68,21 @@ class ViewerSession:
         on_connection_end(self.pc, lambda: self.closed or self._on_gone(self))
         return answer
 
+    def _started(self, transceiver, sender: RtpSender, codec) -> None:
+        """aiortc started the track's sender (after DTLS): the relay sends from now on."""
+        wire = aiortc_hooks.sender_wire(transceiver.sender, codec)
+        if wire is None:  # (its connection went meanwhile)
+            return
+        sender.attach(wire)
+        if all(s.attached for s in self.senders.values()):
+            self.sending.set()
+
     def _joined(self) -> None:
         JOIN_SECONDS.observe(time.time() - self.started_at)
 
     @property
     def dropped(self) -> int:
-        return sum(q.dropped for q in self.queues.values())
+        return sum(s.dropped for s in self.senders.values())
 
     def describe(self) -> dict:
         return {
@@ -83,6 +96,6 @@ class ViewerSession:
 
     async def close(self) -> None:
         self.closed = True
-        for queue in self.queues.values():
-            queue.close()
+        for sender in self.senders.values():
+            sender.close()
         await self.pc.close()
