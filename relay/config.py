@@ -52,7 +52,7 @@ class IceSettings:
 class MediaSettings:
     grace_period_s: float = 30.0
     keyframe_request_interval_s: float = 1.0
-    viewer_backlog_bytes: int = 512 * 1024
+    udp_gso: bool = True
     gop_cache_max_frames: int = 600
     video_codecs: list[str] = field(default_factory=lambda: ["H264", "VP8"])
     publisher_timeout_s: float = 10.0
@@ -146,7 +146,7 @@ class Settings:
 # Settings that must be more than zero (zero elsewhere means "off" or "no limit").
 POSITIVE = {"ice.consent_timeout_s", "ice.connect_timeout_s", "media.publisher_timeout_s",
             "media.figures_save_interval_s", "cluster.origin_ttl_s",
-            "media.viewer_backlog_bytes", "media.gop_cache_max_frames", "replay.segment_target_s",
+            "media.gop_cache_max_frames", "replay.segment_target_s",
             "replay.retention_check_interval_s", "replay.max_queued_frames", "server.max_body_bytes",
             "server.shutdown_timeout_s", "server.read_timeout_s", "server.idle_timeout_s", "webhooks.timeout_s", "limits.idempotency_retention_s", "webhooks.max_queue", "webhooks.max_attempts"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")

@@ -335,7 +335,7 @@ class LiveRegistry:
                 except TimeoutError:
                     pass
         self.pending.open(client)
-        viewer = ViewerSession(show_id, room, self.settings.media.viewer_backlog_bytes, live.remove_viewer,
+        viewer = ViewerSession(show_id, room, self.settings.media.udp_gso, live.remove_viewer,
                                self._on_viewer_channel)
         live.joining[viewer.id] = viewer  # joins in progress hold their place: a burst cannot overshoot
         try:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from ..media import CLOCK_RATES, RelayFrame
 from .meter import METER
 from .packetizer import Packetizer
-from .frame_queue import FrameQueue
+
+log = logging.getLogger(__name__)
+
+
+class FrameReader(Protocol):
+    """What reads a track: a viewer's `RtpSender`, or the recorder's `FrameQueue`."""
+
+    capacity: int  # (raised by the size of the fast-join burst)
+
+    def put(self, frame: RelayFrame) -> None: ...
+    def restart(self) -> None: ...
 
 
 class Forwarder:
@@ -27,7 +38,7 @@ class Forwarder:
         self._request_keyframe = request_keyframe
         self._gop_max = gop_cache_max_frames
         self._gop: list[RelayFrame] = []
-        self._readers: set[FrameQueue] = set()
+        self._readers: set[FrameReader] = set()
         self._packetizer: Packetizer | None = None
         self._clock_rate = 90000
         self._offset = 0
@@ -85,10 +96,17 @@ class Forwarder:
                     self._gop.append(frame)
                 else:
                     self._gop = []  # too long a GOP to cache: new viewers wait for a keyframe
+        failed = None
         for queue in self._readers:
-            queue.put(frame)
+            try:
+                queue.put(frame)
+            except Exception:  # a bug in one reader must not stop the others
+                log.exception("a %s reader failed; it gets no more frames", self.kind)
+                failed = (failed or []) + [queue]
+        for queue in failed or ():
+            self._readers.discard(queue)
 
-    def add_reader(self, queue: FrameQueue) -> None:
+    def add_reader(self, queue: FrameReader) -> None:
         """Attach a reader's queue; a video reader starts at the cached keyframe at once."""
         self._readers.add(queue)
         if self.kind != "video":
@@ -100,5 +118,5 @@ class Forwarder:
         elif self._packetizer is not None:
             self._request_keyframe()
 
-    def remove_reader(self, queue: FrameQueue) -> None:
+    def remove_reader(self, queue: FrameReader) -> None:
         self._readers.discard(queue)

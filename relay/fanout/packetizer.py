@@ -2,8 +2,52 @@
 
 from __future__ import annotations
 
-from ..aiortc_hooks import packetize_h264, packetize_vp8, split_h264
+import struct
+
+from ..aiortc_hooks import packetize_vp8, split_h264
 from ..h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_type
+
+MAX_PAYLOAD = 1200  # bytes of RTP payload: packets stay under the MTU of tunnels and PPPoE links
+_STAP_A, _FU_A = 24, 28
+
+
+def packetize_h264(nal_units: list[bytes], max_size: int = MAX_PAYLOAD) -> list[bytes]:
+    """RTP payloads for one access unit (RFC 6184, non-interleaved mode): small NAL units
+    aggregated in STAP-A packets, large ones in FU-A fragments that are all `max_size` but the
+    last (so a frame's packets can go out in one segmented send)."""
+    payloads: list[bytes] = []
+    group: list[bytes] = []  # small NAL units waiting to be aggregated
+    group_size = 1
+
+    def flush() -> None:
+        nonlocal group_size
+        if len(group) == 1:
+            payloads.append(group[0])
+        elif group:
+            header = max(n[0] & 0x80 for n in group) | max(n[0] & 0x60 for n in group) | _STAP_A
+            payloads.append(bytes([header]) + b"".join(struct.pack("!H", len(n)) + n for n in group))
+        group.clear()
+        group_size = 1
+
+    for nal in nal_units:
+        if not nal:
+            continue
+        if len(nal) > max_size:
+            flush()
+            indicator = (nal[0] & 0xE0) | _FU_A
+            kind = nal[0] & 0x1F
+            chunk = max_size - 2
+            body = memoryview(nal)[1:]
+            for offset in range(0, len(body), chunk):
+                edge = 0x80 if offset == 0 else 0x40 if offset + chunk >= len(body) else 0
+                payloads.append(bytes([indicator, edge | kind]) + body[offset:offset + chunk])
+            continue
+        if group_size + 2 + len(nal) > max_size:
+            flush()
+        group.append(nal)
+        group_size += 2 + len(nal)
+    flush()
+    return payloads
 
 
 class Packetizer:

@@ -34,7 +34,7 @@ class _SharedTrack(MediaStreamTrack):
 class ViewerSession:
     """One WHEP session in one room of a show."""
 
-    def __init__(self, show_id: str, room: str, backlog_bytes: int, on_gone: Callable[["ViewerSession"], None],
+    def __init__(self, show_id: str, room: str, udp_gso: bool, on_gone: Callable[["ViewerSession"], None],
                  on_channel: Callable[["ViewerSession", object], None] | None = None) -> None:
         self.id = secrets.token_urlsafe(16)
         self.show_id = show_id
@@ -45,7 +45,7 @@ class ViewerSession:
         self.codecs: dict[str, str] = {}
         self.started_at = time.time()
         self.closed = False
-        self._backlog_bytes = backlog_bytes
+        self._udp_gso = udp_gso
         self._on_gone = on_gone
         self._on_channel = on_channel
 
@@ -53,7 +53,7 @@ class ViewerSession:
         for media in offer.media:
             transceiver = self.pc.addTransceiver(_SharedTrack(media.kind), direction="sendonly")
             transceiver.setCodecPreferences(codec_preferences(media.kind, codecs[media.kind]))
-            sender = RtpSender(media.kind, self._backlog_bytes)
+            sender = RtpSender(media.kind, self._udp_gso)
             sender.on_drop = on_keyframe_request
             if media.kind == "video":
                 sender.on_first = self._joined
