@@ -485,7 +485,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "other order; the summary gives the mean and the range (default 1)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="hard cap for the whole run (default 600)")
-    parser.add_argument("--viewers-per-process", type=int, default=25, help="viewers per worker process (default 25)")
+    parser.add_argument("--viewers-per-process", type=int, default=None,
+                        help="viewers per worker process (default 100 counting RTP, 25 with the jitter buffer)")
+    parser.add_argument("--viewer-kind", choices=("rtp", "jitter"), default="rtp",
+                        help="rtp: viewers count RTP at the socket after ICE+DTLS (hundreds per core); "
+                             "jitter: aiortc's jitter buffer assembles frames (default rtp)")
+    parser.add_argument("--decode-viewers", type=int, default=2,
+                        help="with --viewer-kind rtp, this many viewers per step decode with PyAV (default 2)")
     parser.add_argument("--stagger-ms", type=float, default=20.0, help="between two viewers joining (default 20)")
     parser.add_argument("--connect-timeout", type=float, default=20.0,
                         help="for a viewer to get its first video frame (default 20)")
@@ -499,6 +505,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--ladder needs positive viewer counts")
     if min(args.nodes + args.workers + [args.rounds], default=1) < 1:
         parser.error("--nodes and --workers need counts of 1 or more")
+    if args.viewers_per_process is None:
+        args.viewers_per_process = 100 if args.viewer_kind == "rtp" else 25
     return args
 
 

@@ -537,19 +537,23 @@ class _Viewer:
     error: str | None = None
     ttff: float | None = None
     mark: tuple[float, int, int, int] | None = None  # (time, video frames, audio frames, bytes)
+    lost_mark: int | None = None  # RTP packets lost before the window
 
 
 def viewer_worker(cpus: set[int], conn: Connection) -> None:
     """A process running many WHEP viewers (decode=False) in one event loop.
 
-    Commands: ("connect", [(index, url)], t0, stagger, timeout[, kinds]) -> ("connected", [per viewer]);
-    ("mark",) -> ("marked", n); ("report",) -> ("report", [per viewer]); ("stop",) -> ("stopped", n);
-    ("exit",).
+    Commands: ("connect", [(index, url)], t0, stagger, timeout[, kinds[, decoding]]) -> ("connected",
+    [per viewer]); ("mark",) -> ("marked", n); ("report",) -> ("report", [per viewer]); ("stop",) ->
+    ("stopped", n); ("exit",). Viewers count RTP at the socket (RtpCountingClient), or with
+    `decoding` = "jitter" complete frames from aiortc's jitter buffer; viewers whose index is
+    in `decoding` (a list) decode with PyAV instead, to show the stream is intact.
     """
     os.sched_setaffinity(0, cpus)
     import asyncio
 
     from relay import aiortc_hooks
+    from relay_testkit.rtp_counter import RtpCountingClient, RtpTrackCounter
     from relay_testkit.whep import WhepClient
 
     aiortc_hooks.set_host_addresses(["127.0.0.1"])
@@ -559,6 +563,26 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
         video, audio = viewer.client.tracks["video"], viewer.client.tracks.get("audio")
         audio_frames, audio_bytes = (audio.frames, audio.bytes) if audio else (0, 0)
         return time.monotonic(), video.frames, audio_frames, video.bytes + audio_bytes
+
+    def lost(viewer: _Viewer) -> int | None:
+        tracks = [t for t in viewer.client.tracks.values() if isinstance(t, RtpTrackCounter)]
+        return sum(t.lost for t in tracks) if tracks else None
+
+    def delay_growth_ms(viewer: _Viewer) -> float | None:
+        """How much later (ms) the window's last 2 s of video frames came than its first 2 s,
+        against their RTP times (0: in step with the host; growing: falling behind)."""
+        video = viewer.client.tracks["video"]
+        delays = getattr(video, "delays", None)
+        if not delays or len(delays) < 4 * FPS:
+            return None
+        return 1000 * (statistics.median(delays[-2 * FPS:]) - statistics.median(delays[:2 * FPS]))
+
+    def client_for(index: int, url: str, kinds: tuple[str, ...], decoding: Any) -> Any:
+        if decoding == "jitter":
+            return WhepClient(url, kinds=kinds, decode=False)
+        if index in decoding:
+            return WhepClient(url, kinds=kinds, decode=True)
+        return RtpCountingClient(url, kinds=kinds)
 
     async def connect(viewer: _Viewer, start_at: float, timeout: float) -> None:
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
@@ -574,7 +598,8 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
         if command == "connect":
             assigned, t0, stagger, timeout, *rest = args
             kinds = tuple(rest[0]) if rest else ("audio", "video")
-            batch = [_Viewer(index, url, WhepClient(url, kinds=kinds, decode=False)) for index, url in assigned]
+            decoding = rest[1] if len(rest) > 1 else "jitter"
+            batch = [_Viewer(index, url, client_for(index, url, kinds, decoding)) for index, url in assigned]
             viewers.extend(batch)
             await asyncio.gather(*(connect(v, t0 + v.index * stagger, timeout) for v in batch))
             return ("connected", [{"index": v.index, "url": v.url, "ok": v.ok, "error": v.error, "ttff": v.ttff}
@@ -582,6 +607,10 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
         if command == "mark":
             for viewer in viewers:
                 viewer.mark = counts(viewer)
+                viewer.lost_mark = lost(viewer)
+                video = viewer.client.tracks["video"]
+                if isinstance(video, RtpTrackCounter):
+                    video.delays = []
             return ("marked", len(viewers))
         if command == "report":
             report = []
@@ -590,11 +619,15 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
                 t0, video0, audio0, size0 = viewer.mark or (now, video, audio, size)
                 elapsed = max(1e-6, now - t0)
                 pc = viewer.client.pc
+                lost_now = lost(viewer)
                 report.append({
                     "index": viewer.index, "ok": viewer.ok, "error": viewer.error,
                     "fps": (video - video0) / elapsed, "audio_fps": (audio - audio0) / elapsed,
                     "kbps": (size - size0) * 8 / elapsed / 1000,
                     "state": pc.connectionState if pc is not None else "none",
+                    "lost": None if lost_now is None else lost_now - (viewer.lost_mark or 0),
+                    "delay_growth_ms": delay_growth_ms(viewer),
+                    "decoded": isinstance(viewer.client, WhepClient) and viewer.client.decode,
                 })
             return ("report", report)
         if command == "stop":
@@ -764,6 +797,11 @@ class StepResult:
     real_time: bool
     viewer_bound: bool
     errors: list[str] = field(default_factory=list)
+    # Viewers counting RTP at the socket: packets lost in the window (all of them), the largest
+    # delay growth (ms) over the window, and the fps (min) of the few that decoded with PyAV.
+    packets_lost: int | None = None
+    delay_growth_ms_max: float | None = None
+    decoded_fps_min: float | None = None
     # A server of several processes (a cluster's nodes): each one's CPU, % of a core; the viewers
     # each counted at the window's end (/healthz); the fps (min, median) of the viewers whose URL
     # led to it; and where the step put its viewers when not spread as usual.
@@ -942,7 +980,9 @@ class FanoutBench(LoadBench):
         stagger = args.stagger_ms / 1000
         t0 = time.monotonic() + 0.2
         for worker, batch in zip(used, assigned):
-            worker.send("connect", batch, t0, stagger, args.connect_timeout)
+            kind = getattr(args, "viewer_kind", "jitter")
+            decoding = "jitter" if kind == "jitter" else list(range(getattr(args, "decode_viewers", 0)))
+            worker.send("connect", batch, t0, stagger, args.connect_timeout, ("audio", "video"), decoding)
         connect_wait = self.deadline.cap(0.2 + n * stagger + args.connect_timeout + 15)
         joined = [v for worker in used for v in worker.expect("connected", connect_wait)]
         connected = [v for v in joined if v["ok"]]
@@ -966,6 +1006,9 @@ class FanoutBench(LoadBench):
         cpu = after.server_cpu - before.server_cpu
         viewer_seconds = max(1, len(connected)) * wall
         fps = [v["fps"] if v["ok"] else 0.0 for v in report]
+        counted_lost = [v["lost"] for v in report if v.get("lost") is not None]
+        growth = [v["delay_growth_ms"] for v in report if v.get("delay_growth_ms") is not None]
+        decoded = [v["fps"] if v["ok"] else 0.0 for v in report if v.get("decoded")]
         delivered = sum(v["fps"] for v in report if v["ok"]) * wall / FPS
         lost = [v for v in report if v["ok"] and v["state"] != "connected"]
         if lost:
@@ -1003,6 +1046,9 @@ class FanoutBench(LoadBench):
             and max(nodes_pct.values()) < 100.0,  # (each process on its own core)
             viewer_bound=viewer_pct + host_pct > 90 * len(self.client_cpus),
             errors=errors,
+            packets_lost=sum(counted_lost) if counted_lost else None,
+            delay_growth_ms_max=max(growth) if growth else None,
+            decoded_fps_min=min(decoded) if decoded else None,
             node_cpu_pct=nodes_pct,
             node_viewers={node: f["viewers"] for node, f in nodes.items()},
             node_fps={node: (min(values), statistics.median(values)) for node, values in node_fps.items()},
@@ -1014,6 +1060,11 @@ class FanoutBench(LoadBench):
         if notes:
             errors.append("in the window: " + "; ".join(notes))
         print(format_row(result), flush=True)
+        if result.packets_lost is not None:
+            print(f"      RTP at the viewers' sockets: {result.packets_lost} packets lost, delay grew by at most "
+                  f"{result.delay_growth_ms_max if result.delay_growth_ms_max is not None else float('nan'):.1f} ms"
+                  + (f"; {len(decoded)} decoding viewer(s) min {result.decoded_fps_min:.1f} fps" if decoded else ""),
+                  flush=True)
         if len(nodes_pct) > 1:
             print(format_nodes(nodes_pct, result.node_viewers, result.node_fps, origin_of(after.figures), placement),
                   flush=True)

@@ -23,6 +23,8 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
+from pylibsrtp import Session as SrtpSession
+from pylibsrtp._binding import ffi as _srtp_ffi, lib as _srtp_lib
 
 # Name-mangled private attributes of RTCRtpReceiver and RTCRtpSender.
 _RECEIVER_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
@@ -94,6 +96,38 @@ def feed_sender(
     sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
 
 
+class SrtpScratch:
+    """Memory in which packets are written and SRTP-protected in place, back to back, to be
+    sent from there (one per process: the send path runs on the event loop only)."""
+
+    def __init__(self, size: int = 96 * 1024) -> None:
+        self.size = size
+        self.cdata = _srtp_ffi.new("char[]", size)
+        self.view = memoryview(_srtp_ffi.buffer(self.cdata))
+        self.length = _srtp_ffi.new("int *")
+
+
+class SrtpError(RuntimeError):
+    pass
+
+
+def protect_in_place(session: SrtpSession, scratch: SrtpScratch) -> Callable[[int, int], int]:
+    """A function (offset, length) -> protected length: protects the RTP packet written at
+    `offset` of `scratch` with `session` (libsrtp's srtp_protect, as pylibsrtp's
+    Session.protect calls it, without its allocation and copies)."""
+    context = session._srtp[0]
+    cdata, length_p, protect = scratch.cdata, scratch.length, _srtp_lib.srtp_protect
+
+    def protect_at(offset: int, length: int, _session: SrtpSession = session) -> int:  # (keeps it alive)
+        length_p[0] = length
+        status = protect(context, cdata + offset, length_p)
+        if status:
+            raise SrtpError(f"srtp_protect failed ({status})")
+        return length_p[0]
+
+    return protect_at
+
+
 @dataclass
 class SenderWire:
     """What a sender needs to put its RTP on the wire itself, once its connection is up: the
@@ -104,7 +138,7 @@ class SenderWire:
 
     header: bytes
     rtx_header: bytes | None
-    protect: Callable[[bytes], bytes]
+    srtp: SrtpSession
     udp: asyncio.DatagramTransport
     address: tuple[str, int]
     report: dict[str, Any]  # the sender's __dict__: set_report() writes the SR figures there
@@ -155,7 +189,23 @@ def sender_wire(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> SenderWir
     rtx_pt = getattr(sender, _SENDER_RTX_PT)
     return SenderWire(header(codec.payloadType, sender._ssrc),
                       header(rtx_pt, sender._rtx_ssrc) if rtx_pt is not None else None,
-                      srtp.protect, pair.protocol.transport, pair.remote_addr, sender.__dict__)
+                      srtp, pair.protocol.transport, pair.remote_addr, sender.__dict__)
+
+
+def intercept_datagrams(pc: RTCPeerConnection, take: Callable[[bytes], bool]) -> None:
+    """Show every datagram `pc`'s ICE sockets receive to `take` first; those it takes (returns
+    True for) go no further (a load generator's viewer counting RTP at the socket). Call after
+    the local description is set (its sockets exist) and before the connection is up."""
+    transports = {t.receiver.transport.transport for t in pc.getTransceivers()}
+    for transport in transports:
+        for protocol in transport._connection._protocols:
+            original = protocol.datagram_received
+
+            def datagram_received(data: bytes, addr: Any, original: Any = original) -> None:
+                if not take(data):
+                    original(data, addr)
+
+            protocol.datagram_received = datagram_received
 
 
 def split_h264(annexb: bytes) -> list[bytes]:
@@ -288,8 +338,14 @@ def check() -> list[str]:
         missing.append("RTCRtpSender._run_rtcp reading the sender report figures")
     if "_tx_srtp" not in RTCDtlsTransport.__init__.__code__.co_names:
         missing.append("RTCDtlsTransport._tx_srtp")
+    if "_srtp" not in SrtpSession.__init__.__code__.co_names or not callable(getattr(_srtp_lib, "srtp_protect", None)):
+        missing.append("pylibsrtp Session._srtp / srtp_protect")
     if "_nominated" not in aioice.ice.Connection.__init__.__code__.co_names:
         missing.append("aioice.ice.Connection._nominated")
+    if "_protocols" not in aioice.ice.Connection.__init__.__code__.co_names:
+        missing.append("aioice.ice.Connection._protocols")
+    if not callable(getattr(aioice.ice.StunProtocol, "datagram_received", None)):
+        missing.append("aioice.ice.StunProtocol.datagram_received")
     if ("protocol" not in aioice.ice.CandidatePair.__init__.__code__.co_names
             or not isinstance(getattr(aioice.ice.CandidatePair, "remote_addr", None), property)):
         missing.append("aioice.ice.CandidatePair.protocol / remote_addr")

@@ -57,7 +57,7 @@ async def wired_sender(gso: bool) -> tuple[RtpSender, Viewer, Session, asyncio.D
     extensions = HeaderExtensionsMap()
     wire = SenderWire(RtpPacket(payload_type=102, ssrc=1111).serialize(extensions),
                       RtpPacket(payload_type=103, ssrc=2222).serialize(extensions),
-                      tx.protect, sending, receiving.get_extra_info("sockname"), {})
+                      tx, sending, receiving.get_extra_info("sockname"), {})
     sender = RtpSender("video", gso)
     sender.attach(wire)
     return sender, viewer, rx, receiving
@@ -93,7 +93,14 @@ async def test_each_packet_is_protected_numbered_and_marked_and_a_nack_is_answer
     assert rtx.ssrc == 2222 and rtx.payload_type == 103 and rtx.timestamp == lost.timestamp
     assert struct.unpack("!H", rtx.payload[:2])[0] == lost.sequence_number and rtx.payload[2:] == lost.payload
     sender.retransmit((lost.sequence_number + 1000) % 65536)  # not in the history: nothing
+
+    # Sizes as a keyframe's come (STAP-A, fragments, a small NAL unit, fragments): runs of one size.
+    mixed = [b"s" * 32, b"a" * MAX_PAYLOAD, b"b" * MAX_PAYLOAD, b"c" * 210, b"d" * MAX_PAYLOAD, b"e" * 4]
+    sender.put(frame(mixed, 9000, key=True))
+    again = await received(viewer, rx, len(mixed))
+    assert [p.payload for p in again] == mixed and [p.marker for p in again] == [0, 0, 0, 0, 0, 1]
+    assert [(p.sequence_number - packets[0].sequence_number) % 65536 for p in again] == list(range(7, 13))
     sender.close()
-    sender.put(frame([b"x"], 9000, key=True))  # closed: nothing more goes out
-    assert sender.retransmitted == 1 and sender.sent == 2
+    sender.put(frame([b"x"], 12000, key=True))  # closed: nothing more goes out
+    assert sender.retransmitted == 1 and sender.sent == 3
     receiving.close()

@@ -23,7 +23,10 @@ NTP_EPOCH = 2208988800  # 1900 -> 1970, in seconds
 _PACK = struct.Struct("!BHI").pack_into  # byte 1 (marker, payload type), sequence number, timestamp
 # UDP generic segmentation offload (Linux 4.18+): one sendmsg, many datagrams of one size.
 SOL_UDP, UDP_SEGMENT = 17, 103
-GSO_MAX_SEGMENTS = 48  # (the kernel takes 64; 48 x ~1230 bytes stays under 64 KiB)
+GSO_MAX_SEGMENTS = 48  # (the kernel takes 64; 48 x ~1250 bytes stays under 64 KiB)
+REPORT_EVERY = 16  # frames between two updates of the sender report's figures (any frame's pair is true)
+SCRATCH = aiortc_hooks.SrtpScratch()  # shared by every sender: sends are synchronous, on the loop
+_ROOM = 1600  # a packet, protected, fits in this many bytes
 _SEGMENT_SIZE = struct.Struct("=H").pack
 _NOT_SUPPORTED = {errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP}
 
@@ -36,17 +39,20 @@ class RtpSender:
     """One track of one viewer: a reader of the show's frames (as `Forwarder` sees readers)
     that sends each frame's packets as soon as it is given them: no queue, no task.
 
-    Until `attach` (its connection is up) frames are not sent. A frame's packets of one size go
-    out in one segmented send (`gso`) where the kernel can, else one datagram per call. Video
-    starts at a keyframe; a viewer whose socket buffer is full (the kernel does not take its
-    datagrams) skips to the next keyframe (counted in `dropped`, `on_drop` asks the host for
-    one). NACKed packets are sent again from a bounded history (as RTX where negotiated) and
-    aiortc's RTCP task reports what was sent.
+    Each packet is written (this viewer's header, the shared payload) into a scratch buffer,
+    SRTP-protected in place with this viewer's session, and sent from there: a run of packets
+    of one size in one segmented send (`gso`) where the kernel can, else one datagram per call.
+    Until `attach` (its connection is up) frames are not sent. Video starts at a keyframe; a
+    viewer whose socket buffer is full (the kernel does not take its datagrams) skips to the
+    next keyframe (counted in `dropped`, `on_drop` asks the host for one). NACKed packets are
+    sent again from a bounded history (as RTX where negotiated) and aiortc's RTCP task reports
+    what was sent.
     """
 
     __slots__ = ("kind", "capacity", "needs_keyframe", "dropped", "sent", "on_drop", "on_first",
                  "packets", "octets", "retransmitted", "gso", "_video", "_wire", "_header", "_rtx_header",
-                 "_seq", "_rtx_seq", "_ts_origin", "_history", "_closed", "_protect", "_sock", "_address", "_pt")
+                 "_seq", "_rtx_seq", "_ts_origin", "_history", "_closed", "_protect_at", "_sock", "_address",
+                 "_pt")
 
     def __init__(self, kind: str, gso: bool = True) -> None:
         self.kind = kind
@@ -71,10 +77,10 @@ class RtpSender:
     def attach(self, wire: aiortc_hooks.SenderWire) -> None:
         """The viewer's connection is up: send on `wire` from now on."""
         self._wire = wire
-        self._header = bytearray(wire.header)
+        self._header = bytes(wire.header)
         self._rtx_header = bytearray(wire.rtx_header) if wire.rtx_header is not None else None
         self._pt = wire.header[1] & 0x7F
-        self._protect = wire.protect
+        self._protect_at = aiortc_hooks.protect_in_place(wire.srtp, SCRATCH)
         # The ICE pair's socket, sent on directly (aiortc's RTCP still goes through its transport).
         shared = wire.udp.get_extra_info("socket")
         self._sock = socket.socket(shared.family, socket.SOCK_DGRAM, fileno=os.dup(shared.fileno()))
@@ -96,22 +102,9 @@ class RtpSender:
                 METER.frames_dropped[frame.kind] += 1
                 return
             self.needs_keyframe = False
-        header, protect, history = self._header, self._protect, self._history
-        pt = self._pt
-        seq = self._seq
         timestamp = (self._ts_origin + frame.timestamp) & 0xFFFFFFFF
-        payloads = frame.payloads
-        last = len(payloads) - 1
-        packets = []
-        for i, payload in enumerate(payloads):
-            marker = 0x80 if i == last else 0
-            _PACK(header, 1, marker | pt, seq, timestamp)
-            packets.append(protect(bytes(header) + payload))
-            history[seq & (HISTORY - 1)] = (seq, timestamp, marker, payload)
-            seq = (seq + 1) & 0xFFFF
-        self._seq = seq
         try:
-            self._send(packets)
+            self._send_frame(frame.payloads, timestamp)
         except BlockingIOError:  # its socket buffer is full: it cannot keep up
             self.dropped += 1
             METER.frames_dropped[frame.kind] += 1
@@ -126,41 +119,67 @@ class RtpSender:
         if not self.sent and self.on_first is not None:
             self.on_first()
         self.sent += 1
-        self.packets += len(payloads)
+        self.packets += len(frame.payloads)
         self.octets += frame.size
-        self._wire.set_report(ntp_now(), timestamp, self.packets, self.octets)
+        if self.sent % REPORT_EVERY == 1:
+            self._wire.set_report(ntp_now(), timestamp, self.packets, self.octets)
         METER.frames_sent[frame.kind] += 1
-        METER.packets_sent[frame.kind] += len(payloads)
+        METER.packets_sent[frame.kind] += len(frame.payloads)
         METER.bytes_sent[frame.kind] += frame.size
 
-    def _send(self, packets: list[bytes]) -> None:
+    def _send_frame(self, payloads: list[bytes], timestamp: int) -> None:
+        """Write, protect and send the frame's packets, a run of one size at a time (the last of
+        a run may be shorter)."""
+        view, header, protect_at, history = SCRATCH.view, self._header, self._protect_at, self._history
+        header_len, pt, seq = len(header), self._pt, self._seq
+        limit = SCRATCH.size - _ROOM
+        n, i = len(payloads), 0
+        while i < n:
+            offset = count = segment = 0
+            first = -1
+            while i < n and count < GSO_MAX_SEGMENTS and offset < limit:
+                payload = payloads[i]
+                end = header_len + len(payload)
+                if count and end != first:
+                    if end > first:
+                        break
+                    shorter = True
+                else:
+                    shorter = False
+                    first = end
+                marker = 0x80 if i == n - 1 else 0
+                view[offset:offset + header_len] = header
+                _PACK(view, offset + 1, marker | pt, seq, timestamp)
+                view[offset + header_len:offset + end] = payload
+                size = protect_at(offset, end)
+                history[seq & (HISTORY - 1)] = (seq, timestamp, marker, payload)
+                seq = (seq + 1) & 0xFFFF
+                self._seq = seq
+                if not count:
+                    segment = size
+                offset += size
+                count += 1
+                i += 1
+                if shorter:
+                    break
+            self._send_run(view, offset, segment, count)
+
+    def _send_run(self, view: memoryview, length: int, segment: int, count: int) -> None:
         sock, address = self._sock, self._address
-        if not self.gso or len(packets) == 1:
-            for packet in packets:
-                sock.sendto(packet, address)
+        if count == 1:
+            sock.sendto(view[:length], address)
             return
-        i, n = 0, len(packets)
-        while i < n:  # runs of one size (the last of a run may be shorter): one call each
-            size = len(packets[i])
-            j = i + 1
-            while j < n and j - i < GSO_MAX_SEGMENTS and len(packets[j]) == size:
-                j += 1
-            if j < n and j - i < GSO_MAX_SEGMENTS and len(packets[j]) < size:
-                j += 1
-            if j - i == 1:
-                sock.sendto(packets[i], address)
-            else:
-                try:
-                    sock.sendmsg([b"".join(packets[i:j])], [(SOL_UDP, UDP_SEGMENT, _SEGMENT_SIZE(size))], 0, address)
-                except OSError as exc:
-                    if exc.errno not in _NOT_SUPPORTED:
-                        raise
-                    log.info("segmented UDP sends refused (%s): one datagram per call from now on", exc)
-                    self.gso = False
-                    for packet in packets[i:]:
-                        sock.sendto(packet, address)
-                    return
-            i = j
+        if self.gso:
+            try:
+                sock.sendmsg([view[:length]], [(SOL_UDP, UDP_SEGMENT, _SEGMENT_SIZE(segment))], 0, address)
+                return
+            except OSError as exc:
+                if exc.errno not in _NOT_SUPPORTED:
+                    raise
+                log.info("segmented UDP sends refused (%s): one datagram per call from now on", exc)
+                self.gso = False
+        for offset in range(0, length, segment):
+            sock.sendto(view[offset:min(offset + segment, length)], address)
 
     def retransmit(self, seq: int) -> None:
         """A viewer's NACK: send the packet again if it is still in the history."""
@@ -172,13 +191,16 @@ class RtpSender:
             header = self._rtx_header
             _PACK(header, 1, marker | (header[1] & 0x7F), self._rtx_seq, timestamp)
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-            packet = bytes(header) + struct.pack("!H", seq) + payload
+            payload = struct.pack("!H", seq) + payload
         else:
             header = bytearray(self._header)
             _PACK(header, 1, marker | self._pt, seq, timestamp)
-            packet = bytes(header) + payload
+        view = SCRATCH.view
+        view[:len(header)] = header
+        view[len(header):len(header) + len(payload)] = payload
         try:
-            self._sock.sendto(self._protect(packet), self._address)
+            size = self._protect_at(0, len(header) + len(payload))
+            self._sock.sendto(view[:size], self._address)
         except OSError:  # (a full buffer: the viewer asks again or gets the next keyframe)
             return
         self.retransmitted += 1
