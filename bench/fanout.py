@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import secrets
 import signal
@@ -97,6 +98,7 @@ from bench.harness import (
     room_urls,
     stopped_early,
 )
+from bench.janus import ENV_NETNS, rerun_in_namespace
 from relay_testkit.process import RedisProcess, ServerError, pin
 
 TARGET_VIEWERS_PER_CORE = 60
@@ -108,7 +110,8 @@ READY = re.compile(r"^\[w(\d+)\] ready \(pid (\d+)\): node (\S+) at (\S+)$", re.
 def run_ladder(bench: FanoutBench, target_name: str, ladder: list[int], outcome: dict[str, Any]) -> None:
     """Start the server and the host, measure idle, then each step; fills `outcome` as it goes
     (so a run stopped early still has the steps done)."""
-    target = bench.start_relay() if target_name == "relay" else bench.start_mediarelay()
+    target = (bench.start_relay() if target_name == "relay" else bench.start_janus() if target_name == "janus"
+              else bench.start_mediarelay())
     outcome.update({"idle": None, "steps": []})
     try:
         stream_key = target.setup() if isinstance(target, RelayTarget) else "none"
@@ -331,6 +334,28 @@ def summarize(relay: dict[str, Any] | None, baseline: dict[str, Any] | None) -> 
     return summary
 
 
+def compare_janus(relay: dict[str, Any] | None, janus: dict[str, Any] | None) -> dict[str, Any]:
+    """Relay against Janus at each N both ran: CPU per viewer-second and their ratio (target
+    <= 0.8), and whether each kept up in real time."""
+    if not (relay and relay.get("steps") and janus and janus.get("steps")):
+        return {"lines": []}
+    theirs = {s["viewers"]: s for s in janus["steps"]}
+    rows, lines = [], []
+    for ours in relay["steps"]:
+        other = theirs.get(ours["viewers"])
+        if other is None:
+            continue
+        ratio = ours["cpu_ms_per_viewer_s"] / other["cpu_ms_per_viewer_s"] if other["cpu_ms_per_viewer_s"] else math.inf
+        rows.append({"viewers": ours["viewers"], "relay_ms": ours["cpu_ms_per_viewer_s"],
+                     "janus_ms": other["cpu_ms_per_viewer_s"], "ratio": ratio,
+                     "relay_real_time": ours["real_time"], "janus_real_time": other["real_time"]})
+        lines.append(f"N={ours['viewers']}: relay {ours['cpu_ms_per_viewer_s']:.2f} ms/viewer-s "
+                     f"({'real time' if ours['real_time'] else 'NOT real time'}), Janus "
+                     f"{other['cpu_ms_per_viewer_s']:.2f} ({'real time' if other['real_time'] else 'NOT real time'}):"
+                     f" relay/Janus {ratio:.2f} (target <= 0.8: {'MET' if ratio <= 0.8 else 'NOT MET'})")
+    return {"steps": rows, "lines": lines}
+
+
 def spread(values: list[float], fmt: str = ".2f") -> str:
     """The mean of the rounds' values, and their range when there are several."""
     mean = statistics.fmean(values)
@@ -466,7 +491,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--step-seconds", type=float, default=20.0,
                         help="per step, after all viewers joined: warm-up + measurement window (default 20)")
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up part of each step (default 5)")
-    parser.add_argument("--baseline", choices=("none", "mediarelay"), default="none",
+    parser.add_argument("--baseline", choices=("none", "mediarelay", "janus"), default="none",
                         help="also measure aiortc's MediaRelay (decode once, encode per viewer)")
     parser.add_argument("--baseline-ladder", type=ints, default=[1, 2, 4],
                         help="viewer counts for the baseline (default 1,2,4)")
@@ -512,6 +537,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.baseline == "janus" and not os.environ.get(ENV_NETNS):  # Janus offers no loopback candidates
+        return rerun_in_namespace(__spec__.name, sys.argv[1:] if argv is None else argv, args.max_seconds + 60)
     run = begin_run(args.max_seconds, __spec__.name, argv, "the viewers")
     deadline, server_cpus, client_cpus, machine, command = (
         run.deadline, run.server_cpus, run.client_cpus, run.machine, run.command)
@@ -549,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline == "mediarelay":
             print("\n== baseline: aiortc MediaRelay (bench/mediarelay_server.py)", flush=True)
             run_ladder(bench, "mediarelay", args.baseline_ladder, results.setdefault("mediarelay", {}))
+        if args.baseline == "janus":
+            print(f"\n== baseline: Janus VideoRoom (event_loops = 1), {len(bench.workers)} viewer process(es), "
+                  f"{window}", flush=True)
+            run_ladder(bench, "janus", args.ladder, results.setdefault("janus", {}))
     except (BenchError, KeyboardInterrupt) as exc:
         status = stopped_early(results, exc)
     finally:
@@ -556,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
         results["seconds"] = round(time.monotonic() - started, 1)
         summary = summarize(results.get("relay"), results.get("mediarelay"))
+        if results.get("janus"):
+            summary["janus"] = compare_janus(results.get("relay"), results["janus"])
+            summary["lines"] += summary["janus"].pop("lines")
         if results.get("clusters"):
             summary["clusters"] = summarize_cluster(results["clusters"])
             summary["lines"] += summary["clusters"].pop("lines")

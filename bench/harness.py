@@ -552,11 +552,12 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
     os.sched_setaffinity(0, cpus)
     import asyncio
 
+    from bench.janus import JanusViewer, ice_address
     from relay import aiortc_hooks
     from relay_testkit.rtp_counter import RtpCountingClient, RtpTrackCounter
     from relay_testkit.whep import WhepClient
 
-    aiortc_hooks.set_host_addresses(["127.0.0.1"])
+    aiortc_hooks.set_host_addresses([ice_address()])
     viewers: list[_Viewer] = []
 
     def counts(viewer: _Viewer) -> tuple[float, int, int, int]:
@@ -578,6 +579,8 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
         return 1000 * (statistics.median(delays[-2 * FPS:]) - statistics.median(delays[:2 * FPS]))
 
     def client_for(index: int, url: str, kinds: tuple[str, ...], decoding: Any) -> Any:
+        if url.startswith("janus:"):
+            return JanusViewer(url, kinds, decode=decoding != "jitter" and index in decoding)
         if decoding == "jitter":
             return WhepClient(url, kinds=kinds, decode=False)
         if index in decoding:
@@ -627,7 +630,7 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
                     "state": pc.connectionState if pc is not None else "none",
                     "lost": None if lost_now is None else lost_now - (viewer.lost_mark or 0),
                     "delay_growth_ms": delay_growth_ms(viewer),
-                    "decoded": isinstance(viewer.client, WhepClient) and viewer.client.decode,
+                    "decoded": bool(getattr(viewer.client, "decode", False)),
                 })
             return ("report", report)
         if command == "stop":
@@ -652,19 +655,21 @@ def publisher_worker(cpus: set[int], whip_url: str, stream_key: str, video: list
     os.sched_setaffinity(0, cpus)
     import asyncio
 
+    from bench.janus import JanusPublisher, ice_address
     from relay import aiortc_hooks
     from relay_testkit.synthetic import host_tracks
     from relay_testkit.whip import WhipClient
 
-    aiortc_hooks.set_host_addresses(["127.0.0.1"])
+    aiortc_hooks.set_host_addresses([ice_address()])
     tracks = host_tracks(video, audio, FPS)
-    client = WhipClient(whip_url, stream_key, tracks)
+    janus = whip_url.startswith("janus:")
+    client = JanusPublisher(whip_url.removeprefix("janus:"), tracks) if janus else WhipClient(whip_url, stream_key, tracks)
 
     async def handle(command: str, args: tuple) -> Any:
         sent = {track.kind: track.sent for track in tracks}
         if command == "start":
-            await asyncio.wait_for(client.start(), 20)
-            return ("started", None)
+            feed = await asyncio.wait_for(client.start(), 20)
+            return ("started", feed if janus else None)
         if command == "stats":
             return ("stats", {"t": time.monotonic(), "sent": sent})
         if command == "stop":
@@ -759,6 +764,26 @@ class MediaRelayTarget(Target):
     def figures(self) -> dict[str, Any]:
         _, health = http_json("GET", f"{self.base}/healthz")
         return {"frames_in": int(health["frames_in"]["video"]), "dropped": None}
+
+
+class JanusTarget(Target):
+    """Janus' VideoRoom (bench/janus.py): the host publishes to its room; viewers subscribe to
+    the host's feed. Janus reports no frame counts here: ingest is seen at the viewers."""
+
+    name = "janus"
+    feed: int | None = None
+
+    def whep_urls(self) -> list[str]:
+        return [f"janus:{self.base}#{self.feed}"]
+
+    def publish_url(self) -> str:
+        return f"janus:{self.base}"
+
+    def viewers(self) -> int:
+        return 0  # (subscribers are gone once their sessions are destroyed)
+
+    def figures(self) -> dict[str, Any]:
+        return {"frames_in": 0, "dropped": None}
 
 
 @dataclass
@@ -893,8 +918,25 @@ class FanoutBench(LoadBench):
 
     def start_relay(self, name: str = "relay", env: dict[str, str] | None = None,
                     kind: type[AnyRelayTarget] = RelayTarget) -> AnyRelayTarget:  # type: ignore[assignment]
+        from bench.janus import ice_address
+
+        env = {"RELAY_ICE_ADDRESSES": ice_address(), **(env or {})}
         relay = RelayUnderTest(self.workdir, self.server_cpus, self.deadline, name=name, env=env)
         target = kind(relay.start())
+        self.targets.append(target)
+        return target
+
+    def start_janus(self) -> JanusTarget:
+        from bench.janus import janus_process
+
+        if shutil.which("janus") is None:
+            raise BenchError("--baseline janus needs Debian's janus (apt-get install janus)")
+        server, base = janus_process(self.workdir, self.server_cpus)
+        try:
+            server.start(self.deadline.cap(30))
+        except ServerError as exc:
+            raise BenchError(str(exc)) from None
+        target = JanusTarget(server, base)
         self.targets.append(target)
         return target
 
@@ -911,10 +953,14 @@ class FanoutBench(LoadBench):
         return target
 
     def start_publisher(self, target: Target, stream_key: str) -> None:
-        url = f"{target.base}/whip/{SHOW_ID}"
+        janus = isinstance(target, JanusTarget)
+        url = target.publish_url() if janus else f"{target.base}/whip/{SHOW_ID}"
         self.publisher = Worker(self.ctx, "host", publisher_worker,
                                 (self.client_cpus, url, stream_key, self.video, self.audio))
-        self.publisher.call("start", "started", self.deadline.cap(60))
+        feed = self.publisher.call("start", "started", self.deadline.cap(60))
+        if janus:  # (Janus counts no frames for us: the first step's viewers show the stream)
+            target.feed = feed
+            return
         # wait until video flows through the server
         end = time.monotonic() + self.deadline.cap(20)
         first = target.figures()["frames_in"]

@@ -1,8 +1,9 @@
 """Every touch of aiortc's and aioice's private internals, in one place.
 
 The relay forwards encoded media; aiortc is built to decode and encode. These hooks take the
-encoded frame out of a receiver before its decoder would see it, hand pre-packetized payloads
-to a sender instead of letting it encode, and route viewers' keyframe requests to the relay.
+encoded frame out of a receiver before its decoder would see it, let the relay put a sender's
+RTP on the wire itself (its header template, SRTP session and socket), and route viewers' NACKs
+and keyframe requests to the relay.
 `check()` verifies that every hook point still exists; tests/test_aiortc_hooks.py calls it so an
 aiortc upgrade that moves one fails loudly. Verified against aiortc 1.16 and aioice 0.13.
 """
@@ -13,7 +14,7 @@ import asyncio
 from dataclasses import dataclass
 import sys
 import threading
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import aioice.ice
 from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
@@ -75,25 +76,6 @@ def request_keyframe(receiver: RTCRtpReceiver) -> bool:
     for ssrc in ssrcs:
         asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
     return bool(ssrcs)
-
-
-def feed_sender(
-    sender: RTCRtpSender,
-    next_frame: Callable[[], Awaitable[Any]],
-    on_keyframe_request: Callable[[], None],
-) -> None:
-    """Make `sender` send frames from `next_frame()` as they are: no encoder is created.
-
-    `next_frame` returns an object with `payloads` (RTP payloads), `timestamp` (RTP clock) and
-    `audio_level` (None), i.e. aiortc's RTCEncodedFrame shape. A viewer's PLI/FIR, which aiortc
-    routes to `_send_keyframe` for its encoder, calls `on_keyframe_request` instead.
-    """
-
-    async def _next_encoded_frame(codec: RTCRtpCodecParameters) -> Any:
-        return await next_frame()
-
-    sender._next_encoded_frame = _next_encoded_frame  # type: ignore[method-assign]
-    sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
 
 
 class SrtpScratch:
