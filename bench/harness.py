@@ -11,6 +11,7 @@ affinity, /proc).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import multiprocessing as mp
@@ -38,6 +39,7 @@ SHOW_ID = "bench"
 MIRRORS = ("d1", "d2")
 FPS = 30
 REALTIME_FPS = 29.0
+LATENCY_SAMPLE = 10  # every 10th viewer keeps its frames' arrival times, for the latency figures
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # A window is flagged when processes outside the bench used more than this (% of a core), when a
 # CPU was this busy, or when the hypervisor took this much from the machine's CPUs (steal).
@@ -614,6 +616,7 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
                 video = viewer.client.tracks["video"]
                 if isinstance(video, RtpTrackCounter):
                     video.delays = []
+                    video.arrivals = [] if viewer.index % LATENCY_SAMPLE == 0 else None
             return ("marked", len(viewers))
         if command == "report":
             report = []
@@ -631,6 +634,7 @@ def viewer_worker(cpus: set[int], conn: Connection) -> None:
                     "lost": None if lost_now is None else lost_now - (viewer.lost_mark or 0),
                     "delay_growth_ms": delay_growth_ms(viewer),
                     "decoded": bool(getattr(viewer.client, "decode", False)),
+                    "arrivals": getattr(viewer.client.tracks["video"], "arrivals", None),
                 })
             return ("report", report)
         if command == "stop":
@@ -664,6 +668,17 @@ def publisher_worker(cpus: set[int], whip_url: str, stream_key: str, video: list
     tracks = host_tracks(video, audio, FPS)
     janus = whip_url.startswith("janus:")
     client = JanusPublisher(whip_url.removeprefix("janus:"), tracks) if janus else WhipClient(whip_url, stream_key, tracks)
+    sent_at: collections.deque[tuple[int, float]] = collections.deque(maxlen=FPS * 600)  # (pts, when handed to aiortc)
+    for track in tracks:
+        if track.kind == "video":
+            next_frame = track.recv
+
+            async def recv(next_frame: Any = next_frame) -> Any:
+                packet = await next_frame()
+                sent_at.append((packet.pts, time.monotonic()))
+                return packet
+
+            track.recv = recv
 
     async def handle(command: str, args: tuple) -> Any:
         sent = {track.kind: track.sent for track in tracks}
@@ -672,6 +687,8 @@ def publisher_worker(cpus: set[int], whip_url: str, stream_key: str, video: list
             return ("started", feed if janus else None)
         if command == "stats":
             return ("stats", {"t": time.monotonic(), "sent": sent})
+        if command == "sent_log":  # the video frames handed to aiortc since args[0] (monotonic)
+            return ("sent_log", [entry for entry in sent_at if entry[1] >= args[0]])
         if command == "stop":
             try:
                 await asyncio.wait_for(client.stop(), 10)
@@ -766,6 +783,30 @@ class MediaRelayTarget(Target):
         return {"frames_in": int(health["frames_in"]["video"]), "dropped": None}
 
 
+def frame_latencies_ms(host: list[tuple[int, float]], arrivals: list[tuple[int, float]]) -> list[float]:
+    """Per frame a viewer got: its arrival less the time the host handed it to its sender, in ms.
+    The viewer's RTP timestamps are the host's plus a constant (the server's and each sender's
+    offsets), found as the one that pairs most of the first frames with a host frame sent
+    0-500 ms before, the smallest delay among equals (a later frame's pairing is a larger one)."""
+    if not host or not arrivals:
+        return []
+    sent = {pts & 0xFFFFFFFF: t for pts, t in host}
+    offsets: collections.Counter[int] = collections.Counter()
+    delays: dict[int, float] = {}
+    for ts, arrived in arrivals[:FPS]:
+        for pts, t in host:
+            if 0 <= arrived - t < 0.5:
+                key = (ts - pts) & 0xFFFFFFFF
+                offsets[key] += 1
+                delays[key] = delays.get(key, 0.0) + arrived - t
+    if not offsets:
+        return []
+    most = max(offsets.values())
+    offset = min((key for key, n in offsets.items() if n == most), key=lambda key: delays[key])
+    return [1000 * (arrived - sent[key]) for ts, arrived in arrivals
+            if (key := (ts - offset) & 0xFFFFFFFF) in sent]
+
+
 class JanusTarget(Target):
     """Janus' VideoRoom (bench/janus.py): the host publishes to its room; viewers subscribe to
     the host's feed. Janus reports no frame counts here: ingest is seen at the viewers."""
@@ -827,6 +868,10 @@ class StepResult:
     packets_lost: int | None = None
     delay_growth_ms_max: float | None = None
     decoded_fps_min: float | None = None
+    # Host frame handed to its sender -> the frame's last packet at a viewer's socket (sampled
+    # viewers), in ms: what the server (and the loopback) add.
+    latency_ms_p50: float | None = None
+    latency_ms_p99: float | None = None
     # A server of several processes (a cluster's nodes): each one's CPU, % of a core; the viewers
     # each counted at the window's end (/healthz); the fps (min, median) of the viewers whose URL
     # led to it; and where the step put its viewers when not spread as usual.
@@ -974,7 +1019,7 @@ class FanoutBench(LoadBench):
         if self.publisher is not None:
             try:
                 self.publisher.call("stop", "stopped", 15)
-            except BenchError:
+            except (BenchError, OSError):  # (a host that died already)
                 pass
             self.publisher.close()
             self.publisher = None
@@ -1041,6 +1086,11 @@ class FanoutBench(LoadBench):
         self.deadline.sleep(window)
         after = self.snapshot(target, used)
         report = [v for worker in used for v in worker.call("report", "report", self.deadline.cap(10))]
+        host_log: list = []
+        if self.publisher is not None:
+            self.publisher.send("sent_log", before.t - 5)
+            host_log = self.publisher.expect("sent_log", self.deadline.cap(10))
+        latency = [ms for v in report if v.get("arrivals") for ms in frame_latencies_ms(host_log, v["arrivals"])]
 
         for worker in used:
             worker.send("stop")
@@ -1095,6 +1145,8 @@ class FanoutBench(LoadBench):
             packets_lost=sum(counted_lost) if counted_lost else None,
             delay_growth_ms_max=max(growth) if growth else None,
             decoded_fps_min=min(decoded) if decoded else None,
+            latency_ms_p50=percentile(latency, 50) if latency else None,
+            latency_ms_p99=percentile(latency, 99) if latency else None,
             node_cpu_pct=nodes_pct,
             node_viewers={node: f["viewers"] for node, f in nodes.items()},
             node_fps={node: (min(values), statistics.median(values)) for node, values in node_fps.items()},
@@ -1106,6 +1158,9 @@ class FanoutBench(LoadBench):
         if notes:
             errors.append("in the window: " + "; ".join(notes))
         print(format_row(result), flush=True)
+        if result.latency_ms_p50 is not None:
+            print(f"      latency host -> viewer (last packet of each frame, {len(latency)} frames of sampled viewers): "
+                  f"p50 {result.latency_ms_p50:.2f} ms, p99 {result.latency_ms_p99:.2f} ms", flush=True)
         if result.packets_lost is not None:
             print(f"      RTP at the viewers' sockets: {result.packets_lost} packets lost, delay grew by at most "
                   f"{result.delay_growth_ms_max if result.delay_growth_ms_max is not None else float('nan'):.1f} ms"

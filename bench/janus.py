@@ -99,7 +99,8 @@ def write_config(folder: Path, http_port: int) -> Path:
     transports_folder = "{lib / 'transports'}"
     events_folder = "{lib / 'events'}"
     loggers_folder = "{lib / 'loggers'}"
-    debug_level = 3
+    debug_level = 4
+    interface = "{ice_address()}"
     session_timeout = 0
     event_loops = 1
 }}
@@ -169,7 +170,7 @@ class JanusSignal:
 
     def __init__(self, base: str) -> None:
         self.base = base
-        self.http = aiohttp.ClientSession()
+        self.http: aiohttp.ClientSession | None = None  # (made in open(), on the running loop)
         self.session: int | None = None
         self.handle: int | None = None
 
@@ -183,6 +184,7 @@ class JanusSignal:
         return reply
 
     async def open(self) -> None:
+        self.http = aiohttp.ClientSession()
         self.session = (await self._post("", {"janus": "create"}))["data"]["id"]
         reply = await self._post(f"/{self.session}", {"janus": "attach", "plugin": "janus.plugin.videoroom"})
         self.handle = reply["data"]["id"]
@@ -217,7 +219,8 @@ class JanusSignal:
                 await self._post(f"/{self.session}", {"janus": "destroy"})
         except (aiohttp.ClientError, JanusError, TimeoutError):
             pass
-        await self.http.close()
+        if self.http is not None:
+            await self.http.close()
 
 
 def media_kinds(sdp: str) -> dict[int, str]:

@@ -28,6 +28,7 @@ class RtpTrackCounter(TrackCounter):
         self.highest: int | None = None  # extended sequence number
         self.first_seq: int | None = None
         self.delays: list[float] | None = None  # video: arrival - RTP time of each frame, while kept
+        self.arrivals: list[tuple[int, float]] | None = None  # video: (RTP timestamp, arrival), while kept
 
     def rtp(self, data: bytes, clock: int) -> None:
         self.packets += 1
@@ -42,8 +43,10 @@ class RtpTrackCounter(TrackCounter):
         if data[1] & 0x80:
             self.count(0)  # (frames, first_at, got_frame)
             if self.delays is not None:
-                timestamp = int.from_bytes(data[4:8], "big")
-                self.delays.append(time.monotonic() - timestamp / clock)
+                timestamp, now = int.from_bytes(data[4:8], "big"), time.monotonic()
+                self.delays.append(now - timestamp / clock)
+                if self.arrivals is not None:
+                    self.arrivals.append((timestamp, now))
 
     @property
     def lost(self) -> int:
