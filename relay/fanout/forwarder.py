@@ -1,4 +1,4 @@
-"""The forwarding hot path: one track of a show, from the host's frames to every viewer queue."""
+"""The forwarding hot path: one track of a show, from the host's frames to every reader."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ class RtpSender:
 
     __slots__ = ("kind", "capacity", "needs_keyframe", "dropped", "sent", "on_drop", "on_first",
                  "packets", "octets", "retransmitted", "gso", "_video", "_wire", "_header", "_rtx_header",
-                 "_seq", "_rtx_seq", "_ts_origin", "_history", "_closed", "_protect_at", "_sock", "_address",
+                 "_seq", "_rtx_seq", "_ts_origin", "_history", "_history_meta", "_closed", "_protect_at", "_sock", "_address",
                  "_pt")
 
     def __init__(self, kind: str, gso: bool = True) -> None:
@@ -71,7 +71,10 @@ class RtpSender:
         self._seq = random.getrandbits(16)
         self._rtx_seq = random.getrandbits(16)
         self._ts_origin = random.getrandbits(32)
-        self._history: list[tuple[int, int, int, bytes] | None] = [None] * HISTORY
+        # The payloads sent last, by sequence number modulo HISTORY, and beside each its sequence
+        # number, marker and timestamp in one int (no tuple per packet for the collector to track).
+        self._history: list[bytes | None] = [None] * HISTORY
+        self._history_meta: list[int] = [-1] * HISTORY
         self._closed = False
 
     def attach(self, wire: aiortc_hooks.SenderWire) -> None:
@@ -130,7 +133,9 @@ class RtpSender:
     def _send_frame(self, payloads: list[bytes], timestamp: int) -> None:
         """Write, protect and send the frame's packets, a run of one size at a time (the last of
         a run may be shorter)."""
-        view, header, protect_at, history = SCRATCH.view, self._header, self._protect_at, self._history
+        view, header, protect_at = SCRATCH.view, self._header, self._protect_at
+        history, meta = self._history, self._history_meta
+        stamp = timestamp << 24
         header_len, pt, seq = len(header), self._pt, self._seq
         limit = SCRATCH.size - _ROOM
         n, i = len(payloads), 0
@@ -152,7 +157,8 @@ class RtpSender:
                 _PACK(view, offset + 1, marker | pt, seq, timestamp)
                 view[offset + header_len:offset + end] = payload
                 size = protect_at(offset, end)
-                history[seq & (HISTORY - 1)] = (seq, timestamp, marker, payload)
+                history[seq & (HISTORY - 1)] = payload
+                meta[seq & (HISTORY - 1)] = stamp | marker << 16 | seq
                 seq = (seq + 1) & 0xFFFF
                 self._seq = seq
                 if not count:
@@ -183,10 +189,11 @@ class RtpSender:
 
     def retransmit(self, seq: int) -> None:
         """A viewer's NACK: send the packet again if it is still in the history."""
-        entry = self._history[seq & (HISTORY - 1)]
-        if entry is None or entry[0] != seq or self._wire is None or self._closed:
+        slot = seq & (HISTORY - 1)
+        meta, payload = self._history_meta[slot], self._history[slot]
+        if payload is None or meta & 0xFFFF != seq or self._wire is None or self._closed:
             return
-        _, timestamp, marker, payload = entry
+        timestamp, marker = meta >> 24, meta >> 16 & 0x80
         if self._rtx_header is not None:  # RFC 4588: the original sequence number, then the payload
             header = self._rtx_header
             _PACK(header, 1, marker | (header[1] & 0x7F), self._rtx_seq, timestamp)
