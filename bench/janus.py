@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from relay_testkit.process import ServerProcess, free_port
-from relay_testkit.rtp_counter import RtpTrackCounter
+from relay_testkit.rtp_counter import RtpCountingClient
 
 ROOM = 1234
 NETNS_ADDRESS = "10.99.0.1"
@@ -223,11 +223,6 @@ class JanusSignal:
             await self.http.close()
 
 
-def media_kinds(sdp: str) -> dict[int, str]:
-    """Payload type -> kind of each m-line's first (media) format."""
-    return {int(pt): kind for kind, pt in re.findall(r"^m=(audio|video) \d+ \S+ (\d+)", sdp, re.M)}
-
-
 class JanusPublisher:
     """The bench's host publishing its tracks to the VideoRoom (as WhipClient does to the relay)."""
 
@@ -261,25 +256,19 @@ class JanusPublisher:
     drop = stop
 
 
-class JanusViewer:
+class JanusViewer(RtpCountingClient):
     """A VideoRoom subscriber counting RTP at the socket like RtpCountingClient (Janus offers,
     the viewer answers), or decoding with PyAV (`decode`)."""
 
     def __init__(self, url: str, kinds: tuple[str, ...] = ("audio", "video"), decode: bool = False) -> None:
+        super().__init__(url, kinds)
+        self.decode = decode
         base, feed = url.removeprefix("janus:").rsplit("#", 1)
         self.base, self.feed = base, int(feed)
-        self.kinds = kinds
-        self.decode = decode
-        self.pc = None
-        self.started_at = 0.0
-        self.tracks = {kind: RtpTrackCounter() for kind in kinds}
         self._signal = JanusSignal(base)
-        self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-
-        from relay import aiortc_hooks
 
         self.started_at = time.monotonic()
         await self._signal.open()
@@ -292,37 +281,9 @@ class JanusViewer:
         await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         if not self.decode:
-            kinds = media_kinds(offer)
-            by_pt = {pt: (self.tracks[kind], 48000 if kind == "audio" else 90000)
-                     for pt, kind in kinds.items() if kind in self.tracks}
-
-            def take(data: bytes) -> bool:
-                if len(data) < 12 or not 128 <= data[0] < 192 or 192 <= data[1] <= 223:
-                    return False
-                entry = by_pt.get(data[1] & 0x7F)
-                if entry is not None:
-                    entry[0].rtp(data, entry[1])
-                return True
-
-            aiortc_hooks.intercept_datagrams(self.pc, take)
+            self.count_rtp(offer)
         await self._signal.message({"request": "start", "room": ROOM},
                                    {"type": "answer", "sdp": self.pc.localDescription.sdp})
-
-    async def _consume(self, track) -> None:
-        from aiortc.mediastreams import MediaStreamError
-
-        counter = self.tracks[track.kind]
-        try:
-            while True:
-                await track.recv()
-                counter.count(0)
-        except MediaStreamError:
-            pass
-
-    async def first_frame(self, kind: str = "video", timeout: float = 10.0) -> float:
-        counter = self.tracks[kind]
-        await asyncio.wait_for(counter.got_frame.wait(), timeout)
-        return counter.first_at - self.started_at
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -23,7 +23,7 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RtcpRrPacket, RtcpSrPacket, RtpPacket
 from pylibsrtp import Session as SrtpSession
 from pylibsrtp._binding import ffi as _srtp_ffi, lib as _srtp_lib
 
@@ -135,11 +135,21 @@ class SenderWire:
 
 def take_over_sender(sender: RTCRtpSender, retransmit: Callable[[int], None],
                      on_keyframe_request: Callable[[], None],
-                     on_started: Callable[[RTCRtpCodecParameters], None]) -> None:
+                     on_started: Callable[[RTCRtpCodecParameters], None],
+                     on_loss_report: Callable[[int], None]) -> None:
     """The relay sends `sender`'s RTP itself: aiortc's RTP loop only says when the sender started
     (`on_started` with its codec: its connection is up and its header extensions are known)
     and then waits for ever; its RTCP loop goes on (sender reports, the viewer's feedback). A
-    NACKed sequence number goes to `retransmit`, a PLI/FIR to `on_keyframe_request`."""
+    NACKed sequence number goes to `retransmit`, a PLI/FIR to `on_keyframe_request`, the
+    fraction lost (0-255) of each receiver report about this sender to `on_loss_report`."""
+    handle_rtcp = sender._handle_rtcp_packet
+
+    async def _handle_rtcp_packet(packet: Any) -> None:
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == sender._ssrc:
+                    on_loss_report(report.fraction_lost)
+        await handle_rtcp(packet)
 
     async def _next_encoded_frame(codec: RTCRtpCodecParameters) -> Any:
         on_started(codec)
@@ -149,6 +159,7 @@ def take_over_sender(sender: RTCRtpSender, retransmit: Callable[[int], None],
         retransmit(sequence_number)
 
     sender._next_encoded_frame = _next_encoded_frame  # type: ignore[method-assign]
+    sender._handle_rtcp_packet = _handle_rtcp_packet  # type: ignore[method-assign]
     sender._retransmit = _retransmit  # type: ignore[method-assign]
     sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
 
@@ -315,6 +326,10 @@ def check() -> list[str]:
     handle = getattr(RTCRtpSender, "_handle_rtcp_packet", None)
     if handle is None or "_retransmit" not in handle.__code__.co_names:
         missing.append("RTCRtpSender._handle_rtcp_packet calling _retransmit")
+    import aiortc.rtcdtlstransport as rtcdtlstransport
+
+    if "_handle_rtcp_packet" not in rtcdtlstransport.RTCDtlsTransport._handle_rtcp_data.__code__.co_names:
+        missing.append("RTCDtlsTransport._handle_rtcp_data calling a recipient's _handle_rtcp_packet")
     run_rtcp = getattr(RTCRtpSender, "_run_rtcp", None)
     if run_rtcp is None or not set(_SENDER_REPORT) <= set(run_rtcp.__code__.co_names):
         missing.append("RTCRtpSender._run_rtcp reading the sender report figures")

@@ -65,7 +65,12 @@ class RtpCountingClient(WhepClient):
 
     async def start(self) -> None:
         await super().start()  # (the answer is applied; no datagram has arrived yet)
-        for kind, pt in _MEDIA.findall(self.pc.remoteDescription.sdp):
+        self.count_rtp(self.pc.remoteDescription.sdp)
+
+    def count_rtp(self, server_sdp: str) -> None:
+        """Count from now on the RTP of the media the server's SDP describes (call before the
+        connection is up)."""
+        for kind, pt in _MEDIA.findall(server_sdp):
             if kind in self.tracks:
                 self._by_pt[int(pt)] = (self.tracks[kind], CLOCK[kind])
         aiortc_hooks.intercept_datagrams(self.pc, self._take)

@@ -104,3 +104,22 @@ async def test_each_packet_is_protected_numbered_and_marked_and_a_nack_is_answer
     sender.put(frame([b"x"], 12000, key=True))  # closed: nothing more goes out
     assert sender.retransmitted == 1 and sender.sent == 3
     receiving.close()
+
+
+async def test_a_viewer_that_reports_heavy_loss_twice_in_a_row_skips_to_the_next_keyframe():
+    sender, viewer, rx, receiving = await wired_sender(gso=True)
+    asked = []
+    sender.on_drop = lambda: asked.append(1)
+    sender.put(frame([b"k" * 100], 0, key=True))
+    sender.loss_report(100)  # one bad report (100/256 lost): it may pass
+    sender.loss_report(10)  # a good one in between: the count starts again
+    sender.loss_report(100)
+    assert not sender.needs_keyframe and sender.skips == 0 and not asked
+    sender.loss_report(64)  # a quarter lost, twice in a row: it cannot keep up
+    assert sender.needs_keyframe and sender.skips == 1 and asked == [1]
+    sender.put(frame([b"p" * 100], 3000, key=False))  # skipped
+    sender.put(frame([b"K" * 100], 6000, key=True))  # resumes here
+    got = await received(viewer, rx, 2)
+    assert [p.payload for p in got] == [b"k" * 100, b"K" * 100] and sender.dropped == 1
+    sender.close()
+    receiving.close()

@@ -24,6 +24,8 @@ _PACK = struct.Struct("!BHI").pack_into  # byte 1 (marker, payload type), sequen
 # UDP generic segmentation offload (Linux 4.18+): one sendmsg, many datagrams of one size.
 SOL_UDP, UDP_SEGMENT = 17, 103
 GSO_MAX_SEGMENTS = 48  # (the kernel takes 64; 48 x ~1250 bytes stays under 64 KiB)
+LOSSY = 64  # a receiver report's fraction lost (of 256) from which a viewer is not keeping up
+LOSSY_REPORTS = 2  # ... in this many reports in a row
 REPORT_EVERY = 16  # frames between two updates of the sender report's figures (any frame's pair is true)
 SCRATCH = aiortc_hooks.SrtpScratch()  # shared by every sender: sends are synchronous, on the loop
 _ROOM = 1600  # a packet, protected, fits in this many bytes
@@ -44,7 +46,8 @@ class RtpSender:
     of one size in one segmented send (`gso`) where the kernel can, else one datagram per call.
     Until `attach` (its connection is up) frames are not sent. Video starts at a keyframe; a
     viewer whose socket buffer is full (the kernel does not take its datagrams) skips to the
-    next keyframe (counted in `dropped`, `on_drop` asks the host for one). NACKed packets are
+    next keyframe (counted in `dropped`, `on_drop` asks the host for one), as does one whose
+    receiver reports say it loses a quarter of the packets, report after report. NACKed packets are
     sent again from a bounded history (as RTX where negotiated) and aiortc's RTCP task reports
     what was sent.
     """
@@ -52,7 +55,7 @@ class RtpSender:
     __slots__ = ("kind", "capacity", "needs_keyframe", "dropped", "sent", "on_drop", "on_first",
                  "packets", "octets", "retransmitted", "gso", "_video", "_wire", "_header", "_rtx_header",
                  "_seq", "_rtx_seq", "_ts_origin", "_history", "_history_meta", "_closed", "_protect_at", "_sock", "_address",
-                 "_pt")
+                 "_pt", "_lossy_reports", "skips")
 
     def __init__(self, kind: str, gso: bool = True) -> None:
         self.kind = kind
@@ -64,6 +67,8 @@ class RtpSender:
         self.packets = 0
         self.octets = 0
         self.retransmitted = 0
+        self.skips = 0  # times the viewer's video skipped to the next keyframe for its losses
+        self._lossy_reports = 0
         self.on_drop: Callable[[], None] | None = None
         self.on_first: Callable[[], None] | None = None
         self._video = kind == "video"
@@ -211,6 +216,20 @@ class RtpSender:
         except OSError:  # (a full buffer: the viewer asks again or gets the next keyframe)
             return
         self.retransmitted += 1
+
+    def loss_report(self, fraction_lost: int) -> None:
+        """A receiver report from the viewer: one that loses a quarter of the packets report after
+        report cannot keep up; its video skips to the next keyframe (as when its socket is full)."""
+        if fraction_lost < LOSSY:
+            self._lossy_reports = 0
+            return
+        self._lossy_reports += 1
+        if self._lossy_reports >= LOSSY_REPORTS and self._video and not self.needs_keyframe:
+            self._lossy_reports = 0
+            self.skips += 1
+            self.needs_keyframe = True
+            if self.on_drop is not None:
+                self.on_drop()
 
     def restart(self) -> None:
         """The source changed (host reconnected): wait for the new source's keyframe."""

@@ -58,7 +58,8 @@ class ViewerSession:
             if media.kind == "video":
                 sender.on_first = self._joined
             aiortc_hooks.take_over_sender(transceiver.sender, sender.retransmit, on_keyframe_request,
-                                          lambda codec, t=transceiver, s=sender: self._started(t, s, codec))
+                                          lambda codec, t=transceiver, s=sender: self._started(t, s, codec),
+                                          sender.loss_report)
             self.senders[media.kind] = sender
         sends = "; ".join(f"{k} {'/'.join(v)}" for k, v in codecs.items() if k in offer.kinds())
         if self._on_channel is not None:
@@ -92,6 +93,7 @@ class ViewerSession:
             "codecs": self.codecs,
             "connection": self.pc.connectionState,
             "dropped_frames": self.dropped,
+            "loss_skips": sum(s.skips for s in self.senders.values()),
         }
 
     async def close(self) -> None:
