@@ -14,6 +14,8 @@ class MediaMeter:
         self.bytes_sent = {"audio": 0, "video": 0}
         self.frames_dropped = {"audio": 0, "video": 0}
         self.frames_received = {"audio": 0, "video": 0}
+        self.packets_retransmitted = {"audio": 0, "video": 0}  # answers to viewers' NACKs
+        self.loss_skips = 0  # viewers' video skipped to a keyframe for the losses they reported
         self.keyframe_requests_received = 0  # from viewers (and slow-viewer skips)
         self.keyframe_requests_sent = 0  # to hosts, after throttling
 

@@ -216,6 +216,7 @@ class RtpSender:
         except OSError:  # (a full buffer: the viewer asks again or gets the next keyframe)
             return
         self.retransmitted += 1
+        METER.packets_retransmitted[self.kind] += 1
 
     def loss_report(self, fraction_lost: int) -> None:
         """A receiver report from the viewer: one that loses a quarter of the packets report after
@@ -227,6 +228,7 @@ class RtpSender:
         if self._lossy_reports >= LOSSY_REPORTS and self._video and not self.needs_keyframe:
             self._lossy_reports = 0
             self.skips += 1
+            METER.loss_skips += 1
             self.needs_keyframe = True
             if self.on_drop is not None:
                 self.on_drop()

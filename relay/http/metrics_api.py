@@ -59,6 +59,7 @@ class LiveCollector:
             ("relay_packets_forwarded", "RTP packets sent to viewers", METER.packets_sent),
             ("relay_bytes_forwarded", "RTP payload bytes sent to viewers", METER.bytes_sent),
             ("relay_frames_dropped", "Frames skipped for slow viewers (to the next keyframe)", METER.frames_dropped),
+            ("relay_packets_retransmitted", "RTP packets sent again for viewers' NACKs", METER.packets_retransmitted),
         ):
             family = CounterMetricFamily(name, doc, labels=["kind"])
             for kind, value in values.items():
@@ -68,6 +69,10 @@ class LiveCollector:
         requests.add_metric(["from_viewers"], METER.keyframe_requests_received)
         requests.add_metric(["to_hosts"], METER.keyframe_requests_sent)
         yield requests
+        skips = CounterMetricFamily("relay_viewer_loss_skips", "Viewers' video skipped to the next keyframe "
+                                    "for the losses their receiver reports said")
+        skips.add_metric([], METER.loss_skips)
+        yield skips
 
 
 def build_registry(live: LiveRegistry) -> CollectorRegistry:
