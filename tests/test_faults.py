@@ -40,8 +40,10 @@ async def test_viewers_keep_playing_through_packet_loss(make_relay, h264_clip, s
     per_second = await frames_per_second(viewer, 6)
     dropped = counts["dropped_out"] + counts["dropped_in"]
     assert dropped > 0
-    # The source sends 30 fps; through the loss the viewer still decodes most of them, every second.
-    assert min(per_second) >= (20 if loss < 0.1 else 8), (per_second, counts)
+    # The source sends 30 fps; through the loss the viewer still decodes most of them, every two seconds
+    # (a frame that waits for its retransmission on a loaded machine may land in the next second).
+    per_two = [a + b for a, b in zip(per_second, per_second[1:])]
+    assert min(per_two) >= 2 * (20 if loss < 0.1 else 8), (per_second, counts)
     assert sum(per_second) >= 6 * (27 if loss < 0.1 else 15), (per_second, counts)
 
 
