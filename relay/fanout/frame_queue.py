@@ -1,4 +1,4 @@
-"""A reader's bounded queue of frames: a viewer's track, or the recorder's."""
+"""A reader's bounded queue of frames (the recorder's: viewers are sent to at once)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Callable
 from aiortc.mediastreams import MediaStreamError
 
 from ..media import RelayFrame
-from .meter import METER, MediaMeter
 
 
 class QueueClosed(MediaStreamError):
@@ -17,30 +16,28 @@ class QueueClosed(MediaStreamError):
 
 
 class FrameQueue:
-    """Frames waiting for one reader: a viewer's track, or the recorder (both tracks).
+    """Frames waiting for one reader that takes them in its own time (the recorder, both tracks).
 
     Bounded: when `capacity` frames are waiting, the reader is too slow; the waiting frames
     are dropped and, for a video queue, video up to the next keyframe too (a frame without
-    its references would not decode; audio in a mixed queue goes on). Drops are counted. Never blocks the producer.
-    Viewers' queues count in the media meter (`metered`); the recorder's do not.
+    its references would not decode; audio in a mixed queue goes on). Drops are counted. Never
+    blocks the producer.
     """
 
     __slots__ = ("capacity", "needs_keyframe", "dropped", "sent", "_frames", "_waiter",
-                 "_closed", "_video", "on_drop", "on_first", "_kind", "_meter")
+                 "_closed", "_video", "on_drop", "_kind")
 
-    def __init__(self, capacity: int, video: bool, metered: bool = True) -> None:
+    def __init__(self, capacity: int, video: bool) -> None:
         self.capacity = capacity
         self.needs_keyframe = video
         self.dropped = 0
         self.sent = 0
         self.on_drop: Callable[[], None] | None = None
-        self.on_first: Callable[[], None] | None = None  # the first frame goes out (join time)
         self._kind = "video" if video else "audio"
         self._frames: deque[RelayFrame] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._video = video
-        self._meter = METER if metered else MediaMeter()
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -49,17 +46,14 @@ class FrameQueue:
         if self.needs_keyframe and frame.kind == self._kind:  # (audio passes a mixed queue)
             if not frame.keyframe:
                 self.dropped += 1
-                self._meter.frames_dropped[frame.kind] += 1
                 return
             self.needs_keyframe = False
         if len(self._frames) >= self.capacity:
             self.dropped += len(self._frames)
-            self._meter.frames_dropped[self._kind] += len(self._frames)
             self._frames.clear()
             if self._video and not (frame.keyframe and frame.kind == "video"):
                 self.needs_keyframe = True
                 self.dropped += 1
-                self._meter.frames_dropped[frame.kind] += 1
                 if self.on_drop is not None:
                     self.on_drop()
                 return
@@ -83,13 +77,7 @@ class FrameQueue:
             finally:
                 self._waiter = None
         frame = self._frames.popleft()
-        if not self.sent and self.on_first is not None:
-            self.on_first()
         self.sent += 1
-        meter = self._meter
-        meter.frames_sent[self._kind] += 1
-        meter.packets_sent[self._kind] += len(frame.payloads)
-        meter.bytes_sent[self._kind] += frame.size
         return frame
 
     def finish(self) -> None:

@@ -98,9 +98,6 @@ class RtpSender:
     def attached(self) -> bool:
         return self._wire is not None
 
-    def __len__(self) -> int:
-        return 0  # nothing waits here
-
     def put(self, frame: RelayFrame) -> None:
         if self._wire is None or self._closed:
             return
@@ -165,7 +162,6 @@ class RtpSender:
                 history[seq & (HISTORY - 1)] = payload
                 meta[seq & (HISTORY - 1)] = stamp | marker << 16 | seq
                 seq = (seq + 1) & 0xFFFF
-                self._seq = seq
                 if not count:
                     segment = size
                 offset += size
@@ -173,6 +169,7 @@ class RtpSender:
                 i += 1
                 if shorter:
                     break
+            self._seq = seq  # (before the send: a refused run still used its numbers)
             self._send_run(view, offset, segment, count)
 
     def _send_run(self, view: memoryview, length: int, segment: int, count: int) -> None:
@@ -236,9 +233,6 @@ class RtpSender:
     def restart(self) -> None:
         """The source changed (host reconnected): wait for the new source's keyframe."""
         self.needs_keyframe = self._video
-
-    def finish(self) -> None:
-        self.close()
 
     def close(self) -> None:
         self._closed = True

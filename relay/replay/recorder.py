@@ -57,7 +57,7 @@ class Recorder:
         self.playlist = resume or Playlist()
         self.playlist.ended = False
         self.error: str | None = None
-        self.queue = FrameQueue(max_queued_frames, video=True, metered=False)
+        self.queue = FrameQueue(max_queued_frames, video=True)
         self.queue.on_drop = self._falling_behind
         self._writer: SegmentWriter | None = None
         self._runs = 0

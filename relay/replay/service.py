@@ -253,15 +253,10 @@ class ReplayService:
         """A part's playlist, its files on this node's disk (already, on a shared disk)."""
         folder = self.folder(show_id)
         folder.mkdir(parents=True, exist_ok=True)
-        name = part_playlist(part.tag)
-        path = folder / name
-        if path.exists():
-            playlist = Playlist.read(path)
-        else:
-            text = await self._cluster.fetch(part.url, show_id, name)
-            if text is None:
-                return None
-            playlist = Playlist.parse(text.decode())
+        path = folder / part_playlist(part.tag)
+        playlist = await self._part_playlist(show_id, part, None)
+        if playlist is None:
+            return None
         for file in dict.fromkeys([s.init for s in playlist.segments] + [s.uri for s in playlist.segments]):
             if (folder / file).exists():
                 continue
