@@ -15,6 +15,10 @@ from . import aiortc_hooks
 from .commerce.channel import serve_channel
 from .commerce.coupon_updates import RemainingTicker, end_coupons
 from .commerce.events import EventHub
+from .commerce.order_book import OrderBook
+from .commerce.redis_orders import RedisOrderBook
+from .commerce.sales import SalesDesk
+from .commerce.sqlite_orders import SqliteOrderBook
 from .commerce.products import ProductShelf
 from .commerce.redis_store import RedisCommerceStore
 from .commerce.sqlite_store import SqliteCommerceStore
@@ -28,6 +32,7 @@ from .http.commerce_api import CommerceApi
 from .http.coupon_api import CouponApi
 from .http.limits import RateLimiter
 from .http.metrics_api import build_registry, metrics_route
+from .http.order_api import OrderApi
 from .http.middleware import cors_middleware, draining_middleware, error_middleware, security_headers
 from .http.pages import Pages
 from .http.replay_api import ReplayApi
@@ -67,6 +72,7 @@ class Services:
     shelf: ProductShelf
     tokens: ViewerTokens
     webhooks: WebhookSender
+    orders: OrderBook
 
 
 SERVICES: "web.AppKey[Services]" = web.AppKey("services")
@@ -136,6 +142,13 @@ def open_commerce_store(settings: Settings) -> CommerceStore:
     return SqliteCommerceStore(settings.data_path / "relay.db")
 
 
+def open_order_book(settings: Settings) -> OrderBook:
+    """Orders and refunds: in Redis for a cluster, else in the data dir."""
+    if settings.store.redis_url:
+        return RedisOrderBook(settings.store.redis_url, settings.store.redis_prefix)
+    return SqliteOrderBook(settings.data_path / "relay.db")
+
+
 def open_show_stores(settings: Settings) -> tuple[SqliteShowStore | RedisShowStore,
                                                  SqliteReplayStore | RedisReplayStore]:
     """Shows, rooms, figures and replay records: in Redis for a cluster, else in the data dir."""
@@ -185,6 +198,7 @@ def build_app(settings: Settings) -> web.Application:
     show_store, replay_store = open_show_stores(settings)
     catalog = ShowCatalog(show_store)
     commerce = open_commerce_store(settings)
+    orders = open_order_book(settings)
     webhooks = WebhookSender(hooks.urls, hooks.secret, hooks.timeout_s, hooks.max_queue, hooks.max_attempts)
 
     edges = cluster_edges(settings, admin_key)
@@ -211,21 +225,30 @@ def build_app(settings: Settings) -> web.Application:
         on_viewer_channel=lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel),
         on_ended=lambda show_id: end_coupons(commerce, events, show_id), edges=edges, nodes=nodes)
 
+    desk = SalesDesk(orders, events, webhooks.emit)
+
     async def purge_commerce(show_id: str) -> None:  # a store failure (503) leaves the show to delete again
         await commerce.purge_show(show_id)
+        await orders.purge_show(show_id)
         events.forget(show_id)
+        desk.forget(show_id)
 
-    removal = ShowRemoval(catalog, live, replays, on_deleting=purge_commerce, on_room_deleting=commerce.retire_room)
+    async def retire_room(show_id: str, room: str, retired: str) -> None:
+        await commerce.retire_room(show_id, room, retired)
+        await orders.retire_room(show_id, room, retired)
+
+    removal = ShowRemoval(catalog, live, replays, on_deleting=purge_commerce, on_room_deleting=retire_room)
     # Processes sharing Redis sign alike: without a configured secret they read one kept there.
     shared_secret = not settings.auth.token_secret and isinstance(commerce, RedisCommerceStore)
     tokens = ViewerTokens(None if shared_secret else load_secret(settings.auth.token_secret, settings.data_path))
     ticker = RemainingTicker(commerce, events)
-    app[SERVICES] = Services(settings, catalog, live, removal, replays, commerce, events, shelf, tokens, webhooks)
+    app[SERVICES] = Services(settings, catalog, live, removal, replays, commerce, events, shelf, tokens, webhooks,
+                             orders)
 
     # HTTP front-ends, each given what it uses
     limits = settings.limits
     behind_proxy = settings.server.trust_forwarded_for
-    auth = Auth(admin_key, tokens, catalog, behind_proxy)
+    auth = Auth(admin_key, tokens, catalog, behind_proxy, settings.auth.shop_key)
     # aiohttp tries the routes under one path prefix in the order they were added: the storms'
     # routes (claims, viewers, events, WHEP) come first.
     app.add_routes(CouponApi(catalog, commerce, events, ticker, webhooks, auth,
@@ -238,7 +261,9 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(WhipApi(live, auth, RateLimiter("WHIP", limits.whip_per_s, behind_proxy), sessions).routes())
     if edges is not None:
         app.add_routes(ClusterApi(live, auth, RateLimiter("pull", 0, behind_proxy)).routes())
-    app.add_routes(ShowsApi(catalog, live, removal, replays, commerce, auth, settings).routes())
+    app.add_routes(OrderApi(catalog, shelf, desk, orders, tokens, settings, auth,
+                            RateLimiter("attribution", limits.attributions_per_s, behind_proxy)).routes())
+    app.add_routes(ShowsApi(catalog, live, removal, replays, commerce, orders, auth, settings).routes())
     app.add_routes(ReplayApi(catalog, replays, shelf, tokens, auth, settings).routes())
     app.add_routes(Pages(catalog, settings).routes())
     app.router.add_get("/metrics", metrics_route(build_registry(live), settings.auth.metrics_key or admin_key))
@@ -284,6 +309,7 @@ def build_app(settings: Settings) -> web.Application:
         if sessions is not None:
             await sessions.close()
         await commerce.close()
+        await orders.close()
         await webhooks.close()
         await replay_store.close()
         await show_store.close()

@@ -34,6 +34,7 @@ class ShowStore(Protocol):
     async def delete_show(self, show_id: str) -> None: ...
     async def add_mirror(self, mirror: Mirror) -> None: ...
     async def list_mirrors(self, show_id: str) -> list[Mirror]: ...
+    async def update_mirror(self, mirror: Mirror) -> None: ...
     async def delete_mirror(self, show_id: str, distributor: str) -> None: ...
 
 
@@ -170,17 +171,39 @@ class ShowCatalog:
         self._cache.pop(show_id, None)
 
     # -- mirror rooms ----------------------------------------------------------------------
-    async def add_mirror(self, show_id: str, distributor: str, name: str) -> Mirror:
+    async def add_mirror(self, show_id: str, distributor: str, name: str, commission_rate: str = "0") -> Mirror:
         mirrors = await self._mirrors(show_id)
         if distributor in mirrors:
             raise ApiError(409, "mirror_exists", f"distributor {distributor!r} already has a room in this show")
-        mirror = mirrors[distributor] = Mirror(show_id, distributor, name, time.time())
+        mirror = mirrors[distributor] = Mirror(show_id, distributor, name, time.time(), commission_rate)
         try:
             await self._store.add_mirror(mirror)
         except BaseException:
             mirrors.pop(distributor, None)
             raise
         return mirror
+
+    async def change_mirror(self, show_id: str, distributor: str, name: str | None,
+                            commission_rate: str | None) -> Mirror:
+        """The room with its new name and/or rate, written to the store."""
+        mirror = await self.mirror(show_id, distributor)
+        changed = Mirror(show_id, distributor, name if name is not None else mirror.name, mirror.created_at,
+                         commission_rate if commission_rate is not None else mirror.commission_rate)
+        await self._store.update_mirror(changed)
+        entry = self._cache.get(show_id)
+        if entry is not None and entry.mirrors is not None and distributor in entry.mirrors:
+            entry.mirrors[distributor] = changed
+        return changed
+
+    async def change_show(self, show_id: str, title: str | None, sharer_commission_rate: str | None) -> Show:
+        """The show with its new title and/or sharer rate, written to the store."""
+        show = (await self._existing(show_id)).show
+        if title is not None:
+            show.title = title
+        if sharer_commission_rate is not None:
+            show.sharer_commission_rate = sharer_commission_rate
+        await self._write(show)
+        return _copy(show)
 
     async def mirror(self, show_id: str, distributor: str) -> Mirror:
         """The mirror room, or 404 (for the show or the room)."""

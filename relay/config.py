@@ -39,6 +39,7 @@ class AuthSettings:
     token_secret: str = ""
     metrics_key: str = ""
     shopper_secret: str = ""  # the brand signs shopper tokens (HS256) with it
+    shop_key: str = ""  # the brand's shop posts orders and refunds with it, and can do nothing else
 
 
 @dataclass
@@ -75,12 +76,18 @@ class LimitSettings:
     max_viewers_per_process: int = 500
     viewer_registrations_per_s: float = 20.0
     claims_per_s: float = 20.0
+    attributions_per_s: float = 20.0  # per address: a viewer asks once per product link it opens
     whep_per_s: float = 10.0
     whip_per_s: float = 2.0
     max_pending_sessions_per_address: int = 10
     max_connections_per_address: int = 256
     registrations_per_address_per_show: int = 50
     idempotency_retention_s: float = 86400.0  # a claim's Idempotency-Key is honoured this long
+
+
+@dataclass
+class CommerceSettings:
+    attribution_ttl_s: float = 7 * 86400.0  # a sale this long after the tap on Buy is still credited
 
 
 @dataclass
@@ -117,6 +124,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    commerce: CommerceSettings = field(default_factory=CommerceSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
@@ -148,7 +156,8 @@ POSITIVE = {"ice.consent_timeout_s", "ice.connect_timeout_s", "media.publisher_t
             "media.figures_save_interval_s", "cluster.origin_ttl_s",
             "media.gop_cache_max_frames", "replay.segment_target_s",
             "replay.retention_check_interval_s", "replay.max_queued_frames", "server.max_body_bytes",
-            "server.shutdown_timeout_s", "server.read_timeout_s", "server.idle_timeout_s", "webhooks.timeout_s", "limits.idempotency_retention_s", "webhooks.max_queue", "webhooks.max_attempts"}
+            "server.shutdown_timeout_s", "server.read_timeout_s", "server.idle_timeout_s", "webhooks.timeout_s", "limits.idempotency_retention_s", "webhooks.max_queue", "webhooks.max_attempts",
+            "commerce.attribution_ttl_s"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

@@ -37,6 +37,7 @@ class Show:
     playback: str = "public"  # public | token (WHEP and events need a signed viewer token)
     currency: str = "CNY"  # ISO 4217 code the shelf's prices are in
     identity: str = "anonymous"  # anonymous | shopper (viewers are the brand's users; limits per shopper)
+    sharer_commission_rate: str = "0"  # of each sale that came through a sharer's link
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Mirror:
     distributor: str
     name: str
     created_at: float
+    commission_rate: str = "0"  # the distributor's share of what its room sold
 
 
 @dataclass

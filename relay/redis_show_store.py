@@ -73,6 +73,14 @@ redis.call('PUBLISH', ARGV[2], ARGV[1])
 return 'ok'
 """
 
+# KEYS: mirrors.  ARGV: show id, catalog channel, distributor, record.  A room that is gone stays gone.
+_UPDATE_MIRROR = """
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+return 1
+"""
+
 # KEYS: show, mirrors, nodes, this node's figures.  ARGV: node, HQ, room/figures pairs.
 _SAVE_FIGURES = _ROOM_EXISTS + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -110,6 +118,11 @@ def _pairs(fields: Iterable[tuple[str, Any]]) -> list[Any]:
     return list(chain.from_iterable(fields))
 
 
+def _mirror_record(mirror: Mirror) -> str:
+    return json.dumps({"name": mirror.name, "created_at": mirror.created_at,
+                       "commission_rate": mirror.commission_rate})
+
+
 def _show(fields: dict[str, str]) -> Show:
     values = from_hash(fields)
     return Show(**values | {"state": ShowState(values["state"])})
@@ -139,6 +152,7 @@ class RedisShowStore:
         self._create = self._redis.register_script(_CREATE_SHOW)
         self._update = self._redis.register_script(_UPDATE_SHOW)
         self._add_mirror = self._redis.register_script(_ADD_MIRROR)
+        self._update_mirror = self._redis.register_script(_UPDATE_MIRROR)
         self._save_figures = self._redis.register_script(_SAVE_FIGURES)
         self._save_live = self._redis.register_script(_SAVE_LIVE)
 
@@ -186,7 +200,7 @@ class RedisShowStore:
     # -- mirror rooms ----------------------------------------------------------------------
     async def add_mirror(self, mirror: Mirror) -> None:
         """Stores a new mirror room; 409 if the distributor has one, 404 if the show is gone."""
-        record = json.dumps({"name": mirror.name, "created_at": mirror.created_at})
+        record = _mirror_record(mirror)
         outcome = await self._do(self._add_mirror(
             keys=[self._key(mirror.show_id), self._key(mirror.show_id, "mirrors")],
             args=[mirror.show_id, self._channel, mirror.distributor, record]))
@@ -194,6 +208,12 @@ class RedisShowStore:
             raise show_not_found(mirror.show_id)
         if outcome == "exists":
             raise mirror_exists(mirror.distributor)
+
+    async def update_mirror(self, mirror: Mirror) -> None:
+        """Writes the room's name and rate; a room that is gone stays gone."""
+        await self._do(self._update_mirror(keys=[self._key(mirror.show_id, "mirrors")],
+                                           args=[mirror.show_id, self._channel, mirror.distributor,
+                                                 _mirror_record(mirror)]))
 
     async def list_mirrors(self, show_id: str) -> list[Mirror]:
         """The show's mirror rooms, oldest first."""

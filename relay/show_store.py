@@ -28,13 +28,15 @@ CREATE TABLE IF NOT EXISTS shows (
     stream_key_expires_at REAL,
     playback TEXT NOT NULL DEFAULT 'public',
     currency TEXT NOT NULL DEFAULT 'CNY',
-    identity TEXT NOT NULL DEFAULT 'anonymous'
+    identity TEXT NOT NULL DEFAULT 'anonymous',
+    sharer_commission_rate TEXT NOT NULL DEFAULT '0'
 );
 CREATE TABLE IF NOT EXISTS mirrors (
     show_id TEXT NOT NULL REFERENCES shows(id) ON DELETE CASCADE,
     distributor TEXT NOT NULL,
     name TEXT NOT NULL,
     created_at REAL NOT NULL,
+    commission_rate TEXT NOT NULL DEFAULT '0',
     PRIMARY KEY (show_id, distributor)
 );
 CREATE TABLE IF NOT EXISTS room_figures (
@@ -64,11 +66,11 @@ class SqliteShowStore:
         created = await self._db.call(
             _execute,
             "INSERT INTO shows (id, title, state, stream_key_hash, created_at, started_at, ended_at,"
-            " end_reason, replay_public, stream_key_expires_at, playback, currency, identity)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
+            " end_reason, replay_public, stream_key_expires_at, playback, currency, identity,"
+            " sharer_commission_rate) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
             (show.id, show.title, show.state.value, show.stream_key_hash, show.created_at, show.started_at,
              show.ended_at, show.end_reason, int(show.replay_public), show.stream_key_expires_at, show.playback,
-             show.currency, show.identity))
+             show.currency, show.identity, show.sharer_commission_rate))
         if not created:
             raise show_exists(show.id)
 
@@ -82,10 +84,11 @@ class SqliteShowStore:
     async def update_show(self, show: Show) -> None:
         await self._db.call(_execute,
                             "UPDATE shows SET title=?, state=?, stream_key_hash=?, started_at=?, ended_at=?,"
-                            " end_reason=?, replay_public=?, stream_key_expires_at=?, playback=? WHERE id=?",
+                            " end_reason=?, replay_public=?, stream_key_expires_at=?, playback=?, sharer_commission_rate=?"
+                            " WHERE id=?",
                             (show.title, show.state.value, show.stream_key_hash, show.started_at, show.ended_at,
                              show.end_reason, int(show.replay_public), show.stream_key_expires_at, show.playback,
-                             show.id))
+                             show.sharer_commission_rate, show.id))
 
     async def delete_show(self, show_id: str) -> None:
         await self._db.call(_execute, "DELETE FROM shows WHERE id=?", (show_id,))
@@ -99,6 +102,11 @@ class SqliteShowStore:
         rows = await self._db.call(_fetch_all, "SELECT * FROM mirrors WHERE show_id=? ORDER BY created_at",
                                    (show_id,))
         return [Mirror(**dict(r)) for r in rows]
+
+    async def update_mirror(self, mirror: Mirror) -> None:
+        """Writes the room's name and rate; a room that is gone stays gone."""
+        await self._db.call(_execute, "UPDATE mirrors SET name=?, commission_rate=? WHERE show_id=? AND distributor=?",
+                            (mirror.name, mirror.commission_rate, mirror.show_id, mirror.distributor))
 
     async def delete_mirror(self, show_id: str, distributor: str) -> None:
         await self._db.call(_delete_mirror, show_id, distributor)
@@ -132,9 +140,12 @@ def _setup(db: sqlite3.Connection) -> None:
     columns = {r["name"] for r in db.execute("PRAGMA table_info(shows)")}
     for column, kind in (("stream_key_expires_at", "REAL"), ("playback", "TEXT NOT NULL DEFAULT 'public'"),
                          ("currency", "TEXT NOT NULL DEFAULT 'CNY'"),
-                         ("identity", "TEXT NOT NULL DEFAULT 'anonymous'")):
+                         ("identity", "TEXT NOT NULL DEFAULT 'anonymous'"),
+                         ("sharer_commission_rate", "TEXT NOT NULL DEFAULT '0'")):
         if column not in columns:  # a data dir made by an older version
             db.execute(f"ALTER TABLE shows ADD COLUMN {column} {kind}")
+    if "commission_rate" not in {r["name"] for r in db.execute("PRAGMA table_info(mirrors)")}:
+        db.execute("ALTER TABLE mirrors ADD COLUMN commission_rate TEXT NOT NULL DEFAULT '0'")
 
 
 def _execute(db: sqlite3.Connection, sql: str, params: tuple) -> int:
@@ -149,8 +160,10 @@ def _fetch_all(db: sqlite3.Connection, sql: str, params: tuple) -> list[sqlite3.
 def _add_mirror(db: sqlite3.Connection, mirror: Mirror) -> None:
     if db.execute("SELECT 1 FROM shows WHERE id=?", (mirror.show_id,)).fetchone() is None:
         raise show_not_found(mirror.show_id)
-    if not db.execute("INSERT INTO mirrors VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
-                      (mirror.show_id, mirror.distributor, mirror.name, mirror.created_at)).rowcount:
+    if not db.execute("INSERT INTO mirrors (show_id, distributor, name, created_at, commission_rate)"
+                      " VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                      (mirror.show_id, mirror.distributor, mirror.name, mirror.created_at,
+                       mirror.commission_rate)).rowcount:
         raise mirror_exists(mirror.distributor)
 
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Tests and benches run hundreds of clients from one address: the per-address limits are off.
 NO_LIMITS = {f"RELAY_LIMITS_{name}": "0" for name in (
-    "VIEWER_REGISTRATIONS_PER_S", "CLAIMS_PER_S", "WHEP_PER_S", "WHIP_PER_S", "MAX_PENDING_SESSIONS_PER_ADDRESS",
+    "VIEWER_REGISTRATIONS_PER_S", "CLAIMS_PER_S", "ATTRIBUTIONS_PER_S", "WHEP_PER_S", "WHIP_PER_S", "MAX_PENDING_SESSIONS_PER_ADDRESS",
     "MAX_CONNECTIONS_PER_ADDRESS", "REGISTRATIONS_PER_ADDRESS_PER_SHOW")}
 
 

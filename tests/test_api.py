@@ -28,7 +28,8 @@ async def test_show_lifecycle_through_the_api(relay):
     status, mirror = await relay.api("POST", "/api/shows/spring/mirrors", {"distributor": "alice", "name": "Alice's shop"})
     assert status == 201
     assert mirror == {"distributor": "alice", "name": "Alice's shop", "whep_url": f"{relay.base}/whep/spring/alice",
-                      "watch_url": f"{relay.base}/watch/spring/alice", "created_at": mirror["created_at"]}
+                      "watch_url": f"{relay.base}/watch/spring/alice", "created_at": mirror["created_at"],
+                      "commission_rate": "0"}
     await relay.api("POST", "/api/shows/spring/mirrors", {"distributor": "bob", "name": "Bob"})
     status, mirrors = await relay.api("GET", "/api/shows/spring/mirrors")
     assert [m["distributor"] for m in mirrors["mirrors"]] == ["alice", "bob"]

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS coupons (
     show_id TEXT NOT NULL, coupon_id TEXT NOT NULL, title TEXT NOT NULL, quantity INTEGER NOT NULL,
     per_viewer_limit INTEGER NOT NULL, duration_s REAL, starts_at REAL, ends_at REAL,
     room_caps TEXT NOT NULL, state TEXT NOT NULL, claimed INTEGER NOT NULL, created_at REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'flash', invites_required INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (show_id, coupon_id)
 );
 CREATE TABLE IF NOT EXISTS coupon_rooms (
@@ -58,6 +59,8 @@ class Coupon:
     state: str  # draft | live | stopped
     claimed: int = 0
     rooms_claimed: dict[str, int] = field(default_factory=dict)
+    kind: str = "flash"  # flash | invite (a viewer claims once it has brought invites_required viewers)
+    invites_required: int = 0
 
     @property
     def remaining(self) -> int:
@@ -78,7 +81,9 @@ class Coupon:
                 "per_viewer_limit": self.per_viewer_limit, "duration_s": self.duration_s,
                 "starts_at": self.starts_at, "ends_at": self.ends_at, "state": self.status(now or time.time()),
                 "claimed": self.claimed, "remaining": self.remaining,
-                "room_caps": dict(self.room_caps), "rooms": dict(self.rooms_claimed)}
+                "room_caps": dict(self.room_caps), "rooms": dict(self.rooms_claimed), "kind": self.kind}
+        if self.kind == "invite":
+            view["invites_required"] = self.invites_required
         return view if room is None else coupon_for_room(view, room)
 
 
@@ -98,15 +103,21 @@ def setup(db: sqlite3.Connection) -> None:
     columns = {r["name"] for r in db.execute("PRAGMA table_info(claim_requests)")}
     if "created_at" not in columns:  # a data dir made by an older version
         db.execute("ALTER TABLE claim_requests ADD COLUMN created_at REAL NOT NULL DEFAULT 0")
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(coupons)")}
+    if "kind" not in columns:
+        db.execute("ALTER TABLE coupons ADD COLUMN kind TEXT NOT NULL DEFAULT 'flash'")
+        db.execute("ALTER TABLE coupons ADD COLUMN invites_required INTEGER NOT NULL DEFAULT 0")
 
 
-def decide(coupon: Coupon, room: str, mine: int, now: float) -> str:
+def decide(coupon: Coupon, room: str, mine: int, now: float, invites: int = 0) -> str:
     """The answer to one claim (the Redis store's claim script decides the same way)."""
     status = coupon.status(now)
     if status in ("draft", "scheduled"):
         return "not_started"
     if status == "ended":
         return "ended"
+    if coupon.kind == "invite" and invites < coupon.invites_required:
+        return "needs_invites"
     if mine >= coupon.per_viewer_limit:
         return "already_claimed"
     if coupon.remaining <= 0:
@@ -125,7 +136,7 @@ def load_coupon(db: sqlite3.Connection, show_id: str, coupon_id: str) -> Coupon:
         "SELECT room, claimed FROM coupon_rooms WHERE show_id=? AND coupon_id=?", (show_id, coupon_id))}
     return Coupon(row["show_id"], row["coupon_id"], row["title"], row["quantity"], row["per_viewer_limit"],
                   row["duration_s"], row["starts_at"], row["ends_at"], json.loads(row["room_caps"]),
-                  row["state"], row["claimed"], rooms)
+                  row["state"], row["claimed"], rooms, row["kind"], row["invites_required"])
 
 
 def list_coupons(db: sqlite3.Connection, show_id: str) -> list[Coupon]:
@@ -139,10 +150,10 @@ def create_coupon(db: sqlite3.Connection, coupon: Coupon) -> Coupon:
         coupon.id = "c" + secrets.token_hex(4)
     if db.execute("SELECT 1 FROM coupons WHERE show_id=? AND coupon_id=?", (coupon.show_id, coupon.id)).fetchone():
         raise ApiError(409, "coupon_exists", f"coupon {coupon.id!r} already exists")
-    db.execute("INSERT INTO coupons VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+    db.execute("INSERT INTO coupons VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                (coupon.show_id, coupon.id, coupon.title, coupon.quantity, coupon.per_viewer_limit,
                 coupon.duration_s, coupon.starts_at, coupon.ends_at, json.dumps(coupon.room_caps), "draft", 0,
-                time.time()))
+                time.time(), coupon.kind, coupon.invites_required))
     return load_coupon(db, coupon.show_id, coupon.id)
 
 
@@ -176,7 +187,13 @@ def claim(db: sqlite3.Connection, req: ClaimRequest) -> dict:
     coupon = load_coupon(db, req.show_id, req.coupon_id)
     mine = db.execute("SELECT COUNT(*) FROM claims WHERE show_id=? AND coupon_id=? AND viewer_id=?",
                       (req.show_id, req.coupon_id, req.viewer_id)).fetchone()[0]
-    result = decide(coupon, req.room, mine, time.time())
+    invites = 0
+    if coupon.kind == "invite":  # viewers who registered through this viewer's share link
+        invites = db.execute("SELECT COUNT(*) FROM viewers WHERE show_id=? AND first_sharer=? AND viewer_id<>?",
+                             (req.show_id, req.viewer_id, req.viewer_id)).fetchone()[0]
+    result = decide(coupon, req.room, mine, time.time(), invites)
+    if result == "needs_invites":  # nothing changed: not kept for the key, a later claim is decided anew
+        return {"result": result, "invites": invites, "invites_required": coupon.invites_required}
     if result == "claimed":
         db.execute("UPDATE coupons SET claimed=claimed+1 WHERE show_id=? AND coupon_id=?",
                    (req.show_id, req.coupon_id))

@@ -151,6 +151,9 @@ def render(event: Event, room: str) -> dict | None:
     """The event as `room` sees it: its own prices and caps; a product hidden there is only
     {id, hidden} (and a card pinned for it is not sent at all)."""
     data = dict(event.data)
+    if event.type == "sale":  # a room hears of its own sales only
+        if data.pop("room", None) != room:
+            return None
     if isinstance(data.get("coupon"), dict) and "rooms" in data["coupon"]:
         data["coupon"] = coupon_for_room(data["coupon"], room)
     if isinstance(data.get("product"), dict) and "rooms" in data["product"]:

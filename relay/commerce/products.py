@@ -32,6 +32,7 @@ class ProductEdit:
     link: str | None = None
     position: int | None = None
     rooms: dict[str, RoomPrice | None] | None = None
+    commission_rate: str | None = None  # "" drops the product's own rate (the room's applies)
 
 
 def product_view(product: Product, room: str | None = None) -> dict | None:
@@ -40,7 +41,8 @@ def product_view(product: Product, room: str | None = None) -> dict | None:
     view = {"id": product.id, "title": product.title, "image_url": product.image_url, "link": product.link,
             "position": product.position, "price": product.price_cents / 100,
             "rooms": {r: {"price": o["price_cents"] / 100 if o.get("price_cents") is not None else None,
-                          "hidden": bool(o.get("hidden"))} for r, o in product.overrides.items()}}
+                          "hidden": bool(o.get("hidden"))} for r, o in product.overrides.items()},
+            "commission_rate": product.commission_rate}
     return view if room is None else product_for_room(view, room)
 
 
@@ -94,6 +96,8 @@ class ProductShelf:
             value = getattr(change, name)
             if value is not None:
                 setattr(product, name, value)
+        if change.commission_rate is not None:
+            product.commission_rate = change.commission_rate or None
         if change.rooms is not None:
             overrides = dict(product.overrides)
             for room, override in change.rooms.items():

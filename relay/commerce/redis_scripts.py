@@ -61,7 +61,7 @@ return 'ok'
 
 # One claim, decided exactly as coupons.decide() does.
 # KEYS: request key, coupon hash, coupon rooms hash, coupon viewers hash, claim figures hash,
-#       the requests hash of older versions (read only).
+#       the requests hash of older versions (read only), invites per inviter (read only).
 # ARGV: request field (viewer|key), viewer id, room, sharer ('' if none), coupon id, now,
 #       seconds the answer is kept for retries.
 # Returns the request record {"coupon", "response"} (the first one for a retried request),
@@ -70,7 +70,7 @@ CLAIM = """
 local seen = redis.call('GET', KEYS[1]) or redis.call('HGET', KEYS[6], ARGV[1])
 if seen then return seen end
 local c = redis.call('HMGET', KEYS[2], 'state', 'starts_at', 'ends_at', 'quantity', 'per_viewer_limit',
-                     'room_caps', 'claimed')
+                     'room_caps', 'claimed', 'kind', 'invites_required')
 if not c[1] then return 'missing' end
 local now = tonumber(ARGV[6])
 local room = ARGV[3]
@@ -84,6 +84,11 @@ if c[1] == 'draft' or (starts and now < starts) then
   result = 'not_started'
 elseif c[1] == 'stopped' or (ends and now >= ends) then
   result = 'ended'
+elseif c[8] == 'invite' and tonumber(redis.call('HGET', KEYS[7], ARGV[2]) or '0') < tonumber(c[9]) then
+  -- not kept for the key: a later claim, with more invitees, is decided anew
+  return '{"coupon":' .. cjson.encode(ARGV[5]) .. ',"response":{"result":"needs_invites","invites":' ..
+         string.format('%d', tonumber(redis.call('HGET', KEYS[7], ARGV[2]) or '0')) ..
+         ',"invites_required":' .. string.format('%d', tonumber(c[9])) .. '}}'
 elseif mine >= tonumber(c[5]) then
   result = 'already_claimed'
 elseif quantity - claimed <= 0 then

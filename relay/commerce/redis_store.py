@@ -189,6 +189,8 @@ class RedisCommerceStore:
         record = json.dumps({"room": room, "first_sharer": sharer, "last_sharer": sharer, "created_at": now})
         if await self._do(self._redis.hsetnx(self._key(show_id, "viewers"), viewer_id, record)):
             await self._do(self._redis.hincrby(self._key(show_id, "viewer_rooms"), room, 1))
+            if sharer and sharer != viewer_id:  # an invitee of the viewer (or distributor) who shared
+                await self._do(self._redis.hincrby(self._key(show_id, "invites"), sharer, 1))
             return room
         known = await self._do(self._redis.hget(self._key(show_id, "viewers"), viewer_id))
         return json.loads(known)["room"]
@@ -212,7 +214,7 @@ class RedisCommerceStore:
     async def save_product(self, product: Product) -> None:
         record = json.dumps({"title": product.title, "price_cents": product.price_cents,
                              "image_url": product.image_url, "link": product.link, "position": product.position,
-                             "overrides": product.overrides})
+                             "overrides": product.overrides, "commission_rate": product.commission_rate})
         await self._do(self._redis.hset(self._key(product.show_id, "products"), product.id, record))
 
     async def delete_product(self, show_id: str, product_id: str) -> None:
@@ -266,7 +268,7 @@ class RedisCommerceStore:
         fields = {"title": coupon.title, "quantity": coupon.quantity, "per_viewer_limit": coupon.per_viewer_limit,
                   "duration_s": _opt(coupon.duration_s), "starts_at": _opt(coupon.starts_at),
                   "ends_at": _opt(coupon.ends_at), "room_caps": json.dumps(coupon.room_caps),
-                  "state": "draft", "claimed": 0}
+                  "state": "draft", "claimed": 0, "kind": coupon.kind, "invites_required": coupon.invites_required}
         args: list[Any] = [coupon.id, repr(time.time())]
         for name, value in fields.items():
             args += [name, value]
@@ -301,7 +303,8 @@ class RedisCommerceStore:
         return Coupon(show_id, coupon_id, fields["title"], int(fields["quantity"]), int(fields["per_viewer_limit"]),
                       _float(fields["duration_s"]), _float(fields["starts_at"]), _float(fields["ends_at"]),
                       json.loads(fields["room_caps"]), fields["state"], int(fields["claimed"]),
-                      {room: int(n) for room, n in rooms.items()})
+                      {room: int(n) for room, n in rooms.items()}, fields.get("kind", "flash"),
+                      int(fields.get("invites_required", 0)))
 
     async def list_coupons(self, show_id: str) -> list[Coupon]:
         ids = await self._do(self._redis.zrange(self._key(show_id, "coupons"), 0, -1))
@@ -354,7 +357,7 @@ class RedisCommerceStore:
         coupon = self._key(req.show_id, "coupon", req.coupon_id)
         return [self._key(req.show_id, "request", req.viewer_id, req.idempotency_key), coupon, coupon + ":rooms",
                 coupon + ":viewers", self._key(req.show_id, "claim_figures"),
-                self._key(req.show_id, "claim_requests")]
+                self._key(req.show_id, "claim_requests"), self._key(req.show_id, "invites")]
 
     async def claim_figures(self, show_id: str) -> dict:
         counts = await self._do(self._redis.hgetall(self._key(show_id, "claim_figures")))

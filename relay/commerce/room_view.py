@@ -28,6 +28,7 @@ def coupon_for_room(view: dict, room: str) -> dict:
 def product_for_room(view: dict, room: str) -> dict | None:
     """None when the product is hidden in the room."""
     product = dict(view)
+    product.pop("commission_rate", None)  # the brand's terms with its distributors, not for viewers
     override = product.pop("rooms").get(room) or {}
     if override.get("hidden"):
         return None

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS viewers (
 CREATE TABLE IF NOT EXISTS products (
     show_id TEXT NOT NULL, product_id TEXT NOT NULL, title TEXT NOT NULL, price_cents INTEGER NOT NULL,
     image_url TEXT NOT NULL, link TEXT NOT NULL, position INTEGER NOT NULL, overrides TEXT NOT NULL,
+    commission_rate TEXT,
     PRIMARY KEY (show_id, product_id)
 );
 CREATE TABLE IF NOT EXISTS pins (
@@ -84,9 +85,10 @@ class SqliteCommerceStore:
         return {r["room"]: r["n"] for r in rows}
 
     async def save_product(self, product: Product) -> None:
-        await self._db.call(_execute, "INSERT OR REPLACE INTO products VALUES (?,?,?,?,?,?,?,?)",
+        await self._db.call(_execute, "INSERT OR REPLACE INTO products (show_id, product_id, title, price_cents,"
+                            " image_url, link, position, overrides, commission_rate) VALUES (?,?,?,?,?,?,?,?,?)",
                             (product.show_id, product.id, product.title, product.price_cents, product.image_url,
-                             product.link, product.position, json.dumps(product.overrides)))
+                             product.link, product.position, json.dumps(product.overrides), product.commission_rate))
 
     async def delete_product(self, show_id: str, product_id: str) -> None:
         await self._db.call(_execute, "DELETE FROM products WHERE show_id=? AND product_id=?", (show_id, product_id))
@@ -95,7 +97,7 @@ class SqliteCommerceStore:
         rows = await self._db.call(_fetch_all, "SELECT * FROM products WHERE show_id=?"
                                    " ORDER BY position, product_id", (show_id,))
         return [Product(r["show_id"], r["product_id"], r["title"], r["price_cents"], r["image_url"], r["link"],
-                        r["position"], json.loads(r["overrides"])) for r in rows]
+                        r["position"], json.loads(r["overrides"]), r["commission_rate"]) for r in rows]
 
     async def open_pin(self, show_id: str, pin: Pin) -> None:
         await self._db.call(_execute, "INSERT INTO pins (show_id, product_id, start_wall, start_s) VALUES (?,?,?,?)",
@@ -152,7 +154,10 @@ class SqliteCommerceStore:
 # -- on the store's thread ---------------------------------------------------------------
 def _setup(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
+    if "commission_rate" not in {r["name"] for r in db.execute("PRAGMA table_info(products)")}:
+        db.execute("ALTER TABLE products ADD COLUMN commission_rate TEXT")  # a data dir made by an older version
     coupons.setup(db)
+    db.execute("CREATE INDEX IF NOT EXISTS viewers_by_inviter ON viewers (show_id, first_sharer)")
 
 
 def _execute(db: sqlite3.Connection, sql: str, params: tuple) -> None:

@@ -26,6 +26,7 @@ class Product:
     link: str = ""
     position: int = 0
     overrides: dict[str, dict] = field(default_factory=dict)  # room -> {"price_cents", "hidden"}
+    commission_rate: str | None = None  # replaces the distributor's rate for this product
 
 
 @dataclass

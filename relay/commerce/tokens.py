@@ -105,6 +105,31 @@ class ViewerTokens:
         claims = {"scope": "replay", "show": show_id, "iat": now, "t": time.time(), "exp": exp}
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM), exp
 
+    def issue_attribution(self, identity: ViewerIdentity, ttl_s: float) -> tuple[str, int]:
+        """Who brought a buyer (show, room, sharer, viewer), for the shop to send back with the
+        order; returns (token, exp)."""
+        now = int(time.time())
+        exp = int(now + ttl_s)
+        claims = {"scope": "attribution", "show": identity.show_id, "room": identity.room,
+                  "sub": identity.viewer_id, "iat": now, "t": time.time(), "exp": exp}
+        if identity.sharer:
+            claims["ref"] = identity.sharer
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), exp
+
+    def verify_attribution(self, token: str, show_id: str, show_created_at: float) -> ViewerIdentity:
+        """The identity an attribution of this show binds; 422 invalid_attribution when it is
+        forged, expired, of another show or older than the show."""
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM],
+                                options={"require": ["scope", "show", "room", "sub", "t", "exp"]})
+        except jwt.ExpiredSignatureError as exc:
+            raise ApiError(422, "invalid_attribution", "'attribution' has expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise ApiError(422, "invalid_attribution", "'attribution' is not a valid attribution token") from exc
+        if claims["scope"] != "attribution" or claims["show"] != show_id or claims["t"] < show_created_at:
+            raise ApiError(422, "invalid_attribution", "'attribution' is for another show")
+        return ViewerIdentity(show_id, claims["room"], claims["sub"], claims.get("ref"), claims["t"])
+
     def verify_replay(self, token: str, show_id: str, show_created_at: float) -> None:
         """Valid for this show, unexpired, and made after the show was (a deleted show's links
         never open a later show with the same id)."""

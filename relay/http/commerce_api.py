@@ -17,7 +17,8 @@ from ..commerce.products import ProductShelf, product_view
 from ..commerce.store import MAX_SEQ, CommerceStore, Event
 from ..commerce.tokens import ViewerIdentity, ViewerTokens, shopper_viewer_id, verify_shopper_token
 from ..config import Settings
-from ..errors import ApiError
+from ..commerce.money import first_over_one
+from ..errors import ApiError, invalid_field
 from ..models import HQ_ROOM, Show, ShowState
 from .limits import RateLimiter
 from .openapi import (ADMIN, JSON_BODY, NO_SHOW, RATE, STORE, VIEWER, VIEWER_QUERY, Param, Reply, admin_operation,
@@ -39,6 +40,12 @@ ROOM_PARAM = Param("room", "query", "the room whose view to read; 'hq' by defaul
 def shelf_admin(summary: str, replies: dict[int, Reply], *errors: dict[int, str], **more: Any) -> Callable:
     """A change to the shelf or the card (the admin key)."""
     return admin_operation(summary, SHELF, replies, NO_SHOW, STORE, *errors, **more)
+
+
+def _check_product_rate(show: Show, rate: str | None) -> None:
+    if rate is not None and first_over_one(rate, [show.sharer_commission_rate]) is not None:
+        raise invalid_field("commission_rate", f"plus the show's sharer_commission_rate "
+                                               f"({show.sharer_commission_rate}) must be at most 1")
 
 
 def _sse(event: Event, body: dict) -> bytes:
@@ -163,6 +170,7 @@ class CommerceApi:
         self.auth.require_admin(request)
         show = await self._show(request)
         new = parse(NewProduct, await read_json(request))
+        _check_product_rate(show, new.commission_rate)
         product = await self.shelf.add(show.id, new.id, new.edit())
         return web.json_response(product_view(product), status=201)
 
@@ -172,6 +180,7 @@ class CommerceApi:
         self.auth.require_admin(request)
         show = await self._show(request)
         change = parse(ProductChange, await read_json(request))
+        _check_product_rate(show, change.commission_rate)
         product = await self.shelf.update(show.id, request.match_info["product"], change.edit())
         return web.json_response(product_view(product))
 

@@ -27,6 +27,7 @@ STREAM_KEY = "streamKey"
 VIEWER = "viewerToken"
 VIEWER_QUERY = "viewerTokenQuery"
 METRICS = "metricsKey"
+SHOP = "shopKey"
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
     ADMIN: {"type": "http", "scheme": "bearer",
             "description": "The admin key: [auth] admin_key / RELAY_ADMIN_KEY, else the one generated in "
@@ -39,10 +40,12 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
                    "description": "The viewer token as ?token= (EventSource cannot set headers)."},
     METRICS: {"type": "http", "scheme": "bearer",
               "description": "[auth] metrics_key, else the admin key."},
+    SHOP: {"type": "http", "scheme": "bearer",
+           "description": "[auth] shop_key: the brand's shop posts orders and refunds with it, and nothing else."},
 }
 
 # The reference's order: from making a show to running it, then what serves it.
-TAGS = ("shows", "mirror rooms", "media", "viewers", "shelf", "coupons", "events", "replays", "pages",
+TAGS = ("shows", "mirror rooms", "media", "viewers", "shelf", "coupons", "orders", "events", "replays", "pages",
         "operations", "cluster", "reference")
 
 PATH_PARAMS = {
@@ -52,6 +55,7 @@ PATH_PARAMS = {
     "session": "the session id from the Location of the POST's answer",
     "product": "a product id",
     "coupon": "a coupon id",
+    "order_id": "the shop's order id",
     "token": "the token of a signed replay link (signed_links of GET /api/shows/{show}/replay)",
     "name": "a file name",
 }

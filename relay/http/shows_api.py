@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..catalog import ShowCatalog
+from ..commerce.money import first_over_one, format_cents
+from ..commerce.order_book import OrderBook
 from ..commerce.store import CommerceStore
+from ..errors import invalid_field
 from ..config import Settings
 from ..live_registry import LiveRegistry
 from ..models import HQ_ROOM, Mirror, Show, ShowState
@@ -15,8 +18,8 @@ from ..replay.service import ReplayService
 from ..show_removal import ShowRemoval
 from .openapi import JSON_BODY, NO_SHOW, STORE, Param, Reply, admin_operation as admin, operation
 from .schemas.common import parse
-from .schemas.shows import (Health, MirrorList, MirrorView, NewMirror, NewShow, NewStreamKey, PublicStatus,
-                            ShowCreated, ShowDetail, ShowList, ShowStats, StreamKey)
+from .schemas.shows import (Health, MirrorChange, MirrorList, MirrorView, NewMirror, NewShow, NewStreamKey,
+                            PublicStatus, ShowChange, ShowCreated, ShowDetail, ShowList, ShowStats, StreamKey)
 from .util import Auth, read_json
 
 
@@ -37,6 +40,7 @@ def mirror_view(settings: Settings, mirror: Mirror, viewers: int | None = None) 
         "whep_url": f"{base}/whep/{mirror.show_id}/{mirror.distributor}",
         "watch_url": f"{base}/watch/{mirror.show_id}/{mirror.distributor}",
         "created_at": mirror.created_at,
+        "commission_rate": mirror.commission_rate,
     }
     if viewers is not None:
         view["viewers"] = viewers
@@ -62,6 +66,7 @@ def show_view(settings: Settings, show: Show) -> dict:
         "currency": show.currency,
         "identity": show.identity,
         "stream_key_expires_at": show.stream_key_expires_at,
+        "sharer_commission_rate": show.sharer_commission_rate,
     }
 
 
@@ -74,6 +79,7 @@ class ShowsApi:
     removal: ShowRemoval
     replays: ReplayService
     commerce: CommerceStore
+    orders: OrderBook
     auth: Auth
     settings: Settings
 
@@ -83,11 +89,13 @@ class ShowsApi:
             web.post("/api/shows/{show}/stream-key", self.rotate_stream_key),
             web.get("/api/shows", self.list_shows),
             web.get("/api/shows/{show}", self.get_show),
+            web.patch("/api/shows/{show}", self.change_show),
             web.delete("/api/shows/{show}", self.delete_show),
             web.post("/api/shows/{show}/end", self.end_show),
             web.post("/api/shows/{show}/mirrors", self.add_mirror),
             web.get("/api/shows/{show}/mirrors", self.list_mirrors),
             web.get("/api/shows/{show}/mirrors/{distributor}", self.get_mirror),
+            web.patch("/api/shows/{show}/mirrors/{distributor}", self.change_mirror),
             web.delete("/api/shows/{show}/mirrors/{distributor}", self.delete_mirror),
             web.get("/api/shows/{show}/stats", self.stats),
             web.get("/api/shows/{show}/status", self.public_status),
@@ -139,6 +147,22 @@ class ShowsApi:
         show = await self._admin(request).show(request.match_info["show"])
         return web.json_response(await self._detail(show))
 
+    @admin("Change a show", SHOWS, {200: Reply("the show with its live state", ShowDetail)}, JSON_BODY, NO_SHOW,
+           STORE, body=ShowChange)
+    async def change_show(self, request: web.Request) -> web.Response:
+        """Its title or its sharer commission rate (for orders from now on; orders taken keep theirs)."""
+        catalog = self._admin(request)
+        show = await catalog.show(request.match_info["show"])
+        change = parse(ShowChange, await read_json(request))
+        if change.sharer_commission_rate is not None:
+            others = [m.commission_rate for m in await catalog.mirrors(show.id)]
+            others += [p.commission_rate for p in await self.commerce.products(show.id) if p.commission_rate]
+            if first_over_one(change.sharer_commission_rate, others) is not None:
+                raise invalid_field("sharer_commission_rate", f"plus the highest distributor or product rate "
+                                                              f"({max(others, key=float)}) must be at most 1")
+        show = await catalog.change_show(show.id, change.title, change.sharer_commission_rate)
+        return web.json_response(await self._detail(show))
+
     @admin("Delete a show", SHOWS, {204: Reply("gone, with everything it had")}, NO_SHOW, STORE)
     async def delete_show(self, request: web.Request) -> web.Response:
         """The show, its rooms, figures, replay and commerce data (shelf, coupons, claims, events)
@@ -160,7 +184,8 @@ class ShowsApi:
         show_id = request.match_info["show"]
         await catalog.show(show_id)
         new = parse(NewMirror, await read_json(request))
-        mirror = await catalog.add_mirror(show_id, new.distributor, new.name)
+        await self._check_room_rate(show_id, new.commission_rate)
+        mirror = await catalog.add_mirror(show_id, new.distributor, new.name, new.commission_rate)
         return web.json_response(mirror_view(self.settings, mirror), status=201)
 
     @admin("List a show's mirror rooms", MIRRORS, {200: Reply("the rooms with their viewers now", MirrorList)},
@@ -183,6 +208,25 @@ class ShowsApi:
         room = (await self.live.figures(show_id)).rooms.get(distributor)
         return web.json_response(mirror_view(self.settings, mirror, room.viewers if room else 0))
 
+    @admin("Change a mirror room", MIRRORS, {200: Reply("the room", MirrorView)}, JSON_BODY, NO_SHOW, NO_MIRROR,
+           body=MirrorChange)
+    async def change_mirror(self, request: web.Request) -> web.Response:
+        """Its name or its commission rate (for orders from now on; orders taken keep theirs)."""
+        catalog = self._admin(request)
+        show_id, distributor = request.match_info["show"], request.match_info["distributor"]
+        await catalog.mirror(show_id, distributor)
+        change = parse(MirrorChange, await read_json(request))
+        if change.commission_rate is not None:
+            await self._check_room_rate(show_id, change.commission_rate)
+        mirror = await catalog.change_mirror(show_id, distributor, change.name, change.commission_rate)
+        room = (await self.live.figures(show_id)).rooms.get(distributor)
+        return web.json_response(mirror_view(self.settings, mirror, room.viewers if room else 0))
+
+    async def _check_room_rate(self, show_id: str, rate: str) -> None:
+        sharer = (await self.catalog.show(show_id)).sharer_commission_rate
+        if first_over_one(rate, [sharer]) is not None:
+            raise invalid_field("commission_rate", f"plus the show's sharer_commission_rate ({sharer}) must be at most 1")
+
     @admin("Delete a mirror room", MIRRORS, {204: Reply("gone")}, NO_SHOW, NO_MIRROR, STORE)
     async def delete_mirror(self, request: web.Request) -> web.Response:
         """The room goes: its viewers are disconnected, its tokens no longer work and its counts are
@@ -199,9 +243,21 @@ class ShowsApi:
         show_id = figures["show"]
         unique = await self.commerce.viewer_rooms(show_id)
         claims = await self.commerce.claim_figures(show_id)
+        buyers = await self.orders.buyers(show_id)
+        sales: dict[str, list[int]] = {}  # room -> [orders, gmv, commission]
+        for row in await self.orders.ledger(show_id):
+            room_sales = sales.setdefault(row.room, [0, 0, 0])
+            room_sales[0] += row.orders
+            room_sales[1] += row.gmv_cents
+            room_sales[2] += row.distributor_cents
         for room, view in figures["rooms"].items():
             view["unique_viewers"] = unique.get(room, 0)
             view.update(claims.get(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}}))
+            orders, gmv, commission = sales.get(room, (0, 0, 0))
+            view.update(orders=orders, gmv=format_cents(gmv), commission=format_cents(commission),
+                        buyers=buyers.get(room, 0),
+                        conversion=round(buyers.get(room, 0) / view["unique_viewers"], 4)
+                        if view["unique_viewers"] else 0.0)
         return web.json_response(figures)
 
     @operation("A show's public status", tag=SHOWS, replies={200: Reply("the status", PublicStatus)},

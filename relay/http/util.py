@@ -46,8 +46,10 @@ class Auth:
     """Who is asking: the admin (its key), a viewer (a signed token of a room that still exists),
     and from which address (behind a proxy or not)."""
 
-    def __init__(self, admin_key: str, tokens: ViewerTokens, catalog: ShowCatalog, trust_forwarded_for: bool) -> None:
+    def __init__(self, admin_key: str, tokens: ViewerTokens, catalog: ShowCatalog, trust_forwarded_for: bool,
+                 shop_key: str = "") -> None:
         self._admin_key = admin_key
+        self._shop_key = shop_key
         self._tokens = tokens
         self._catalog = catalog
         self._trust_forwarded_for = trust_forwarded_for
@@ -66,6 +68,17 @@ class Auth:
                            {"WWW-Authenticate": "Bearer"})
         if not key_matches(token, self._admin_key):
             raise ApiError(401, "unauthorized", "wrong admin key", {"WWW-Authenticate": "Bearer"})
+
+    def require_shop(self, request: web.Request) -> None:
+        """The brand's shop (its key opens order intake and refunds only) or the admin."""
+        token = bearer_token(request)
+        if token is not None and self._shop_key and key_matches(token, self._shop_key):
+            return
+        if token is None:
+            raise ApiError(401, "unauthorized", "missing key: send Authorization: Bearer <shop key or admin key>",
+                           {"WWW-Authenticate": "Bearer"})
+        if not key_matches(token, self._admin_key):
+            raise ApiError(401, "unauthorized", "wrong shop or admin key", {"WWW-Authenticate": "Bearer"})
 
     async def viewer(self, show: Show, token: str | None) -> ViewerIdentity:
         """The identity in a valid viewer token of this show whose room still exists, and existed

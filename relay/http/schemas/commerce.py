@@ -11,9 +11,10 @@ from pydantic_core import PydanticCustomError
 from ...commerce.coupons import Coupon
 from ...commerce.products import ProductEdit, RoomPrice
 from ...commerce.tokens import SHOPPER_ID_PATTERN
-from .common import FIELD_ERROR, SLUG_PATTERN, RequestBody, Rule, Slug, Title, broken
+from .common import FIELD_ERROR, Rate, RequestBody, Rule, Slug, Title, broken
 
 MAX_PRICE_CENTS = 100_000_000_00
+REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,130}$"  # a slug or a viewer id ("s-" + a shopper id)
 _AMOUNT_RULE = "must be a non-negative amount with at most 2 decimals"
 
 
@@ -55,8 +56,8 @@ class NewViewer(RequestBody):
 
     room: Annotated[str, Rule("must be 'hq' or a distributor id")] = Field(
         "hq", description="the room the viewer entered through: kept for good")
-    ref: Annotated[str, Field(pattern=SLUG_PATTERN), Rule("must be a slug")] | None = Field(
-        None, description="the distributor who shared the link")
+    ref: Annotated[str, Field(pattern=REF_PATTERN), Rule("must be a distributor or viewer id")] | None = Field(
+        None, description="who shared the link: a distributor, or a viewer (its viewer_id: an invite)")
     shopper_id: Annotated[str, Field(pattern=f"^{SHOPPER_ID_PATTERN}$"),
                           Rule("must be 1-128 of A-Z a-z 0-9 _ . : @ -")] | None = Field(
         None, description="the brand's own user id (admin key only)")
@@ -96,10 +97,14 @@ class ProductChange(RequestBody):
     link: Url = _left_as_is("where to buy it")
     position: Position = _left_as_is("its place on the shelf, 0 first")
     rooms: RoomOverrides = _left_as_is("per mirror room: its price or hidden; null drops the room's override")
+    commission_rate: Rate | None = Field(None, description="replaces the distributor's rate for this product; "
+                                                           "null: the distributor's rate applies")
 
     def edit(self) -> ProductEdit:
         """The change for the shelf: only the fields the request gave."""
         given = {name: getattr(self, name) for name in self.model_fields_set - {"id"}}  # the id is no change
+        if "commission_rate" in given and self.commission_rate is None:
+            given["commission_rate"] = ""  # null: back to the distributor's rate
         if self.rooms is not None:
             given["rooms"] = {room: None if o is None else RoomPrice(o.price_cents, o.hidden)
                               for room, o in self.rooms.items()}
@@ -129,6 +134,7 @@ class ProductView(BaseModel):
     position: int
     price: float
     rooms: dict[str, RoomPriceView] | None = None
+    commission_rate: str | None = Field(None, description="the product's own rate (admin only)")
 
 
 class ProductList(BaseModel):
@@ -159,9 +165,18 @@ class NewCoupon(RequestBody):
     room_caps: Annotated[dict[str, Annotated[int, Field(ge=0), Rule("must be a non-negative integer")]],
                          Rule("must be an object of distributor -> count")] = Field(
         default_factory=dict, description="at most this many claims through a room")
+    kind: Annotated[Literal["flash", "invite"], Rule("must be 'flash' or 'invite'")] = Field(
+        "flash", description="'invite': a viewer claims once invites_required viewers registered through its "
+                             "share link (?ref=<its viewer_id>)")
+    invites_required: Annotated[int, Field(ge=1, le=1000), Rule("must be an integer from 1 to 1000")] | None = Field(
+        None, description="with kind 'invite': how many invitees a viewer needs")
 
     @model_validator(mode="after")
     def _consistent(self) -> "NewCoupon":
+        if self.kind == "invite" and self.invites_required is None:
+            raise broken("invites_required", "is required for an invite coupon")
+        if self.kind == "flash" and self.invites_required is not None:
+            raise broken("invites_required", "is only for kind 'invite'")
         if self.per_viewer_limit > self.quantity:
             raise broken("per_viewer_limit", f"must be an integer from 1 to {self.quantity}")
         if self.duration_s is not None and self.ends_at is not None:
@@ -181,7 +196,8 @@ class NewCoupon(RequestBody):
         if self.duration_s is not None and self.starts_at is not None:
             ends_at = self.starts_at + self.duration_s
         return Coupon(show_id, self.id, self.title, self.quantity, self.per_viewer_limit, self.duration_s,
-                      self.starts_at, ends_at, dict(self.room_caps), "draft")
+                      self.starts_at, ends_at, dict(self.room_caps), "draft", kind=self.kind,
+                      invites_required=self.invites_required or 0)
 
 
 class CouponView(BaseModel):
@@ -199,6 +215,8 @@ class CouponView(BaseModel):
     remaining: int
     room_caps: dict[str, int]
     rooms: dict[str, int] = Field(description="claims through each room")
+    kind: Literal["flash", "invite"]
+    invites_required: int | None = None
 
 
 class CouponList(BaseModel):
@@ -208,5 +226,8 @@ class CouponList(BaseModel):
 class ClaimAnswer(BaseModel):
     """The answer to a claim; the same again for a retried Idempotency-Key."""
 
-    result: Literal["claimed", "already_claimed", "sold_out", "room_cap_reached", "not_started", "ended"]
-    remaining: int = Field(description="coupons left for the viewer's room")
+    result: Literal["claimed", "already_claimed", "sold_out", "room_cap_reached", "not_started", "ended",
+                    "needs_invites"]
+    remaining: int | None = Field(None, description="coupons left for the viewer's room (not with needs_invites)")
+    invites: int | None = Field(None, description="with needs_invites: the viewer's invitees so far")
+    invites_required: int | None = Field(None, description="with needs_invites: how many it needs")

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError, core_schema
 
+from ...commerce.money import parse_rate, rate_text
 from ...errors import ApiError, invalid_field
 
 FIELD_ERROR = "invalid_field"  # the pydantic error type of a broken rule, and the API's error code
@@ -50,6 +51,19 @@ def broken(field: str, rule: str) -> PydanticCustomError:
 Title = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S"), AfterValidator(str.strip),
                   Rule("must be a non-empty string of at most 200 characters")]
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN), Rule(SLUG_RULE)]
+
+
+def _rate(value: object) -> str:
+    try:
+        return rate_text(parse_rate(value))
+    except ValueError as exc:
+        raise PydanticCustomError(FIELD_ERROR, str(exc)) from None
+
+
+# A commission rate from 0 to 1, kept as the decimal string it was given ("0.10").
+Rate = Annotated[str, PlainValidator(_rate), WithJsonSchema({
+    "type": "string", "pattern": r"^(0(\.[0-9]{1,6})?|1(\.0{1,6})?)$",
+    "description": "a rate from 0 to 1 as a decimal string: \"0.10\" (a JSON number is taken too)"})]
 
 
 class RequestBody(BaseModel):

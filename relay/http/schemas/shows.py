@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from .common import RequestBody, Rule, Slug, Title, broken
+from .common import Rate, RequestBody, Rule, Slug, Title, broken
 
 Seconds = Annotated[float, Field(ge=60, le=365 * 86400),
                     Rule("must be a number of seconds from 60 to 31536000")]
@@ -31,6 +31,15 @@ class NewShow(RequestBody):
                                                         "coupon limits count per shopper")
 
 
+class ShowChange(RequestBody):
+    """Fields of a show to change; those left out stay as they are."""
+
+    title: Title | None = None
+    sharer_commission_rate: Rate | None = Field(
+        None, description="of each sale that came through a sharer's link; with any distributor or product rate "
+                          "at most 1")
+
+
 class NewStreamKey(RequestBody):
     """Options of a new stream key (the body may be left out)."""
 
@@ -42,12 +51,21 @@ class NewMirror(RequestBody):
 
     distributor: Slug = Field(description="the distributor's id, the room's id in URLs; not 'hq'")
     name: Title
+    commission_rate: Rate = Field("0", description="the distributor's share of what its room sells; with the "
+                                                   "show's sharer rate at most 1")
 
     @model_validator(mode="after")
     def _not_headquarters(self) -> "NewMirror":
         if self.distributor == "hq":
             raise broken("distributor", "must not be 'hq', the headquarters room; pick another distributor id")
         return self
+
+
+class MirrorChange(RequestBody):
+    """Fields of a mirror room to change; those left out stay as they are."""
+
+    name: Title | None = None
+    commission_rate: Rate | None = Field(None, description="the distributor's share of what its room sells")
 
 
 # -- answers --------------------------------------------------------------------------------
@@ -59,6 +77,7 @@ class MirrorView(BaseModel):
     whep_url: str
     watch_url: str
     created_at: float
+    commission_rate: str
     viewers: int | None = Field(None, description="viewers now (when one room or the list is read)")
 
 
@@ -84,6 +103,7 @@ class ShowView(BaseModel):
     currency: str
     identity: Literal["anonymous", "shopper"]
     stream_key_expires_at: float | None
+    sharer_commission_rate: str
 
 
 class ShowCreated(ShowView):
@@ -124,6 +144,11 @@ class RoomStats(BaseModel):
     claims: int
     claims_by_coupon: dict[str, int]
     claims_by_sharer: dict[str, int]
+    orders: int = Field(description="orders credited to the room")
+    gmv: str = Field(description="what they paid, before refunds")
+    commission: str = Field(description="the distributor's commission, net of refunds")
+    buyers: int = Field(description="viewers who bought")
+    conversion: float = Field(description="buyers / unique viewers")
 
 
 class ShowStats(BaseModel):
