@@ -92,6 +92,15 @@ async def test_show_events_reach_the_receiver_signed_and_retried(make_relay, aio
         async with http.post(f"{relay.base}/api/shows/hooked/coupons/c/claim", headers={
                 "Authorization": f"Bearer {viewer['token']}", "Idempotency-Key": "k"}) as res:
             assert (await res.json())["result"] == "claimed"
+        assert (await relay.api("POST", "/api/shows/hooked/products", {"id": "p1", "title": "P", "price": 5}))[0] == 201
+        async with http.post(f"{relay.base}/api/shows/hooked/attribution",
+                             headers={"Authorization": f"Bearer {viewer['token']}"}) as res:
+            attribution = (await res.json())["attribution"]
+        assert (await relay.api("POST", "/api/shows/hooked/orders", {
+            "order_id": "o1", "attribution": attribution, "currency": "CNY",
+            "items": [{"product": "p1", "quantity": 2, "unit_price": "5.00"}]}))[0] == 201
+        assert (await relay.api("POST", "/api/shows/hooked/orders/o1/refunds",
+                                {"refund_id": "r1", "amount": "5.00"}))[0] == 201
 
     async def recorded() -> bool:
         return (await relay.api("GET", "/api/shows/hooked/replay"))[1]["duration_s"] > 0
@@ -99,7 +108,8 @@ async def test_show_events_reach_the_receiver_signed_and_retried(make_relay, aio
     await relay.wait_for(recorded, timeout=15, what="a replay segment")
     await host.stop()  # DELETE: unpublish, show ended, then the replay becomes ready
 
-    wanted = ["coupon.claimed", "publish", "replay.ready", "show.ended", "unpublish"]
+    wanted = ["coupon.claimed", "order.created", "order.refunded", "publish", "replay.ready", "show.ended",
+              "unpublish"]
 
     async def all_delivered() -> bool:
         return receiver.types() == wanted
@@ -110,6 +120,11 @@ async def test_show_events_reach_the_receiver_signed_and_retried(make_relay, aio
     by_type = {e["type"]: e["data"] for e in receiver.events.values()}
     assert by_type["coupon.claimed"] == {"show": "hooked", "coupon": "c", "viewer_id": viewer["viewer_id"],
                                          "room": "d1", "sharer": "amy", "remaining": 2}
+    assert by_type["order.created"] == {
+        "show": "hooked", "order_id": "o1", "viewer_id": viewer["viewer_id"], "room": "d1", "sharer": "amy",
+        "amount": "10.00", "commission": {"distributor": "0.00", "sharer": "0.00"}, "currency": "CNY", "state": "paid"}
+    assert by_type["order.refunded"]["refund"]["amount"] == "5.00"
+    assert by_type["order.refunded"]["state"] == "partially_refunded"
     assert by_type["unpublish"]["reason"] == "host_ended"
     assert by_type["replay.ready"]["mp4_url"].endswith("/replay/hooked/show.mp4")
 
