@@ -21,10 +21,10 @@ STORE_SECONDS = Histogram("relay_store_seconds", "Commerce store call latency", 
 RECORDED_SEGMENTS = Counter("relay_recording_segments", "Replay segments written", registry=None)
 RECORDING_ERRORS = Counter("relay_recording_errors", "Replay write failures (disk full, I/O errors)",
                            registry=None)
-ORDERS = Counter("relay_orders", "Orders and refunds answered: taken (new), retried (the same again)",
+ORDERS_TAKEN = Counter("relay_orders", "Orders and refunds answered: taken (new), retried (the same again)",
                  ["kind", "outcome"], registry=None)
 WEBHOOKS = Counter("relay_webhook_deliveries", "Webhook deliveries, by outcome", ["outcome"], registry=None)
-SHARED = (JOIN_SECONDS, CLAIMS, EVENT_LAG, STORE_SECONDS, RECORDED_SEGMENTS, RECORDING_ERRORS, ORDERS, WEBHOOKS)
+SHARED = (JOIN_SECONDS, CLAIMS, EVENT_LAG, STORE_SECONDS, RECORDED_SEGMENTS, RECORDING_ERRORS, ORDERS_TAKEN, WEBHOOKS)
 
 
 @contextmanager

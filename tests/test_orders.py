@@ -14,7 +14,7 @@ import time
 import aiohttp
 import jwt
 
-from conftest import ADMIN_KEY, Relay, relay_settings
+from conftest import Relay, relay_settings
 from test_commerce import SseReader
 
 SHOP_KEY = "test-shop-key"

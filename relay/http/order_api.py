@@ -17,7 +17,7 @@ from ..commerce.tokens import ViewerTokens
 from ..config import Settings
 from ..errors import ApiError, invalid_field
 from ..models import HQ_ROOM
-from ..metrics import ORDERS, store_timer
+from ..metrics import ORDERS_TAKEN, store_timer
 from .limits import RateLimiter
 from .openapi import ADMIN, JSON_BODY, NO_SHOW, RATE, SHOP, STORE, VIEWER, Param, Reply, admin_operation, operation
 from .schemas.common import parse
@@ -104,7 +104,7 @@ class OrderApi:
             kept, created = await self.desk.take_order(order, {p.id: p.title for p in products})
         if not created and kept.fingerprint != order.fingerprint:
             raise ApiError(409, "order_id_reused", f"order {new.order_id!r} was taken with another body")
-        ORDERS.labels("order", "new" if created else "retried").inc()
+        ORDERS_TAKEN.labels("order", "new" if created else "retried").inc()
         return web.json_response(kept.intake_view(), status=201 if created else 200)
 
     async def _taken(self, show_id: str, order_id: str) -> Order | None:
@@ -128,7 +128,7 @@ class OrderApi:
         with store_timer("refund"):
             order, refund, created = await self.desk.take_refund(show.id, request.match_info["order_id"],
                                                                  new.refund_id, new.amount)
-        ORDERS.labels("refund", "new" if created else "retried").inc()
+        ORDERS_TAKEN.labels("refund", "new" if created else "retried").inc()
         return web.json_response({**refund.view(), "order": order.view()}, status=201 if created else 200)
 
     @admin_operation("Read an order", ORDERS, {200: Reply("the order with its refunds", OrderView)}, NO_SHOW,
