@@ -1,5 +1,5 @@
 // The ops page: /ops. Create shows and distributors, stock the shelf, pin the card, run flash
-// coupons, and watch the live figures per room, refreshed every two seconds.
+// coupons, and watch the live figures and sales per room, refreshed every two seconds.
 import { $, api, ApiError, money, showError, sleep } from "/static/common.js";
 
 let adminKey = sessionStorage.getItem("livecast.admin") || "";
@@ -160,6 +160,8 @@ async function refresh() {
 
   const rooms = $("#rooms");
   rooms.replaceChildren();
+  const sales = $("#sales");
+  sales.replaceChildren();
   const names = { hq: "HQ" };
   for (const m of show.mirrors) names[m.distributor] = m.name;
   const links = { hq: show.watch_url };
@@ -173,7 +175,10 @@ async function refresh() {
     tr.append(name, cell(f.viewers, "num"), cell(f.peak_viewers, "num"),
       cell(f.unique_viewers, "num"), cell(f.claims, "num"));
     rooms.append(tr);
+    sales.append(salesRow(room, names[room] || room, f, show.currency));
   }
+  // A server without orders sends none of these figures: no table of zeros then.
+  $("#sales-table").hidden = !Object.values(stats.rooms).some((f) => "orders" in f);
 
   const products = $("#products");
   products.replaceChildren();
@@ -218,11 +223,32 @@ async function refresh() {
   }
 }
 
+/** A room's sales: GMV, orders, buyers, conversion and the distributor's commission. */
+function salesRow(room, name, f, currency) {
+  const tr = document.createElement("tr");
+  tr.dataset.room = room;
+  const amount = (value) => { // "12.30" from the server
+    const n = Number(value ?? 0);
+    return Number.isFinite(n) ? money(n, currency) : String(value);
+  };
+  const conversion = typeof f.conversion === "number" ? `${(f.conversion * 100).toFixed(1)}%` : "";
+  const figures = { gmv: amount(f.gmv), orders: f.orders ?? 0, buyers: f.buyers ?? 0, conversion,
+    commission: amount(f.commission) };
+  tr.append(cell(name));
+  for (const [figure, text] of Object.entries(figures)) {
+    const td = cell(text, "num");
+    td.dataset.figure = figure;
+    tr.append(td);
+  }
+  return tr;
+}
+
 $("#add-mirror").addEventListener("submit", (ev) => {
   ev.preventDefault();
   act(async () => {
-    await call("POST", `/api/shows/${current}/mirrors`,
-      { distributor: $("#mirror-id").value.trim(), name: $("#mirror-name").value.trim() });
+    const body = { distributor: $("#mirror-id").value.trim(), name: $("#mirror-name").value.trim() };
+    if ($("#mirror-rate").value.trim()) body.commission_rate = $("#mirror-rate").value.trim();
+    await call("POST", `/api/shows/${current}/mirrors`, body);
     ev.target.reset();
     await refresh();
   });

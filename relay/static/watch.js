@@ -1,6 +1,8 @@
 // The watch page: /watch/{show}[/{distributor}]?ref=<sharer>
 // Plays the room over WHEP (muted autoplay), shows the product card and flash coupons of this
 // room from its event stream, and reconnects by itself after a network drop or server restart.
+// The card's Buy link carries the viewer's attribution (lc_attr) so the shop's order is credited
+// to the room and sharer; Share copies this room's link with the viewer as the sharer.
 import { $, api, connectionLost, endSession, money, randomKey, sleep, whepPlay } from "/static/common.js";
 
 const [, , show, room = "hq"] = location.pathname.split("/");
@@ -69,9 +71,11 @@ async function identify() {
   }
   const stored = localStorage.getItem(storageKey());
   const prior = stored ? JSON.parse(stored) : null;
-  if (prior && !ref) return prior;
+  // A viewer opening their own share link is not their own sharer.
+  const sharer = ref && ref !== (prior?.viewer_id ?? describeToken(prior?.token ?? "")?.who) ? ref : null;
+  if (prior && !sharer) return prior;
   try {
-    const body = { room, ...(ref ? { ref } : {}) };
+    const body = { room, ...(sharer ? { ref: sharer } : {}) };
     const fresh = await api("POST", `/api/shows/${show}/viewers`, { body, token: prior?.token });
     localStorage.setItem(storageKey(), JSON.stringify(fresh));
     return fresh;
@@ -97,6 +101,7 @@ function render() {
   }
   // Sound can only be turned on while the show plays.
   $("#unmute").hidden = !(live && playing && video.muted);
+  $("#share").hidden = status?.playback === "token"; // others could not watch without their own token
   let text = "";
   if (status?.state === "scheduled") text = "The show has not started yet. It will play here as soon as it does.";
   else if (status?.state === "live" && status.host !== "live") text = "The host is reconnecting…";
@@ -177,6 +182,85 @@ $("#unmute").addEventListener("click", () => {
   render();
 });
 
+// -- buying: the shop's link carries who brought the buyer (?lc_attr=) -------------------------
+let attribution = null; // {attribution, expires_at} of this viewer for this show
+let asking = null; // the attribution request under way
+let cardProduct = null;
+
+const attributionValid = () => attribution && attribution.expires_at - 60 > Date.now() / 1000;
+
+/** Get a fresh attribution unless one is held (or `renew`); never fails: without one the link goes plain. */
+function prepareAttribution(renew = false) {
+  if ((attributionValid() && !renew) || !viewer?.token) return Promise.resolve();
+  asking ??= api("POST", `/api/shows/${show}/attribution`, { token: viewer.token })
+    .then((fresh) => {
+      attribution = fresh;
+      // A card pinned for hours keeps a valid link without waiting for a tap.
+      const renewIn = Math.min(Math.max((fresh.expires_at - 90) * 1000 - Date.now(), 10000), 2 ** 31 - 1);
+      setTimeout(() => { if (!$("#card").hidden) prepareAttribution(true).then(updateBuyLink); }, renewIn);
+    })
+    .catch(() => {}) // a sale is never blocked: the plain link still opens
+    .finally(() => { asking = null; });
+  return asking;
+}
+
+/** The product's link with lc_attr added (its own query and fragment kept), or as it is. */
+function buyLink(link) {
+  if (!attributionValid()) return link;
+  try {
+    const url = new URL(link, location.href);
+    url.searchParams.set("lc_attr", attribution.attribution);
+    return url.toString();
+  } catch {
+    return link;
+  }
+}
+
+function updateBuyLink() {
+  if (cardProduct?.link) $("#card-link").href = buyLink(cardProduct.link);
+}
+
+// The tap follows the anchor itself (no window.open after an await: popup blockers allow it);
+// the href is made right before the browser reads it.
+$("#card-link").addEventListener("click", () => {
+  updateBuyLink();
+  prepareAttribution().then(updateBuyLink); // for the next tap, if this one had none
+});
+
+// -- share: this room's link with this viewer as the sharer (?ref=) ---------------------------
+function shareLink() {
+  const url = new URL(`/watch/${show}${room === "hq" ? "" : `/${room}`}`, location.href);
+  const me = viewer?.viewer_id ?? (viewer?.token && describeToken(viewer.token)?.who);
+  if (me) url.searchParams.set("ref", me);
+  return url.toString();
+}
+
+$("#share").addEventListener("click", async () => {
+  const link = shareLink();
+  try {
+    await navigator.clipboard.writeText(link);
+    $("#share").textContent = "Copied";
+    setTimeout(() => { $("#share").textContent = "Share"; }, 1500);
+  } catch { // no clipboard here (plain http, or the embedding site forbids it): show the link
+    $("#share-url").value = link;
+    $("#share-box").hidden = false;
+    $("#share-url").select();
+  }
+});
+$("#share-close").addEventListener("click", () => { $("#share-box").hidden = true; });
+
+// -- sales: "Someone just bought …" -----------------------------------------------------------
+let toastTimer = null;
+function showSale(sale) {
+  const title = sale.product?.title;
+  if (!title) return;
+  const toast = $("#toast");
+  toast.textContent = `Someone just bought ${title}`; // a burst (a resumed stream) shows the latest only
+  toast.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { toast.hidden = true; }, 4000);
+}
+
 // -- events: card, coupons, show state --------------------------------------------------------
 function showCard(product) {
   $("#card-title").textContent = product.title;
@@ -186,7 +270,9 @@ function showCard(product) {
   if (product.image_url) image.src = product.image_url;
   const link = $("#card-link");
   link.hidden = !product.link;
-  if (product.link) link.href = product.link;
+  cardProduct = product;
+  updateBuyLink();
+  if (product.link) prepareAttribution().then(updateBuyLink);
   link.setAttribute("aria-label", `Buy ${product.title}`);
   $("#card").hidden = false;
 }
@@ -299,6 +385,7 @@ function followEvents() {
     });
     on("product.pinned", (e) => showCard(e.product));
     on("product.unpinned", () => { $("#card").hidden = true; });
+    on("sale", showSale);
     for (const type of ["coupon.launched", "coupon.updated", "coupon.ended"]) on(type, (e) => couponChanged(e.coupon));
     for (const type of ["show.live", "show.host_reconnecting", "show.ended"]) on(type, () => refreshStatus());
     on("server.stopping", () => { $("#badge").textContent = "Reconnecting…"; });
