@@ -297,6 +297,12 @@ async def test_invite_coupons_need_invitees_then_are_claimed_like_flash_coupons(
         assert (await claim(host["token"], "a"))["result"] == "claimed"  # and now kept for it
         assert (await claim(host["token"], "b"))["result"] == "already_claimed"
         assert (await claim(friend["token"], "a"))["result"] == "needs_invites"  # invitees need their own
+        async with http.post(f"{base}/api/shows/tea/viewers", json={"room": "d1", "ref": friend["viewer_id"]},
+                             headers={"Authorization": f"Bearer {friend['token']}"}) as res:
+            assert res.status == 200  # opening one's own share link: no sharer, no invitee
+        assert (await claim(friend["token"], "b"))["invites"] == 0
+        assert jwt.decode(await attribution(http, base, "tea", friend["token"]),
+                          options={"verify_signature": False})["ref"] == host["viewer_id"]
     assert (await relay.api("GET", "/api/shows/tea/coupons/bring2"))[1]["claimed"] == 1
 
 

@@ -111,12 +111,14 @@ class CommerceApi:
         store = self.commerce
         if existing:
             identity = await self.auth.viewer(show, existing)
-            if ref:
+            if ref and ref != identity.viewer_id:  # opening one's own share link makes no sharer
                 identity = ViewerIdentity(show.id, identity.room, identity.viewer_id, ref)
                 await store.record_sharer(show.id, identity.viewer_id, ref)
             return web.json_response({"viewer_id": identity.viewer_id, "room": identity.room,
                                       "token": tokens.issue(identity)}, status=200)
         viewer_id = await self._new_viewer_id(request, show, body, admin)
+        if ref == viewer_id:  # a shopper registered through its own link
+            ref = None
         room = await store.register_viewer(show.id, viewer_id, room, ref, time.time())
         identity = ViewerIdentity(show.id, room, viewer_id, ref)
         return web.json_response({"viewer_id": viewer_id, "room": room, "token": tokens.issue(identity)},
