@@ -1,7 +1,8 @@
 """Orders in the pages, in Chromium against a real relay: the card's Buy link carries the viewer's
 attribution (lc_attr), the shop's order then shows as a "just bought" toast on the watch page and
 as the room's GMV, orders and commission on the ops page; Share copies the room's link with the
-viewer as the sharer. The shop is a Playwright route: nothing goes to the network.
+viewer as the sharer. The replay's chapters have Buy links too, credited to the replay link's room
+and sharer. The shop is a Playwright route: nothing goes to the network.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from conftest import ADMIN_KEY, Relay
-from test_pages import DESKTOP, PHONE, browser, screenshots  # noqa: F401 (browser: the fixture)
+from relay_testkit.synthetic import host_tracks
+from test_pages import DESKTOP, PHONE, browser, screenshots, until  # noqa: F401 (browser: the fixture)
 
 SHOP = "https://shop.example/p1?x=1#top"
 
@@ -58,15 +60,17 @@ async def sign_in(ops: Page) -> None:
     await expect(ops.locator("#show-name")).to_have_text("Show sale")
 
 
-async def shop_show(relay: Relay) -> None:
-    """A show with a mirror room d1 earning 10 %, and product p1 (linking to the shop) on the card."""
-    await relay.create_show("sale")
+async def shop_show(relay: Relay, pin: bool = True) -> dict:
+    """A show with a mirror room d1 earning 10 %, and product p1 (linking to the shop) on the card
+    (unless not `pin`)."""
+    show = await relay.create_show("sale")
     calls = [("POST", "/api/shows/sale/mirrors", {"distributor": "d1", "name": "D1", "commission_rate": "0.10"}),
              ("POST", "/api/shows/sale/products", {"id": "p1", "title": "Glow serum", "price": "19.90", "link": SHOP}),
              ("POST", "/api/shows/sale/products/p1/pin", None)]
-    for method, path, body in calls:
+    for method, path, body in calls if pin else calls[:-1]:
         status, answer = await relay.api(method, path, body)
         assert status in (200, 201), answer
+    return show
 
 
 def claims(token: str) -> dict:
@@ -206,3 +210,94 @@ async def test_ops_page_without_order_figures_from_an_older_server(make_relay, b
     await expect(ops.locator('#rooms tr[data-room="d1"]')).to_be_visible()  # drawn with the sales table
     await expect(ops.locator("#sales-table")).to_be_hidden()
     assert pages.errors == []
+
+
+async def replay_with_a_chapter(relay: Relay, h264_clip) -> None:
+    """The shop show, live for a few seconds with p1 on the card for a while, ended and its
+    replay ready: p1 has a chapter."""
+    show = await shop_show(relay, pin=False)
+    media = host_tracks(h264_clip, None)
+    host = await relay.publish(show, media)
+
+    def sent(n: int):
+        async def check() -> bool:
+            return media[0].sent >= n
+        return check
+
+    await relay.wait_for(sent(30), timeout=15, what="1 s of media")
+    status, answer = await relay.api("POST", "/api/shows/sale/products/p1/pin")
+    assert status == 200, answer
+    await relay.wait_for(sent(90), timeout=15, what="2 more seconds")
+    await host.stop()
+
+    async def ready() -> bool:
+        return (await relay.api("GET", "/api/shows/sale/replay"))[1]["state"] == "ready"
+
+    await relay.wait_for(ready, timeout=20, what="the replay")
+
+
+def replay_buy_link(replay: Page):
+    return replay.get_by_role("link", name="Buy Glow serum")
+
+
+async def test_replay_chapter_buy_link_credits_the_room_and_sharer_of_the_replay_link(make_relay, browser, h264_clip):
+    relay = await make_relay(configure=lambda s: setattr(s.replay, "segment_target_s", 1.0))
+    await replay_with_a_chapter(relay, h264_clip)
+    pages = Pages(browser, relay.base)
+    replay = await pages.open("/replay/sale?room=d1&ref=amy", PHONE)
+    chapter = replay.get_by_role("button", name=re.compile(r"^Play from .*: Glow serum$"))
+    await expect(chapter).to_be_visible(timeout=5000)
+    # The attribution is had once the page has a viewer and a product with a link: the tap navigates.
+    await expect(replay_buy_link(replay)).to_have_attribute("href", re.compile(r"[?&]lc_attr="), timeout=5000)
+    await screenshots(replay, "replay-buy")
+    shop = await tap_buy(replay)
+    url = urlsplit(shop.url)
+    query = parse_qs(url.query)
+    assert (url.scheme, url.netloc, url.path, url.fragment) == ("https", "shop.example", "/p1", "top")
+    assert query["x"] == ["1"]  # the link's own query is kept
+    [attribution] = query["lc_attr"]
+    await shop.close()
+    viewer = await replay.evaluate("JSON.parse(localStorage.getItem('livecast.viewer.sale'))")
+    assert viewer["room"] == "d1" and claims(attribution)["sub"] == viewer["viewer_id"]
+
+    status, order = await relay.api("POST", "/api/shows/sale/orders", {
+        "order_id": "r1", "attribution": attribution, "currency": "CNY",
+        "items": [{"product": "p1", "quantity": 1, "unit_price": "19.90"}]})
+    assert status == 201, order
+    assert (order["room"], order["sharer"]) == ("d1", "amy")
+    assert pages.errors == []
+
+
+async def test_replay_buy_link_keeps_the_watch_pages_viewer_or_stays_plain_without_one(make_relay, browser, h264_clip):
+    relay = await make_relay(configure=lambda s: setattr(s.replay, "segment_target_s", 1.0))
+    await replay_with_a_chapter(relay, h264_clip)
+    pages = Pages(browser, relay.base)
+
+    # A viewer who came through HQ's watch page keeps its credit on a replay link of another room.
+    watch = await pages.open("/watch/sale", PHONE)
+    await until(watch, "localStorage.getItem('livecast.viewer.sale') !== null", timeout=5)
+    watched = await watch.evaluate("JSON.parse(localStorage.getItem('livecast.viewer.sale'))")
+    await watch.goto("/replay/sale?room=d1")
+    link = replay_buy_link(watch)
+    await expect(link).to_have_attribute("href", re.compile(r"[?&]lc_attr="), timeout=5000)
+    [attribution] = parse_qs(urlsplit(await link.get_attribute("href")).query)["lc_attr"]
+    assert (claims(attribution)["sub"], claims(attribution)["room"]) == (watched["viewer_id"], "hq")
+    assert await watch.evaluate("JSON.parse(localStorage.getItem('livecast.viewer.sale'))") == watched
+
+    # No viewer to be had (as on a token or shopper show): the Buy link opens the plain link.
+    asked = asyncio.Event()
+
+    async def refuse_viewers(context: BrowserContext) -> None:
+        async def forbidden(route):
+            asked.set()
+            await route.fulfill(status=403, content_type="application/json",
+                                body=json.dumps({"error": "shopper_required", "message": "sign in"}))
+
+        await context.route("**/api/shows/sale/viewers", forbidden)
+
+    replay = await pages.open("/replay/sale?room=d1&ref=amy", PHONE, prepare=refuse_viewers)
+    await expect(replay_buy_link(replay)).to_be_visible(timeout=5000)
+    await asyncio.wait_for(asked.wait(), 5)
+    shop = await tap_buy(replay)
+    assert shop.url == SHOP
+    assert [e for e in pages.errors if "status of 403" not in e] == []

@@ -138,3 +138,59 @@ export function connectionLost(pc, graceMs = 4000) {
     check();
   });
 }
+
+// -- viewers and attribution: shared by the watch and replay pages ---------------------------
+
+/** Where the pages keep their viewer of a show: one per show (credit stays with the first room);
+ * a token the brand gave for a room (token playback) under that room. */
+export const viewerKey = (show, tokenRoom) => `livecast.viewer.${show}${tokenRoom ? `.${tokenRoom}` : ""}`;
+
+/** What a token says of itself (unverified: only to show the viewer whose it is). */
+export function describeToken(token) {
+  try {
+    const claims = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return { who: claims.sub, room: claims.room };
+  } catch {
+    return null;
+  }
+}
+
+/** The viewer kept under `key` ({viewer_id?, room?, token}), or null. */
+export function storedViewer(key) {
+  try {
+    return JSON.parse(localStorage.getItem(key) || "null");
+  } catch {
+    return null;
+  }
+}
+
+/** The viewer kept under `key`, else a new one registered in `room`. `ref` (a sharer) is sent
+ * unless it is this viewer itself (its own share link is no invite); a viewer already kept with a
+ * new sharer registers again with its token to record it. Throws only when there is none at all. */
+export async function rememberedViewer(show, room, ref, key) {
+  const prior = storedViewer(key);
+  const sharer = ref && ref !== (prior?.viewer_id ?? describeToken(prior?.token ?? "")?.who) ? ref : null;
+  if (prior && !sharer) return prior;
+  try {
+    const body = { room, ...(sharer ? { ref: sharer } : {}) };
+    const fresh = await api("POST", `/api/shows/${show}/viewers`, { body, token: prior?.token });
+    localStorage.setItem(key, JSON.stringify(fresh));
+    return fresh;
+  } catch (e) {
+    if (prior) return prior; // keep the one held; what it may not do is said where it is used
+    throw e;
+  }
+}
+
+/** A product's link with the attribution added as lc_attr (its own query and fragment kept);
+ * the link as it is without an attribution or when it is no URL. */
+export function attributedLink(link, attribution) {
+  if (!attribution) return link;
+  try {
+    const url = new URL(link, location.href);
+    url.searchParams.set("lc_attr", attribution);
+    return url.toString();
+  } catch {
+    return link;
+  }
+}

@@ -1,10 +1,21 @@
-// The replay page: /replay/{show}. Plays the MP4 (or the HLS playlist while the MP4 is being
-// made, where the browser plays HLS), with the product chapters beside it; a chapter seeks there.
-import { $, api, showError, sleep } from "/static/common.js";
+// The replay page: /replay/{show}[?room=<distributor>&ref=<sharer>]. Plays the MP4 (or the HLS
+// playlist while the MP4 is being made, where the browser plays HLS), with the product chapters
+// beside it; a chapter seeks there. A chapter's Buy link opens the product's link with the
+// viewer's attribution (lc_attr), as on the watch page: sales made from the replay count too,
+// for the room (?room=) and sharer (?ref=) that brought the viewer.
+import {
+  $, api, attributedLink, rememberedViewer, showError, sleep, storedViewer, viewerKey,
+} from "/static/common.js";
 
 const [, , show] = location.pathname.split("/");
+const params = new URLSearchParams(location.search);
+const room = params.get("room") || "hq";
+const ref = params.get("ref");
 const video = $("#video");
 const STATES = { recording: "Live now: recording", processing: "Preparing the replay…", ready: "Replay", failed: "Unavailable" };
+
+let chapters = [];
+const products = new Map(); // id -> product as this room sees it (those with a link get a Buy link)
 
 function clock(seconds) {
   const s = Math.floor(seconds);
@@ -13,7 +24,7 @@ function clock(seconds) {
   return `${h ? `${h}:` : ""}${mm}:${String(s % 60).padStart(2, "0")}`;
 }
 
-function renderChapters(chapters) {
+function renderChapters() {
   const list = $("#chapters");
   list.replaceChildren();
   $("#no-chapters").hidden = chapters.length > 0;
@@ -29,6 +40,18 @@ function renderChapters(chapters) {
       video.play().catch(() => {});
     });
     li.append(b);
+    const product = products.get(chapter.product);
+    if (product?.link) {
+      const buy = document.createElement("a");
+      buy.className = "button buy";
+      buy.target = "_blank";
+      buy.rel = "noopener";
+      buy.dataset.product = product.id;
+      buy.href = buyLink(product.link);
+      buy.textContent = "Buy";
+      buy.setAttribute("aria-label", `Buy ${product.title}`);
+      li.append(buy);
+    }
     list.append(li);
   }
 }
@@ -40,12 +63,82 @@ video.addEventListener("timeupdate", () => {
   for (const b of buttons) b.setAttribute("aria-current", String(b === active));
 });
 
+// -- buying: the shop's link carries who brought the buyer (?lc_attr=) -------------------------
+let viewer = null; // {viewer_id, room, token}: the watch page's for this show, or one registered here
+let attribution = null; // {attribution, expires_at}
+let asking = null; // the attribution request under way
+
+const attributionValid = () => attribution && attribution.expires_at - 60 > Date.now() / 1000;
+const buyLink = (link) => attributedLink(link, attributionValid() ? attribution.attribution : null);
+
+function updateBuyLinks() {
+  for (const a of document.querySelectorAll("#chapters a[data-product]")) {
+    const link = products.get(a.dataset.product)?.link;
+    if (link) a.href = buyLink(link);
+  }
+}
+
+/** Get an attribution unless a valid one is held; never fails: without one the links stay plain. */
+function prepareAttribution() {
+  if (attributionValid() || !viewer?.token) return Promise.resolve();
+  asking ??= api("POST", `/api/shows/${show}/attribution`, { token: viewer.token })
+    .then((fresh) => {
+      attribution = fresh;
+      // A page left open keeps a valid link: a new one when this one is a minute from expiring.
+      const renewIn = Math.min(Math.max((fresh.expires_at - 59) * 1000 - Date.now(), 10000), 2 ** 31 - 1);
+      setTimeout(prepareAttribution, renewIn);
+    })
+    .catch(() => {}) // a sale is never blocked: the plain link still opens
+    .finally(() => { asking = null; });
+  return asking.then(updateBuyLinks);
+}
+
+// The tap follows the anchor itself (no window.open after an await: popup blockers allow it);
+// the href is made right before the browser reads it.
+$("#chapters").addEventListener("click", (ev) => {
+  const a = ev.target.closest("a[data-product]");
+  if (!a) return;
+  const link = products.get(a.dataset.product)?.link;
+  if (link) a.href = buyLink(link);
+  prepareAttribution(); // for the next tap, if this one had none
+});
+
+/** The watch page's viewer of this show (a token the brand gave for this room first), else a new
+ * one in ?room= with ?ref= as the sharer; null when none can be had (token or shopper shows). */
+function identify() {
+  const key = storedViewer(viewerKey(show, room)) ? viewerKey(show, room) : viewerKey(show);
+  return rememberedViewer(show, room, ref, key).catch(() => null);
+}
+
+/** This room's shelf (prices, links), then a viewer and its attribution once a product has a link. */
+async function setUpBuying(status) {
+  const tokenShow = status?.playback === "token"; // the shelf, too, needs the viewer's token
+  if (tokenShow) viewer = await identify();
+  let shelf;
+  for (;;) {
+    try {
+      shelf = await api("GET", `/api/shows/${show}/products?room=${encodeURIComponent(room)}`,
+        { token: tokenShow ? viewer?.token : undefined });
+      break;
+    } catch (e) {
+      if (e.status !== 0 && e.status < 500) return; // not for this viewer or room: chapters only
+      await sleep(3000);
+    }
+  }
+  for (const product of shelf.products) products.set(product.id, product);
+  renderChapters();
+  if (!shelf.products.some((p) => p.link)) return;
+  viewer ??= await identify();
+  await prepareAttribution();
+}
+
 async function main() {
   const status = await api("GET", `/api/shows/${show}/status`).catch(() => null);
   if (status) {
     $("#title").textContent = `${status.title} · Replay`;
     document.title = `${status.title} · Replay`;
   }
+  setUpBuying(status);
   let source = null;
   let renderedChapters = "";
   for (;;) {
@@ -66,7 +159,8 @@ async function main() {
     if (info.error) showError($("#error"), new Error(`Recording problem: ${info.error}`));
     if (JSON.stringify(info.chapters) !== renderedChapters) {
       renderedChapters = JSON.stringify(info.chapters);
-      renderChapters(info.chapters);
+      chapters = info.chapters;
+      renderChapters();
     }
     const hls = video.canPlayType("application/vnd.apple.mpegurl") ? info.hls_url : null;
     const wanted = info.mp4_url || (info.state !== "recording" ? hls : null);

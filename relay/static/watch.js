@@ -3,7 +3,10 @@
 // room from its event stream, and reconnects by itself after a network drop or server restart.
 // The card's Buy link carries the viewer's attribution (lc_attr) so the shop's order is credited
 // to the room and sharer; Share copies this room's link with the viewer as the sharer.
-import { $, api, connectionLost, endSession, money, randomKey, sleep, whepPlay } from "/static/common.js";
+import {
+  $, api, attributedLink, connectionLost, describeToken, endSession, money, randomKey, rememberedViewer, sleep,
+  viewerKey, whepPlay,
+} from "/static/common.js";
 
 const [, , show, room = "hq"] = location.pathname.split("/");
 const params = new URLSearchParams(location.search);
@@ -34,17 +37,7 @@ video.addEventListener("resize", () => {
 
 // -- identity: a signed viewer token that keeps the room this viewer came through -------------
 // Per show (credit stays with the first room); a token given for token playback is per room.
-const storageKey = () => `livecast.viewer.${show}${given ? `.${room}` : ""}`;
-
-/** What a token says of itself (unverified: only to show the viewer whose it is). */
-function describeToken(token) {
-  try {
-    const claims = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
-    return { who: claims.sub, room: claims.room };
-  } catch {
-    return null;
-  }
-}
+const storageKey = () => viewerKey(show, given ? room : null);
 
 /** Ask before signing in with a token from the link; true when the viewer accepts it. */
 function confirmToken(token) {
@@ -69,20 +62,7 @@ async function identify() {
     localStorage.setItem(storageKey(), JSON.stringify(identity));
     return identity;
   }
-  const stored = localStorage.getItem(storageKey());
-  const prior = stored ? JSON.parse(stored) : null;
-  // A viewer opening their own share link is not their own sharer.
-  const sharer = ref && ref !== (prior?.viewer_id ?? describeToken(prior?.token ?? "")?.who) ? ref : null;
-  if (prior && !sharer) return prior;
-  try {
-    const body = { room, ...(sharer ? { ref: sharer } : {}) };
-    const fresh = await api("POST", `/api/shows/${show}/viewers`, { body, token: prior?.token });
-    localStorage.setItem(storageKey(), JSON.stringify(fresh));
-    return fresh;
-  } catch (e) {
-    if (prior) return prior; // keep watching as before; claims will say what is wrong
-    throw e;
-  }
+  return rememberedViewer(show, room, ref, storageKey()); // (not its own sharer: see common.js)
 }
 
 // -- show state -------------------------------------------------------------------------------
@@ -206,14 +186,7 @@ function prepareAttribution(renew = false) {
 
 /** The product's link with lc_attr added (its own query and fragment kept), or as it is. */
 function buyLink(link) {
-  if (!attributionValid()) return link;
-  try {
-    const url = new URL(link, location.href);
-    url.searchParams.set("lc_attr", attribution.attribution);
-    return url.toString();
-  } catch {
-    return link;
-  }
+  return attributedLink(link, attributionValid() ? attribution.attribution : null);
 }
 
 function updateBuyLink() {
