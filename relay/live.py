@@ -12,7 +12,7 @@ from .fanout.forwarder import Forwarder
 from .fanout.frame_queue import FrameQueue
 from .fanout.keyframes import KeyframeRequester
 from .fanout.viewer import ViewerSession
-from .ingest.publisher import PublisherSession
+from .media import StreamSource
 from .models import EDGE_ROOM, ShowFigures
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ class LiveShow:
         self.show_id = show_id
         self.media = media
         self.figures = figures
-        self.publisher: PublisherSession | None = None
-        self.pending: dict[str, PublisherSession] = {}  # answered, ICE/DTLS not done yet
+        self.publisher: StreamSource | None = None
+        self.pending: dict[str, StreamSource] = {}  # answered, ICE/DTLS not done yet
         self.viewers: dict[str, ViewerSession] = {}  # connected: they count and receive frames
         self.joining: dict[str, ViewerSession] = {}  # answered, ICE/DTLS not done yet
         self.readers: list[FrameQueue] = []  # not viewers: the recorder
@@ -54,11 +54,11 @@ class LiveShow:
         self._watchdog: asyncio.Task | None = None
 
     # -- publisher -------------------------------------------------------------------------
-    def on_frame(self, session: PublisherSession, kind: str, data: bytes, timestamp: int) -> None:
+    def on_frame(self, session: StreamSource, kind: str, data: bytes, timestamp: int) -> None:
         if session is self.publisher:
             self.forwarders[kind].push(data, timestamp)
 
-    def attach_publisher(self, session: PublisherSession) -> None:
+    def attach_publisher(self, session: StreamSource) -> None:
         """Make `session` (connected) the show's publisher, taking over from any previous one."""
         previous, self.publisher = self.publisher, session
         self._cancel_grace()
@@ -78,7 +78,7 @@ class LiveShow:
             log.info("show %s: publisher %s takes over from %s", self.show_id, session.id, previous.id)
             asyncio.ensure_future(previous.close())
 
-    def publisher_gone(self, session: PublisherSession) -> None:
+    def publisher_gone(self, session: StreamSource) -> None:
         """The host's connection ended or failed: keep the show for the grace period."""
         if session is not self.publisher:
             return

@@ -20,6 +20,7 @@ from .errors import ApiError, NodeFull
 from .fanout.viewer import ViewerSession
 from .ingest.publisher import PublisherSession
 from .live import LiveShow
+from .media import FrameHandler, GoneHandler, StreamSource
 from .models import EDGE_ROOM, HQ_ROOM, RoomFigures, Show, ShowFigures, ShowState
 from .replay.service import ReplayService
 from .webrtc import Offer, watch_handshake
@@ -261,7 +262,24 @@ class LiveRegistry:
                         lambda reason: self._publisher_failed(live, session, client, reason))
         return session, answer
 
-    def _publisher_connected(self, live: LiveShow, session: PublisherSession, client: str) -> None:
+    async def open_stream(self, show_id: str, key: str | None, make: Callable[[FrameHandler, GoneHandler], StreamSource],
+                          client: str = "") -> StreamSource:
+        """A host's stream that arrives connected (an RTMP push): checked like a WHIP host's (404,
+        401, 409 for an ended show) before `make(on_frame, on_gone)` is called, then the show's
+        publisher at once, taking over from any other."""
+        show = await self.admit_host(show_id, key)
+        if show.state is ShowState.ENDED:
+            raise ApiError(409, "show_ended", f"show {show_id!r} has ended; create a new show")
+        live = await self._live_show(show_id)
+        self.pending.open(client)
+        source = make(live.on_frame, live.publisher_gone)
+        source.key_hash = show.stream_key_hash
+        self._publisher_connected(live, source, client)
+        if source.closed:
+            raise ApiError(409, "show_ended", f"show {show_id!r} has ended")
+        return source
+
+    def _publisher_connected(self, live: LiveShow, session: StreamSource, client: str) -> None:
         # Synchronous, in the connection's state change: no frame of the new host is missed.
         ended = self._catalog.is_ended(live.show_id) or self.running.get(live.show_id) is not live
         if session.closed or ended:
@@ -281,7 +299,7 @@ class LiveRegistry:
                  extra={"show": live.show_id, "session": session.id})
         self._on_webhook("publish", {"show": live.show_id, "session": session.id, "codecs": session.codecs})
 
-    def _publisher_failed(self, live: LiveShow, session: PublisherSession, client: str, reason: str) -> None:
+    def _publisher_failed(self, live: LiveShow, session: StreamSource, client: str, reason: str) -> None:
         self.pending.close(client)
         live.pending.pop(session.id, None)
         if not session.closed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 VIDEO_CODECS = ("H264", "VP8")
 AUDIO_CODECS = ("opus",)
@@ -25,3 +26,28 @@ class RelayFrame:
     keyframe: bool
     size: int = 0  # bytes of all payloads, counted once per frame for the metrics
     audio_level: None = None
+
+
+class StreamSource(Protocol):
+    """A show's incoming stream, whatever brings it: a host's WHIP session, an RTMP push, or this
+    node's pull of the show from its origin. It hands each encoded frame to the show as
+    `on_frame(source, kind, data, rtp_timestamp)` (H.264 as Annex-B, Opus packets) and calls
+    `on_gone(source)` when it ends."""
+
+    id: str
+    show_id: str
+    codecs: dict[str, str]  # kind -> codec ("video": "H264", "audio": "opus")
+    started_at: float
+    last_frame_at: float  # time.monotonic() of its latest frame
+    frames: int
+    key_hash: str  # of the stream key it published with ("" for a pull)
+    closed: bool
+    upstream: bool  # a pull from the origin node, not a host
+
+    def request_keyframe(self) -> bool: ...
+    def describe(self) -> dict: ...
+    async def close(self) -> None: ...
+
+
+FrameHandler = Callable[[StreamSource, str, bytes, int], None]
+GoneHandler = Callable[[StreamSource], None]

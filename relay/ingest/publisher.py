@@ -6,25 +6,23 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Callable
 
 from aiortc import RTCRtpReceiver
 
 from .. import aiortc_hooks
+from ..media import FrameHandler, GoneHandler
 from ..webrtc import (Offer, answer_offer, apply_answer, codec_preferences, make_offer, new_peer_connection,
                       on_connection_end)
 
 log = logging.getLogger(__name__)
 
-FrameHandler = Callable[["PublisherSession", str, bytes, int], None]
 
 
 class PublisherSession:
     """One incoming stream of a show. Frames go to `on_frame(session, kind, data, rtp_timestamp)`.
     A host's session answers its offer; a pull from the origin (`upstream`) makes the offer."""
 
-    def __init__(self, show_id: str, on_frame: FrameHandler, on_gone: Callable[["PublisherSession"], None],
-                 upstream: bool = False) -> None:
+    def __init__(self, show_id: str, on_frame: FrameHandler, on_gone: GoneHandler, upstream: bool = False) -> None:
         self.id = secrets.token_urlsafe(16)
         self.show_id = show_id
         self.pc = new_peer_connection()
