@@ -46,6 +46,9 @@ def product_view(product: Product, room: str | None = None) -> dict | None:
     return view if room is None else product_for_room(view, room)
 
 
+SHELF_CACHE_S = 1.0  # how stale a shelf read for pricing orders may be (another node's change)
+
+
 class ProductShelf:
     """Every change to a show's shelf or card goes through here and becomes an event."""
 
@@ -55,9 +58,23 @@ class ProductShelf:
         self.events = events
         self._rooms = rooms
         self._stream_time = stream_time
+        self._recent: dict[str, tuple[float, list[Product]]] = {}  # show -> (read at, its products)
 
     async def list(self, show_id: str) -> list[Product]:
         return await self.store.products(show_id)
+
+    async def recent(self, show_id: str) -> list[Product]:
+        """The shelf as read at most SHELF_CACHE_S ago (changes made here are seen at once): what
+        a burst of orders is priced with, without a store read per order."""
+        now = time.monotonic()
+        read = self._recent.get(show_id)
+        if read is not None and now - read[0] < SHELF_CACHE_S:
+            return read[1]
+        products = await self.store.products(show_id)
+        if len(self._recent) > 1000:
+            self._recent.clear()
+        self._recent[show_id] = (now, products)
+        return products
 
     async def get(self, show_id: str, product_id: str) -> Product:
         product = next((p for p in await self.store.products(show_id) if p.id == product_id), None)
@@ -74,6 +91,7 @@ class ProductShelf:
         product = Product(show_id, product_id, "", 0, position=max((p.position for p in existing), default=-1) + 1)
         self._apply(product, fields, await self._rooms(show_id))
         await self.store.save_product(product)
+        self._recent.pop(show_id, None)
         await self.events.publish(show_id, "shelf.updated", {"product": product_view(product), "change": "added"})
         return product
 
@@ -81,6 +99,7 @@ class ProductShelf:
         product = await self.get(show_id, product_id)
         self._apply(product, change, await self._rooms(show_id))
         await self.store.save_product(product)
+        self._recent.pop(show_id, None)
         await self.events.publish(show_id, "shelf.updated", {"product": product_view(product), "change": "updated"})
         return product
 
@@ -89,6 +108,7 @@ class ProductShelf:
         if await self.pinned(show_id) == product_id:
             await self.unpin(show_id)
         await self.store.delete_product(show_id, product_id)
+        self._recent.pop(show_id, None)
         await self.events.publish(show_id, "shelf.updated", {"product": {"id": product_id}, "change": "removed"})
 
     def _apply(self, product: Product, change: ProductEdit, known: set[str]) -> None:

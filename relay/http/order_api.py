@@ -95,7 +95,7 @@ class OrderApi:
         if who.room != HQ_ROOM:
             mirror = next((m for m in await self.catalog.mirrors(show.id) if m.distributor == who.room), None)
             room_rate = Decimal(mirror.commission_rate) if mirror is not None else Decimal(0)
-        products = await self.shelf.list(show.id)
+        products = await self.shelf.recent(show.id)
         rates = Rates(Decimal(show.sharer_commission_rate), room_rate,
                       {p.id: Decimal(p.commission_rate) if p.commission_rate else None for p in products})
         items = [(i.product, i.quantity, i.unit_price) for i in new.items]
