@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import logging
 import os
 import secrets
+import socket
 import time
 
 from aiohttp import web
@@ -36,6 +37,7 @@ from .http.order_api import OrderApi
 from .http.middleware import cors_middleware, draining_middleware, error_middleware, security_headers
 from .http.pages import Pages
 from .http.replay_api import ReplayApi
+from .http.restream_api import RestreamApi
 from .http.shows_api import ShowsApi
 from .http.util import Auth
 from .http.session_routes import SessionRoutes
@@ -46,11 +48,14 @@ from .cluster.edge import EdgeLinks, PullOptions
 from .cluster.nodes import NodeDirectory
 from .cluster.origins import Origin, OriginRegistry
 from .cluster.replay_parts import ClusterReplayParts
+from .ingest.rtmp_server import RtmpServer
 from .live_registry import LiveRegistry
 from .redis_show_store import RedisShowStore
 from .replay.redis_replay_store import RedisReplayStore
 from .replay.replay_store import SqliteReplayStore
 from .replay.service import ReplayService
+from .restream.service import RestreamService
+from .restream.target import TargetOptions
 from .show_removal import ShowRemoval
 from .show_store import SqliteShowStore
 from .webhooks import WebhookSender, signing_key
@@ -73,6 +78,7 @@ class Services:
     tokens: ViewerTokens
     webhooks: WebhookSender
     orders: OrderBook
+    restreams: RestreamService | None = None
 
 
 SERVICES: "web.AppKey[Services]" = web.AppKey("services")
@@ -172,7 +178,8 @@ def cluster_edges(settings: Settings, admin_key: str) -> EdgeLinks | None:
                                           settings.cluster.edge_linger_s))
 
 
-def build_app(settings: Settings) -> web.Application:
+def build_app(settings: Settings, rtmp_listener: socket.socket | None = None) -> web.Application:
+    """The app; `rtmp_listener` is the RTMP port bound by the command (else bound at startup)."""
     aiortc_hooks.set_host_addresses(settings.ice.addresses)
     aiortc_hooks.set_consent_timeout(settings.ice.consent_timeout_s)
     aiortc_hooks.install_dtls_hooks()
@@ -220,10 +227,15 @@ def build_app(settings: Settings) -> web.Application:
         return {m.distributor for m in await catalog.mirrors(show_id)}
 
     shelf = ProductShelf(commerce, events, mirror_ids, replays.stream_time)
+    restream = settings.restream
+    restreams = RestreamService(show_store, TargetOptions(
+        restream.connect_timeout_s, restream.write_timeout_s, restream.retry_min_s, restream.retry_max_s,
+        restream.queue_frames), restream.max_targets_per_show, restream.aac_bitrate)
     live = LiveRegistry(
         settings, catalog, replays, show_store, on_state=events.publish_soon, on_webhook=webhooks.emit,
         on_viewer_channel=lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel),
-        on_ended=lambda show_id: end_coupons(commerce, events, show_id), edges=edges, nodes=nodes)
+        on_ended=lambda show_id: end_coupons(commerce, events, show_id), edges=edges, nodes=nodes,
+        restreams=restreams)
 
     desk = SalesDesk(orders, events, webhooks.emit)
 
@@ -243,7 +255,7 @@ def build_app(settings: Settings) -> web.Application:
     tokens = ViewerTokens(None if shared_secret else load_secret(settings.auth.token_secret, settings.data_path))
     ticker = RemainingTicker(commerce, events)
     app[SERVICES] = Services(settings, catalog, live, removal, replays, commerce, events, shelf, tokens, webhooks,
-                             orders)
+                             orders, restreams)
 
     # HTTP front-ends, each given what it uses
     limits = settings.limits
@@ -264,10 +276,15 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(OrderApi(catalog, shelf, desk, orders, tokens, settings, auth,
                             RateLimiter("attribution", limits.attributions_per_s, behind_proxy)).routes())
     app.add_routes(ShowsApi(catalog, live, removal, replays, commerce, orders, auth, settings).routes())
+    app.add_routes(RestreamApi(catalog, restreams, auth).routes())
     app.add_routes(ReplayApi(catalog, replays, shelf, tokens, auth, settings).routes())
     app.add_routes(Pages(catalog, settings).routes())
     app.router.add_get("/metrics", metrics_route(build_registry(live), settings.auth.metrics_key or admin_key))
     app.add_routes(ApiDocs().routes())  # describes every route above: the last to be added
+    rtmp = None if not settings.rtmp.enabled else RtmpServer(
+        settings.rtmp_host, settings.rtmp.port, live.open_stream, setup_timeout_s=settings.server.read_timeout_s,
+        max_setup_per_address=limits.max_pending_sessions_per_address,
+        publish_wait=RateLimiter("RTMP publish", limits.whip_per_s).take)
     background: dict[str, asyncio.Task] = {}
 
     async def on_startup(app: web.Application) -> None:
@@ -279,16 +296,21 @@ def build_app(settings: Settings) -> web.Application:
             background["recover"] = asyncio.ensure_future(_recover_when_reachable(live, replays, settings))
         background["retention"] = asyncio.ensure_future(replays.run_retention())
         background["figures"] = asyncio.ensure_future(live.run_figures_saver())
+        background["restream_state"] = asyncio.ensure_future(restreams.run_state_saver())
         if nodes is not None:
             nodes.start()
         if isinstance(show_store, RedisShowStore):  # what other nodes change, this one reads again
             background["catalog"] = asyncio.ensure_future(show_store.follow(live.show_changed))
         background["expiry"] = asyncio.ensure_future(_expire_claim_requests(commerce, limits.idempotency_retention_s))
+        if rtmp is not None:  # (port 0: the show views give the port it got)
+            settings.rtmp.port = await rtmp.start(rtmp_listener)
 
     async def on_shutdown(app: web.Application) -> None:
         # New sessions are refused from here on; readers hear that this server is stopping
         # (players reconnect, to another process or to this one when it is back).
         draining.set()
+        if rtmp is not None:
+            await rtmp.close()
         for show_id in list(live.running):
             try:
                 await events.publish(show_id, "server.stopping", {"reconnect": True})
@@ -299,6 +321,7 @@ def build_app(settings: Settings) -> web.Application:
         for task in background.values():
             task.cancel()
         await live.shutdown()
+        await restreams.close()
         if edges is not None:
             await edges.close()
         if nodes is not None:

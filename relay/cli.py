@@ -103,11 +103,12 @@ async def _serve(args: argparse.Namespace) -> None:
     # A worker shares the port with the others and has a private one for other nodes.
     listener = _listen(settings.server.host, settings.server.port, reuse_port=worker is not None)
     settings.server.port = listener.getsockname()[1]
+    rtmp = _rtmp_listener(settings, reuse_port=worker is not None)
     private = _listen(settings.server.host, 0) if worker is not None else None
     name_node(settings, worker, private.getsockname()[1] if private is not None else None)
     _check_data_dir(settings.data_path)
     soft, hard = raise_fd_limit()
-    app = build_app(settings)
+    app = build_app(settings, rtmp)
     runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger,
                            shutdown_timeout=settings.server.shutdown_timeout_s / 2,
                            keepalive_timeout=settings.server.idle_timeout_s)
@@ -125,6 +126,8 @@ async def _serve(args: argparse.Namespace) -> None:
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     where = f"http://{settings.server.host}:{settings.server.port}"
+    if rtmp is not None and worker is None:
+        print(f"relay: RTMP ingest on rtmp://{settings.rtmp_host}:{settings.rtmp.port}/live", flush=True)
     if worker is None:
         print(f"relay: listening on {where}", flush=True)
     else:
@@ -166,8 +169,13 @@ def _supervise(args: argparse.Namespace) -> int:
     # workers' listening sockets): a busy port is one line here, port 0 is chosen once, and the
     # port stays this server's while a worker restarts.
     probe = _listen(host, settings.server.port, reuse_port=True)
+    rtmp_probe = None
     try:
         port = settings.server.port = probe.getsockname()[1]
+        rtmp_probe = _rtmp_listener(settings, reuse_port=True)
+        if rtmp_probe is not None:  # every worker takes the port chosen here
+            os.environ["RELAY_RTMP_PORT"] = str(settings.rtmp.port)
+            print(f"relay: RTMP ingest on rtmp://{settings.rtmp_host}:{settings.rtmp.port}/live", flush=True)
         _check_data_dir(settings.data_path)
         prepare_data_dir(settings)
         supervisor = Supervisor(f"http://{host}:{port}", args.workers, lambda i: _worker_argv(args, port, i),
@@ -175,6 +183,8 @@ def _supervise(args: argparse.Namespace) -> int:
         return uvloop.run(supervisor.run())
     finally:
         probe.close()
+        if rtmp_probe is not None:
+            rtmp_probe.close()
 
 
 def _worker_argv(args: argparse.Namespace, port: int, index: int) -> list[str]:
@@ -190,9 +200,9 @@ def _worker_argv(args: argparse.Namespace, port: int, index: int) -> list[str]:
     return argv
 
 
-def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+def _listen(host: str, port: int, reuse_port: bool = False, option: str = "--port") -> socket.socket:
     """A TCP socket bound to host:port (shared with others that ask for `reuse_port`), or a
-    ConfigError saying why not."""
+    ConfigError saying why not (and which `option` picks another)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
@@ -205,8 +215,17 @@ def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        hint = " (another server is using it; pick another with --port)" if exc.errno == errno.EADDRINUSE else ""
+        hint = f" (another server is using it; pick another with {option})" if exc.errno == errno.EADDRINUSE else ""
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+    return sock
+
+
+def _rtmp_listener(settings: Settings, reuse_port: bool) -> socket.socket | None:
+    """The RTMP ingest's port, bound (its real number put in the settings), if RTMP is on."""
+    if not settings.rtmp.enabled:
+        return None
+    sock = _listen(settings.rtmp_host, settings.rtmp.port, reuse_port=reuse_port, option="[rtmp] port")
+    settings.rtmp.port = sock.getsockname()[1]
     return sock
 
 

@@ -50,6 +50,13 @@ class IceSettings:
 
 
 @dataclass
+class RtmpSettings:
+    enabled: bool = True
+    host: str = ""  # empty: [server] host
+    port: int = 1935  # 0 picks a free one (the show views give the real one)
+
+
+@dataclass
 class MediaSettings:
     grace_period_s: float = 30.0
     keyframe_request_interval_s: float = 1.0
@@ -58,6 +65,17 @@ class MediaSettings:
     video_codecs: list[str] = field(default_factory=lambda: ["H264", "VP8"])
     publisher_timeout_s: float = 10.0
     figures_save_interval_s: float = 2.0  # live room figures go to the store this often
+
+
+@dataclass
+class RestreamSettings:
+    connect_timeout_s: float = 10.0  # TCP, TLS, RTMP handshake and publish of a target, all of it
+    write_timeout_s: float = 10.0  # a target that takes no data for this long is dropped and retried
+    retry_min_s: float = 1.0  # a target that fails waits this long, doubled each time up to retry_max_s
+    retry_max_s: float = 30.0
+    max_targets_per_show: int = 10
+    queue_frames: int = 300  # frames waiting for a slow target before it skips to the next keyframe
+    aac_bitrate: int = 128000  # the AAC every target of a show gets, converted once from its Opus
 
 
 @dataclass
@@ -120,7 +138,9 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     ice: IceSettings = field(default_factory=IceSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    rtmp: RtmpSettings = field(default_factory=RtmpSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
+    restream: RestreamSettings = field(default_factory=RestreamSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
@@ -132,6 +152,11 @@ class Settings:
         if self.server.public_url:
             return self.server.public_url.rstrip("/")
         return f"http://{self.server.host}:{self.server.port}"
+
+    @property
+    def rtmp_host(self) -> str:
+        """The address the RTMP ingest binds."""
+        return self.rtmp.host or self.server.host
 
     @property
     def replay_path(self) -> Path:
@@ -157,7 +182,9 @@ POSITIVE = {"ice.consent_timeout_s", "ice.connect_timeout_s", "media.publisher_t
             "media.gop_cache_max_frames", "replay.segment_target_s",
             "replay.retention_check_interval_s", "replay.max_queued_frames", "server.max_body_bytes",
             "server.shutdown_timeout_s", "server.read_timeout_s", "server.idle_timeout_s", "webhooks.timeout_s", "limits.idempotency_retention_s", "webhooks.max_queue", "webhooks.max_attempts",
-            "commerce.attribution_ttl_s"}
+            "commerce.attribution_ttl_s", "restream.connect_timeout_s", "restream.write_timeout_s",
+            "restream.retry_min_s", "restream.retry_max_s", "restream.max_targets_per_show",
+            "restream.queue_frames", "restream.aac_bitrate"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -199,8 +226,9 @@ def _check(settings: Settings, source: str) -> None:
         section, key = name.split(".")
         if getattr(getattr(settings, section), key) <= 0:
             raise ConfigError(f"{source}: {name} must be more than 0")
-    if not 0 <= settings.server.port <= 65535:
-        raise ConfigError(f"{source}: server.port must be 0-65535, got {settings.server.port}")
+    for name, port in (("server.port", settings.server.port), ("rtmp.port", settings.rtmp.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{source}: {name} must be 0-65535, got {port}")
     for address in settings.ice.addresses:
         try:
             ipaddress.ip_address(address)

@@ -47,3 +47,11 @@ def show_not_found(show_id: str) -> ApiError:
 
 def mirror_exists(distributor: str) -> ApiError:
     return ApiError(409, "mirror_exists", f"distributor {distributor!r} already has a room in this show")
+
+
+def too_many_restreams(limit: int) -> ApiError:
+    return ApiError(409, "too_many_restreams", f"a show has at most {limit} restream targets; remove one first")
+
+
+def restream_not_found(restream_id: str) -> ApiError:
+    return ApiError(404, "restream_not_found", f"this show has no restream target {restream_id!r}")

@@ -8,8 +8,7 @@ import time
 from typing import Awaitable, Callable
 
 from .config import MediaSettings
-from .fanout.forwarder import Forwarder
-from .fanout.frame_queue import FrameQueue
+from .fanout.forwarder import Forwarder, FrameReader
 from .fanout.keyframes import KeyframeRequester
 from .fanout.viewer import ViewerSession
 from .media import StreamSource
@@ -41,7 +40,7 @@ class LiveShow:
         self.pending: dict[str, StreamSource] = {}  # answered, ICE/DTLS not done yet
         self.viewers: dict[str, ViewerSession] = {}  # connected: they count and receive frames
         self.joining: dict[str, ViewerSession] = {}  # answered, ICE/DTLS not done yet
-        self.readers: list[FrameQueue] = []  # not viewers: the recorder
+        self.readers: list[FrameReader] = []  # not viewers: the recorder, the restream feed
         self.reconnecting_until: float | None = None
         self.keyframes = KeyframeRequester(media.keyframe_request_interval_s, self._send_keyframe_request)
         self.forwarders = {
@@ -124,13 +123,13 @@ class LiveShow:
         video = self.forwarders["video"].codec
         return {"audio": ["opus"], "video": [video] if video else list(video_codecs)}
 
-    def add_reader(self, queue: FrameQueue) -> None:
+    def add_reader(self, queue: FrameReader) -> None:
         """A reader of every track (frames of both, in the order they arrive)."""
         self.readers.append(queue)
         for forwarder in self.forwarders.values():
             forwarder.add_reader(queue)
 
-    def remove_reader(self, queue: FrameQueue) -> None:
+    def remove_reader(self, queue: FrameReader) -> None:
         if queue in self.readers:
             self.readers.remove(queue)
             for forwarder in self.forwarders.values():

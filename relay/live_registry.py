@@ -23,6 +23,7 @@ from .live import LiveShow
 from .media import FrameHandler, GoneHandler, StreamSource
 from .models import EDGE_ROOM, HQ_ROOM, RoomFigures, Show, ShowFigures, ShowState
 from .replay.service import ReplayService
+from .restream.service import RestreamService
 from .webrtc import Offer, watch_handshake
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class LiveRegistry:
                  on_state: StateListener, on_webhook: WebhookListener,
                  on_viewer_channel: Callable[[ViewerSession, object], None] | None = None,
                  on_ended: Callable[[str], Awaitable[None]] | None = None, edges: EdgeLinks | None = None,
-                 nodes: NodeDirectory | None = None) -> None:
+                 nodes: NodeDirectory | None = None, restreams: RestreamService | None = None) -> None:
         self.settings = settings
         self.running: dict[str, LiveShow] = {}  # shows with a host or viewers here
         self.pending = PendingSessions(settings.limits.max_pending_sessions_per_address)
@@ -79,6 +80,7 @@ class LiveRegistry:
         self._on_ended = on_ended  # e.g. the show's coupons end
         self._edges = edges  # in a cluster: pulls of shows whose host is on another node
         self._nodes = nodes  # in a cluster: where a viewer goes when this node is full
+        self._restreams = restreams  # other platforms the shows whose host is here are pushed to
         self.cluster_viewers: dict[str, dict[str, int]] = {}  # in a cluster: viewers now, all nodes, per show
         self._unsaved: set[str] = set()  # shows whose figures changed since they were saved
         self._saved_at: dict[str, float] = {}
@@ -122,6 +124,8 @@ class LiveRegistry:
             live = self.running.get(show_id)
             for room in {v.room for v in live.viewers.values()} - rooms if live else ():
                 await self.close_room(show_id, room)
+            if self._restreams is not None:  # its restream targets may have changed there
+                self._restreams.reload(show_id)
         except Exception:
             log.exception("show %s: following a change made on another node failed", show_id)
 
@@ -159,6 +163,8 @@ class LiveRegistry:
         if self._edges is not None:
             self._edges.stop(show_id)
             await self._edges.origins.release(show_id)
+        if self._restreams is not None:
+            self._restreams.stop(show_id)
         live = self.running.pop(show_id, None)
         if live is not None:
             try:
@@ -218,6 +224,9 @@ class LiveRegistry:
         queue = self._replays.hand_over(show_id)
         if queue is not None and live is not None:
             live.remove_reader(queue)
+        feed = self._restreams.stop(show_id) if self._restreams is not None else None  # the origin pushes
+        if feed is not None and live is not None:
+            live.remove_reader(feed)
 
     async def _close_idle(self, show_id: str) -> None:
         """An edge whose viewers left: its copy of the show goes."""
@@ -293,6 +302,10 @@ class LiveRegistry:
         recorder = self._replays.on_publish(live.show_id, session.codecs)
         if recorder is not None:
             live.add_reader(recorder)
+        if self._restreams is not None:
+            feed = self._restreams.on_publish(live.show_id, session.codecs, live.keyframes.request)
+            if feed is not None:
+                live.add_reader(feed)
         if self._catalog.mark_live(live.show_id):
             self._on_state(live.show_id, "show.live", {"state": "live"})
         log.info("show %s: publisher %s connected (%s)", live.show_id, session.id, session.codecs,

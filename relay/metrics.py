@@ -24,7 +24,11 @@ RECORDING_ERRORS = Counter("relay_recording_errors", "Replay write failures (dis
 ORDERS_TAKEN = Counter("relay_orders", "Orders and refunds answered: taken (new), retried (the same again)",
                  ["kind", "outcome"], registry=None)
 WEBHOOKS = Counter("relay_webhook_deliveries", "Webhook deliveries, by outcome", ["outcome"], registry=None)
-SHARED = (JOIN_SECONDS, CLAIMS, EVENT_LAG, STORE_SECONDS, RECORDED_SEGMENTS, RECORDING_ERRORS, ORDERS_TAKEN, WEBHOOKS)
+RTMP_CONNECTIONS = Counter("relay_rtmp_connections", "RTMP ingest connections, by outcome: published, refused "
+                           "(show, key or rate), failed (not RTMP, broken, or no publish in time)", ["outcome"],
+                           registry=None)
+SHARED = (JOIN_SECONDS, CLAIMS, EVENT_LAG, STORE_SECONDS, RECORDED_SEGMENTS, RECORDING_ERRORS, ORDERS_TAKEN, WEBHOOKS,
+          RTMP_CONNECTIONS)
 
 
 @contextmanager

@@ -51,6 +51,18 @@ class Mirror:
     commission_rate: str = "0"  # the distributor's share of what its room sold
 
 
+@dataclass(frozen=True)
+class Restream:
+    """A platform the show is pushed to over RTMP(S) while it is live. `url` ends with the
+    platform's stream key: a secret, kept as given, never shown or logged unmasked."""
+
+    show_id: str
+    id: str
+    name: str
+    url: str
+    created_at: float
+
+
 @dataclass
 class RoomFigures:
     """Viewer figures of one room (HQ or one distributor); never mixed across rooms."""

@@ -5,14 +5,17 @@ Keys, with prefix `p` and show `S` (a show's keys carry the hash tag {S}):
 
 - `p:shows`: sorted set of show ids by created_at (`list_shows`);
 - `p:show:{S}`: hash, the show's fields (values JSON); `p:show:{S}:mirrors`: hash, distributor ->
-  {"name", "created_at"} (JSON);
+  {"name", "created_at"} (JSON); `p:show:{S}:restreams`: hash, restream id -> {"name", "url",
+  "created_at"} (JSON; the URL holds the platform's stream key); `p:show:{S}:restream_state`:
+  hash, restream id -> its state on the node pushing it (JSON), gone `ttl_s` after its last save;
 - `p:show:{S}:nodes`: set of the nodes that saved figures or live viewers of the show;
 - `p:show:{S}:figures:<node>`: hash, room -> that node's {"peak_viewers", "total_sessions"}
   (JSON, no expiry); `p:show:{S}:live:<node>`: hash, room -> viewers on that node now, gone
   `ttl_s` after the node's last save; `p:show:{S}:peak`: hash, room -> cluster-wide peak.
 
-Each write to a show or its mirrors publishes the show id on the channel `p:catalog` in the same
-atomic step, so every node's catalog can forget what it cached (`follow`). Creating and deleting
+Each write to a show, its mirrors or its restream targets publishes the show id on the channel
+`p:catalog` in the same atomic step, so every node's catalog can forget what it cached (`follow`)
+and the node pushing a show reads its restream targets again. Creating and deleting
 a show touch `p:shows` too, outside the show's slot: like the commerce store, this speaks to one
 Redis (or a replicated primary), not a Cluster.
 """
@@ -29,8 +32,8 @@ from typing import Any, Awaitable, Callable, Iterable
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from .errors import mirror_exists, show_exists, show_not_found
-from .models import HQ_ROOM, Mirror, RoomFigures, Show, ShowState
+from .errors import mirror_exists, show_exists, show_not_found, too_many_restreams
+from .models import HQ_ROOM, Mirror, Restream, RoomFigures, Show, ShowState
 from .redis_client import UNREACHABLE, call, connect, from_hash, read_hashes, to_hash
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,22 @@ return 'ok'
 _UPDATE_MIRROR = """
 if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: show, restreams.  ARGV: show id, channel, restream id, record, limit.
+_ADD_RESTREAM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'no_show' end
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[5]) then return 'full' end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+return 'ok'
+"""
+
+# KEYS: restreams.  ARGV: show id, channel, restream id.  1, or 0: there was none.
+_DELETE_RESTREAM = """
+if redis.call('HDEL', KEYS[1], ARGV[3]) == 0 then return 0 end
 redis.call('PUBLISH', ARGV[2], ARGV[1])
 return 1
 """
@@ -153,6 +172,8 @@ class RedisShowStore:
         self._update = self._redis.register_script(_UPDATE_SHOW)
         self._add_mirror = self._redis.register_script(_ADD_MIRROR)
         self._update_mirror = self._redis.register_script(_UPDATE_MIRROR)
+        self._add_restream = self._redis.register_script(_ADD_RESTREAM)
+        self._delete_restream = self._redis.register_script(_DELETE_RESTREAM)
         self._save_figures = self._redis.register_script(_SAVE_FIGURES)
         self._save_live = self._redis.register_script(_SAVE_LIVE)
 
@@ -188,10 +209,11 @@ class RedisShowStore:
         await self._do(self._update(keys=[self._key(show.id)], args=[show.id, self._channel, *_pairs(fields.items())]))
 
     async def delete_show(self, show_id: str) -> None:
-        """The show, its mirror rooms, figures and live viewers, at once."""
+        """The show, its mirror rooms, restream targets, figures and live viewers, at once."""
 
         def delete(pipe: Pipeline, nodes: list[str]) -> None:
-            pipe.delete(self._key(show_id), self._key(show_id, "mirrors"), self._key(show_id, "nodes"),
+            pipe.delete(self._key(show_id), self._key(show_id, "mirrors"), self._key(show_id, "restreams"),
+                        self._key(show_id, "restream_state"), self._key(show_id, "nodes"),
                         self._key(show_id, "peak"), *self._node_keys(show_id, nodes))
             pipe.zrem(self._index, show_id)
 
@@ -230,6 +252,42 @@ class RedisShowStore:
                 pipe.hdel(key, distributor)
 
         await self._rewrite(show_id, delete)
+
+    # -- restream targets ------------------------------------------------------------------
+    async def add_restream(self, restream: Restream, limit: int) -> None:
+        """Stores a new restream target; 404 if the show is gone, 409 if it has `limit` already."""
+        record = json.dumps({"name": restream.name, "url": restream.url, "created_at": restream.created_at})
+        outcome = await self._do(self._add_restream(
+            keys=[self._key(restream.show_id), self._key(restream.show_id, "restreams")],
+            args=[restream.show_id, self._channel, restream.id, record, limit]))
+        if outcome == "no_show":
+            raise show_not_found(restream.show_id)
+        if outcome == "full":
+            raise too_many_restreams(limit)
+
+    async def list_restreams(self, show_id: str) -> list[Restream]:
+        """The show's restream targets, oldest first."""
+        records = await self._do(self._redis.hgetall(self._key(show_id, "restreams")))
+        restreams = [Restream(show_id, restream_id, **json.loads(raw)) for restream_id, raw in records.items()]
+        return sorted(restreams, key=lambda r: (r.created_at, r.id))
+
+    async def delete_restream(self, show_id: str, restream_id: str) -> bool:
+        return bool(await self._do(self._delete_restream(keys=[self._key(show_id, "restreams")],
+                                                         args=[show_id, self._channel, restream_id])))
+
+    async def save_restream_states(self, show_id: str, states: dict[str, dict], ttl_s: float) -> None:
+        """The targets' state as the node pushing them sees it, replacing the last, for `ttl_s`."""
+        key = self._key(show_id, "restream_state")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(key)
+        if states:
+            pipe.hset(key, mapping={i: json.dumps(state) for i, state in states.items()})
+            pipe.pexpire(key, max(1, round(ttl_s * 1000)))
+        await self._do(pipe.execute())
+
+    async def load_restream_states(self, show_id: str) -> dict[str, dict]:
+        records = await self._do(self._redis.hgetall(self._key(show_id, "restream_state")))
+        return {i: json.loads(raw) for i, raw in records.items()}
 
     # -- figures ---------------------------------------------------------------------------
     async def save_room_figures(self, show_id: str, rooms: dict[str, RoomFigures]) -> None:

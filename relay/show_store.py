@@ -1,4 +1,5 @@
-"""The embedded show store: shows, mirror rooms and room figures in SQLite under the data dir.
+"""The embedded show store: shows, mirror rooms, restream targets and room figures in SQLite
+under the data dir.
 
 Every statement runs on the store's own thread; the event loop only awaits the answer.
 """
@@ -9,8 +10,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .errors import mirror_exists, show_exists, show_not_found
-from .models import Mirror, RoomFigures, Show, ShowState
+from .errors import mirror_exists, show_exists, show_not_found, too_many_restreams
+from .models import Mirror, Restream, RoomFigures, Show, ShowState
 from .sqlite_thread import SqliteThread
 
 
@@ -39,6 +40,14 @@ CREATE TABLE IF NOT EXISTS mirrors (
     commission_rate TEXT NOT NULL DEFAULT '0',
     PRIMARY KEY (show_id, distributor)
 );
+CREATE TABLE IF NOT EXISTS restreams (
+    show_id TEXT NOT NULL REFERENCES shows(id) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (show_id, id)
+);
 CREATE TABLE IF NOT EXISTS room_figures (
     show_id TEXT NOT NULL REFERENCES shows(id) ON DELETE CASCADE,
     room TEXT NOT NULL,
@@ -55,11 +64,12 @@ def _show(row: sqlite3.Row) -> Show:
 
 
 class SqliteShowStore:
-    """The show catalog's store and the live figures' store, on one SQLite file."""
+    """The show catalog's store, the restream targets' and the live figures', on one SQLite file."""
 
     def __init__(self, path: Path) -> None:
         self._db = SqliteThread(path, _setup, "show store")
         self._live: dict[str, tuple[float, dict[str, int]]] = {}  # show -> (counts until, viewers per room)
+        self._restream_states: dict[str, tuple[float, dict[str, dict]]] = {}  # show -> (valid until, states)
 
     async def create_show(self, show: Show) -> None:
         """Stores a new show; 409 if the id is taken."""
@@ -93,6 +103,7 @@ class SqliteShowStore:
     async def delete_show(self, show_id: str) -> None:
         await self._db.call(_execute, "DELETE FROM shows WHERE id=?", (show_id,))
         self._live.pop(show_id, None)
+        self._restream_states.pop(show_id, None)
 
     async def add_mirror(self, mirror: Mirror) -> None:
         """Stores a new mirror room; 409 if the distributor has one, 404 if the show is gone."""
@@ -111,6 +122,31 @@ class SqliteShowStore:
     async def delete_mirror(self, show_id: str, distributor: str) -> None:
         await self._db.call(_delete_mirror, show_id, distributor)
         self._live.get(show_id, (0.0, {}))[1].pop(distributor, None)
+
+    async def add_restream(self, restream: Restream, limit: int) -> None:
+        """Stores a new restream target; 404 if the show is gone, 409 if it has `limit` already."""
+        await self._db.call(_add_restream, restream, limit)
+
+    async def list_restreams(self, show_id: str) -> list[Restream]:
+        rows = await self._db.call(_fetch_all, "SELECT * FROM restreams WHERE show_id=? ORDER BY created_at, id",
+                                   (show_id,))
+        return [Restream(**dict(r)) for r in rows]
+
+    async def delete_restream(self, show_id: str, restream_id: str) -> bool:
+        return bool(await self._db.call(_execute, "DELETE FROM restreams WHERE show_id=? AND id=?",
+                                        (show_id, restream_id)))
+
+    async def save_restream_states(self, show_id: str, states: dict[str, dict], ttl_s: float) -> None:
+        """The targets' state as the node pushing them sees it: this process is the only node,
+        so it stays in its memory."""
+        if states:
+            self._restream_states[show_id] = (time.monotonic() + ttl_s, dict(states))
+        else:
+            self._restream_states.pop(show_id, None)
+
+    async def load_restream_states(self, show_id: str) -> dict[str, dict]:
+        until, states = self._restream_states.get(show_id, (0.0, {}))
+        return dict(states) if time.monotonic() < until else {}
 
     async def save_room_figures(self, show_id: str, rooms: dict[str, RoomFigures]) -> None:
         await self._db.call(_save_room_figures, show_id, rooms)
@@ -165,6 +201,15 @@ def _add_mirror(db: sqlite3.Connection, mirror: Mirror) -> None:
                       (mirror.show_id, mirror.distributor, mirror.name, mirror.created_at,
                        mirror.commission_rate)).rowcount:
         raise mirror_exists(mirror.distributor)
+
+
+def _add_restream(db: sqlite3.Connection, restream: Restream, limit: int) -> None:
+    if db.execute("SELECT 1 FROM shows WHERE id=?", (restream.show_id,)).fetchone() is None:
+        raise show_not_found(restream.show_id)
+    if db.execute("SELECT COUNT(*) FROM restreams WHERE show_id=?", (restream.show_id,)).fetchone()[0] >= limit:
+        raise too_many_restreams(limit)
+    db.execute("INSERT INTO restreams (show_id, id, name, url, created_at) VALUES (?,?,?,?,?)",
+               (restream.show_id, restream.id, restream.name, restream.url, restream.created_at))
 
 
 def _delete_mirror(db: sqlite3.Connection, show_id: str, distributor: str) -> None:

@@ -151,9 +151,9 @@ class ServerProcess:
 
 def relay_env(admin_key: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a `relay serve` under test: this checkout's relay, the admin key,
-    loopback ICE, no per-address limits; then `extra`."""
+    loopback ICE, a free RTMP port, no per-address limits; then `extra`."""
     return {**os.environ, "PYTHONPATH": str(REPO), "RELAY_ADMIN_KEY": admin_key,
-            "RELAY_ICE_ADDRESSES": "127.0.0.1", **NO_LIMITS, **(extra or {})}
+            "RELAY_ICE_ADDRESSES": "127.0.0.1", "RELAY_RTMP_PORT": "0", **NO_LIMITS, **(extra or {})}
 
 
 class RelayProcess(ServerProcess):

@@ -29,6 +29,7 @@ class TrackCounter:
         self.width = 0
         self.height = 0
         self.data: list[bytes] | None = None  # set to a list to keep encoded frames
+        self.timestamps: list[int] | None = None  # set to a list to keep their RTP timestamps
         self.got_frame = asyncio.Event()
 
     def count(self, size: int) -> None:
@@ -44,6 +45,8 @@ class TrackCounter:
         self.count(len(frame.data))
         if self.data is not None:
             self.data.append(frame.data)
+        if self.timestamps is not None:
+            self.timestamps.append(frame.timestamp)
 
     def fps_since(self, start_frames: int, start_time: float) -> float:
         return (self.frames - start_frames) / max(1e-6, time.monotonic() - start_time)

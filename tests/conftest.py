@@ -48,6 +48,7 @@ def relay_settings(data_dir: Path, **media) -> Settings:
     settings.server.data_dir = str(data_dir)
     settings.auth.admin_key = ADMIN_KEY
     settings.ice.addresses = ["127.0.0.1"]
+    settings.rtmp.port = 0  # many relays at once: each its own free RTMP port
     settings.media.grace_period_s = 30.0
     settings.media.publisher_timeout_s = 3.0
     for name in NO_LIMITS:

@@ -20,7 +20,8 @@ PRODUCT_ONLY = str(Path(__file__).with_name("product_only.py"))
 
 def relay(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "relay", *args], capture_output=True, text=True, timeout=60,
-                          cwd=cwd or REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+                          cwd=cwd or REPO, env={**os.environ, "PYTHONPATH": str(REPO), "RELAY_RTMP_PORT": "0",
+                                                **(env or {})})
 
 
 def test_version():

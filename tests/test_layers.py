@@ -87,6 +87,14 @@ def test_the_media_core_imports_nothing_above_it():
     assert found and not any(found.values()), {m: bad for m, bad in found.items() if bad}
 
 
+def test_restreaming_is_driven_from_above_and_reaches_no_service():
+    """relay/restream is given the show's frames by the live registry and its targets by the
+    API: it imports no HTTP, no registry or catalog, no store (it declares the store it uses)."""
+    forbidden = FORBIDDEN_BELOW_HTTP + SERVICES_AND_STORES
+    found = {m: _offending(m, deps, forbidden) for m, deps in graph().items() if m.startswith("relay.restream")}
+    assert found and not any(found.values()), {m: bad for m, bad in found.items() if bad}
+
+
 def test_only_the_http_front_ends_and_the_wiring_speak_http():
     allowed = ("relay.http", "relay.app", "relay.cli")
     found = {m: _offending(m, deps, ("aiohttp.web", "relay.http")) for m, deps in graph().items()

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 class FrameReader(Protocol):
-    """What reads a track: a viewer's `RtpSender`, or the recorder's `FrameQueue`."""
+    """What reads a track: a viewer's `RtpSender`, the recorder's `FrameQueue`, the restream feed."""
 
     capacity: int  # (raised by the size of the fast-join burst)
 

@@ -45,13 +45,14 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
 }
 
 # The reference's order: from making a show to running it, then what serves it.
-TAGS = ("shows", "mirror rooms", "media", "viewers", "shelf", "coupons", "orders", "events", "replays", "pages",
-        "operations", "cluster", "reference")
+TAGS = ("shows", "mirror rooms", "restreams", "media", "viewers", "shelf", "coupons", "orders", "events", "replays",
+        "pages", "operations", "cluster", "reference")
 
 PATH_PARAMS = {
     "show": "the show's id (a slug)",
     "room": "'hq' or a distributor id",
     "distributor": "a distributor id (a mirror room)",
+    "restream": "a restream target's id (from its POST's answer or the list)",
     "session": "the session id from the Location of the POST's answer",
     "product": "a product id",
     "coupon": "a coupon id",

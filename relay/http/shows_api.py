@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -32,6 +33,19 @@ def show_links(settings: Settings, show_id: str) -> dict[str, str]:
     }
 
 
+def rtmp_url(settings: Settings) -> str | None:
+    """Where hosts push RTMP (OBS: Server): the base URL's host, the RTMP port. None if RTMP is off."""
+    if not settings.rtmp.enabled:
+        return None
+    host = urlsplit(settings.base_url).hostname or settings.server.host
+    return f"rtmp://{f'[{host}]' if ':' in host else host}:{settings.rtmp.port}/live"
+
+
+def rtmp_stream_key(settings: Settings, show_id: str, key: str) -> str | None:
+    """The RTMP stream name (OBS: Stream Key) for a stream key; None if RTMP is off."""
+    return f"{show_id}?key={key}" if settings.rtmp.enabled else None
+
+
 def mirror_view(settings: Settings, mirror: Mirror, viewers: int | None = None) -> dict:
     base = settings.base_url
     view = {
@@ -57,6 +71,7 @@ def show_view(settings: Settings, show: Show) -> dict:
         "title": show.title,
         "state": show.state.value,
         **show_links(settings, show.id),
+        "rtmp_url": rtmp_url(settings),
         "created_at": show.created_at,
         "started_at": show.started_at,
         "ended_at": show.ended_at,
@@ -126,7 +141,8 @@ class ShowsApi:
         new = parse(NewShow, await read_json(request))
         show, key = await catalog.create_show(new.title, new.id, new.replay_public, new.stream_key_ttl_s,
                                               new.playback, new.currency, new.identity)
-        return web.json_response({**show_view(self.settings, show), "stream_key": key}, status=201)
+        return web.json_response({**show_view(self.settings, show), "stream_key": key,
+                                  "rtmp_stream_key": rtmp_stream_key(self.settings, show.id, key)}, status=201)
 
     @admin("Rotate the stream key", SHOWS, {200: Reply("the new key (shown this once)", StreamKey)},
            JSON_BODY, NO_SHOW, {409: "show_ended"}, body=NewStreamKey, body_required=False)
@@ -135,7 +151,8 @@ class ShowsApi:
         catalog = self._admin(request)
         options = parse(NewStreamKey, await read_json(request) if request.can_read_body else {})
         show, key = await catalog.rotate_stream_key(request.match_info["show"], options.ttl_s)
-        return web.json_response({"stream_key": key, "stream_key_expires_at": show.stream_key_expires_at})
+        return web.json_response({"stream_key": key, "rtmp_stream_key": rtmp_stream_key(self.settings, show.id, key),
+                                  "stream_key_expires_at": show.stream_key_expires_at})
 
     @admin("List shows", SHOWS, {200: Reply("every show", ShowList)})
     async def list_shows(self, request: web.Request) -> web.Response:

@@ -1,5 +1,6 @@
 // The ops page: /ops. Create shows and distributors, stock the shelf, pin the card, run flash
-// coupons, and watch the live figures and sales per room, refreshed every two seconds.
+// coupons, restream to other platforms, and watch the live figures and sales per room, refreshed
+// every two seconds.
 import { $, api, ApiError, money, showError, sleep } from "/static/common.js";
 
 let adminKey = sessionStorage.getItem("livecast.admin") || "";
@@ -110,6 +111,10 @@ $("#create-show").addEventListener("submit", (ev) => {
     $("#new-key").hidden = false;
     $("#new-key-show").textContent = show.title;
     $("#new-key-value").textContent = show.stream_key;
+    // A server with RTMP ingest gives an encoder's server and stream key too.
+    $("#new-rtmp-key").hidden = !show.rtmp_stream_key;
+    $("#new-rtmp-url").textContent = show.rtmp_url || "";
+    $("#new-rtmp-key-value").textContent = show.rtmp_stream_key || "";
     ev.target.reset();
     fillShows((await call("GET", "/api/shows")).shows, show.id);
   });
@@ -135,13 +140,15 @@ let shown = "";
 async function refresh() {
   const showId = current;
   if (!showId || !adminKey) return;
-  const [show, stats, shelf, coupons] = await Promise.all([
+  const [show, stats, shelf, coupons, restreams] = await Promise.all([
     call("GET", `/api/shows/${showId}`),
     call("GET", `/api/shows/${showId}/stats`),
     call("GET", `/api/shows/${showId}/products`),
     call("GET", `/api/shows/${showId}/coupons`),
+    call("GET", `/api/shows/${showId}/restreams`).catch(() => null), // (a server without restreaming)
   ]);
   if (showId !== current) return;
+  if (restreams) showRestreams(showId, restreams.restreams); // (their bytes change every time: in place)
   const option = [...$("#show-select").options].find((o) => o.value === showId);
   if (option) option.textContent = showLabel(show); // scheduled -> live -> ended as it happens
   // Rebuild only when something changed: focus, clicks and "Copied" survive the 2 s refresh.
@@ -156,6 +163,11 @@ async function refresh() {
   $("#studio-link").href = studio;
   $("#studio-link").textContent = studio;
   $("#whip-url").textContent = show.whip_url;
+  $("#rtmp-server").hidden = !show.rtmp_url;
+  $("#rtmp-url").textContent = show.rtmp_url || "";
+  // (The key holds the show's stream key: the API gives it with that key, once.)
+  $("#rtmp-key").textContent = show.rtmp_stream_key || "given once, with the show's stream key";
+  $("#copy-rtmp-key").hidden = !show.rtmp_stream_key;
   $("#end-show").disabled = show.state === "ended";
 
   const rooms = $("#rooms");
@@ -242,6 +254,55 @@ function salesRow(room, name, f, currency) {
   }
   return tr;
 }
+
+// -- restream targets: updated in place, so a Remove button stays under the pointer -------------
+const STATES = { waiting: "waiting for the show", connecting: "connecting", live: "live", retrying: "retrying",
+  failed: "failed" };
+
+function bytes(n) {
+  if (n < 1e3) return `${n} B`;
+  if (n < 1e6) return `${(n / 1e3).toFixed(1)} kB`;
+  if (n < 1e9) return `${(n / 1e6).toFixed(1)} MB`;
+  return `${(n / 1e9).toFixed(2)} GB`;
+}
+
+function showRestreams(showId, targets) {
+  const body = $("#restreams");
+  const rows = new Map([...body.rows].map((tr) => [tr.dataset.restream, tr]));
+  for (const t of targets) {
+    let tr = rows.get(t.id);
+    rows.delete(t.id);
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.dataset.restream = t.id;
+      const remove = document.createElement("td");
+      remove.append(button("Remove", async () => {
+        if (!confirm(`Stop pushing to ${t.name} and remove it?`)) return;
+        await call("DELETE", `/api/shows/${showId}/restreams/${t.id}`);
+        await refresh();
+      }, { secondary: true, aria: `Remove ${t.name}` }));
+      tr.append(cell(t.name), cell(t.url), cell(""), cell("", "num"), cell(""), remove);
+    }
+    body.append(tr); // (in the server's order)
+    const [, , state, sent, error] = tr.cells;
+    state.dataset.state = t.state;
+    state.textContent = `${STATES[t.state] || t.state} since ${new Date(t.since * 1000).toLocaleTimeString()}`;
+    sent.textContent = bytes(t.bytes_sent);
+    error.textContent = t.last_error || "";
+  }
+  for (const tr of rows.values()) tr.remove();
+}
+
+$("#add-restream").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  act(async () => {
+    await call("POST", `/api/shows/${current}/restreams`, {
+      name: $("#restream-name").value.trim(), url: $("#restream-url").value.trim(),
+    });
+    ev.target.reset(); // (the key leaves the page with the form)
+    await refresh();
+  });
+});
 
 $("#add-mirror").addEventListener("submit", (ev) => {
   ev.preventDefault();

@@ -94,6 +94,8 @@ class ShowView(BaseModel):
     whip_url: str
     whep_url: str
     watch_url: str
+    rtmp_url: str | None = Field(description="where a host pushes RTMP instead of WHIP (OBS: Server); "
+                                             "null when [rtmp] is off")
     created_at: float
     started_at: float | None
     ended_at: float | None
@@ -110,6 +112,8 @@ class ShowCreated(ShowView):
     """A new show, with its stream key: shown this once."""
 
     stream_key: str
+    rtmp_stream_key: str | None = Field(description="the RTMP stream name, {show}?key={stream_key} (OBS: Stream "
+                                                    "Key); null when [rtmp] is off")
 
 
 class ShowDetail(ShowView):
@@ -131,6 +135,8 @@ class StreamKey(BaseModel):
     """A new stream key: shown this once."""
 
     stream_key: str
+    rtmp_stream_key: str | None = Field(description="the RTMP stream name, {show}?key={stream_key} (OBS: Stream "
+                                                    "Key); null when [rtmp] is off")
     stream_key_expires_at: float | None
 
 
