@@ -17,18 +17,22 @@ Phases (`--phases`, run in the order given; each is a function in PHASES that ta
                  that notes the time of the first RTMP byte. Reported per round, on a new show each:
                  first byte -> NetStream.Publish.Start (handshake, commands, the key check) and
                  first byte -> the viewer's first video frame and first audio packet.
+    restream     What each restream target costs: bench.restream (its own relay and a WHIP host,
+                 0, 1 and 3 targets, each an ffmpeg RTMP receiver), run from here and reported in
+                 this run's results.
 
 Run (from the repository root, `pip install -e '.[bench]'`; needs ffmpeg with libx264):
 
     python -m bench.rtmp --json rtmp.json
 
-The run stops by itself (`--max-seconds`, default 300) and kills what it started.
+The run stops by itself (`--max-seconds`, default 420) and kills what it started.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import socket
@@ -235,9 +239,23 @@ async def _first_frame_round(bench: Bench) -> dict[str, float]:
         await proxy.close()
 
 
+def phase_restream(bench: Bench) -> dict[str, Any]:
+    """bench.restream's steps (it starts a relay of its own): CPU with 0, 1 and 3 targets."""
+    from . import restream  # (its own run: relay, host and receivers)
+
+    out = Path(tempfile.mkdtemp(prefix="rtmp-restream-")) / "restream.json"
+    left = max(60.0, bench.deadline.remaining() - 10)
+    status = restream.main(["--seconds", str(bench.args.window), "--max-seconds", str(int(left)),
+                            "--json", str(out)])
+    if status != 0 or not out.exists():
+        raise BenchError(f"the restream bench stopped early (status {status})")
+    return json.loads(out.read_text())
+
+
 PHASES: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "ingest": phase_ingest,
     "first-frame": phase_first_frame,
+    "restream": phase_restream,
 }
 
 
@@ -250,7 +268,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of push before the CPU window")
     parser.add_argument("--window", type=float, default=20.0, help="seconds of each CPU measurement")
     parser.add_argument("--rounds", type=int, default=5, help="first-frame rounds, each on a new show")
-    parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument("--max-seconds", type=float, default=420.0)
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--keep-files", action="store_true", help="keep the work directory (server log, clip)")
     args = parser.parse_args(argv)
