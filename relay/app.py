@@ -14,6 +14,8 @@ from aiohttp import web
 
 from . import aiortc_hooks
 from .commerce.channel import serve_channel
+from .commerce.comments import CommentDesk
+from .commerce.likes import LikeCounter
 from .commerce.coupon_updates import RemainingTicker, end_coupons
 from .commerce.events import EventHub
 from .commerce.order_book import OrderBook
@@ -29,6 +31,7 @@ from .config import ConfigError, Settings
 from .errors import ApiError, StoreUnavailable
 from .http.api_docs import ApiDocs
 from .http.cluster_api import ClusterApi
+from .http.comment_api import CommentApi
 from .http.commerce_api import CommerceApi
 from .http.coupon_api import CouponApi
 from .http.limits import RateLimiter
@@ -37,6 +40,7 @@ from .http.order_api import OrderApi
 from .http.middleware import cors_middleware, draining_middleware, error_middleware, security_headers
 from .http.pages import Pages
 from .http.replay_api import ReplayApi
+from .http.reminder_api import ReminderApi
 from .http.restream_api import RestreamApi
 from .http.shows_api import ShowsApi
 from .http.util import Auth
@@ -51,6 +55,10 @@ from .cluster.replay_parts import ClusterReplayParts
 from .ingest.rtmp_server import RtmpServer
 from .live_registry import LiveRegistry
 from .redis_show_store import RedisShowStore
+from .reminders.endpoints import PushServiceHosts
+from .reminders.sender import SenderOptions
+from .reminders.service import Reminders
+from .reminders.subscriptions import RedisSubscriptionStore, SqliteSubscriptionStore, SubscriptionStore
 from .replay.redis_replay_store import RedisReplayStore
 from .replay.replay_store import SqliteReplayStore
 from .replay.service import ReplayService
@@ -79,6 +87,7 @@ class Services:
     webhooks: WebhookSender
     orders: OrderBook
     restreams: RestreamService | None = None
+    reminders: Reminders | None = None
 
 
 SERVICES: "web.AppKey[Services]" = web.AppKey("services")
@@ -167,6 +176,19 @@ def open_show_stores(settings: Settings) -> tuple[SqliteShowStore | RedisShowSto
     return SqliteShowStore(db_path), SqliteReplayStore(db_path)
 
 
+def open_reminders(settings: Settings, catalog: ShowCatalog) -> Reminders:
+    """Web Push reminders; subscriptions and the VAPID key in Redis for a cluster, else the data dir."""
+    store: SubscriptionStore
+    if settings.store.redis_url:
+        store = RedisSubscriptionStore(settings.store.redis_url, settings.store.redis_prefix)
+    else:
+        store = SqliteSubscriptionStore(settings.data_path / "relay.db", settings.data_path / "vapid_private.pem")
+    push = settings.webpush
+    options = SenderOptions(push.workers, push.max_queue, push.timeout_s, push.max_attempts, push.ttl_s)
+    return Reminders(store, PushServiceHosts(push.push_service_hosts), options, push.subject,
+                     lambda: settings.base_url, catalog.find)
+
+
 def cluster_edges(settings: Settings, admin_key: str) -> EdgeLinks | None:
     """With Redis, this node is one of a cluster: it registers the shows whose host publishes
     here and pulls the others' shows from their origins; alone, None."""
@@ -231,9 +253,17 @@ def build_app(settings: Settings, rtmp_listener: socket.socket | None = None) ->
     restreams = RestreamService(show_store, TargetOptions(
         restream.connect_timeout_s, restream.write_timeout_s, restream.retry_min_s, restream.retry_max_s,
         restream.queue_frames), restream.max_targets_per_show, restream.aac_bitrate)
+    reminders = open_reminders(settings, catalog)
+
+    def on_state(show_id: str, type: str, data: dict) -> None:
+        events.publish_soon(show_id, type, data)
+        if type == "show.live":  # (only a scheduled show going live: a host reconnecting is not news)
+            reminders.show_live(show_id)
+
     live = LiveRegistry(
-        settings, catalog, replays, show_store, on_state=events.publish_soon, on_webhook=webhooks.emit,
-        on_viewer_channel=lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel),
+        settings, catalog, replays, show_store, on_state=on_state, on_webhook=webhooks.emit,
+        on_viewer_channel=lambda viewer, channel: serve_channel(events, viewer.show_id, viewer.room, channel,
+                                                                     viewer.reader),
         on_ended=lambda show_id: end_coupons(commerce, events, show_id), edges=edges, nodes=nodes,
         restreams=restreams)
 
@@ -242,6 +272,7 @@ def build_app(settings: Settings, rtmp_listener: socket.socket | None = None) ->
     async def purge_commerce(show_id: str) -> None:  # a store failure (503) leaves the show to delete again
         await commerce.purge_show(show_id)
         await orders.purge_show(show_id)
+        await reminders.forget_show(show_id)
         events.forget(show_id)
         desk.forget(show_id)
 
@@ -254,8 +285,10 @@ def build_app(settings: Settings, rtmp_listener: socket.socket | None = None) ->
     shared_secret = not settings.auth.token_secret and isinstance(commerce, RedisCommerceStore)
     tokens = ViewerTokens(None if shared_secret else load_secret(settings.auth.token_secret, settings.data_path))
     ticker = RemainingTicker(commerce, events)
+    comments = CommentDesk(commerce, events, replays.stream_time)
+    likes = LikeCounter(commerce, events)
     app[SERVICES] = Services(settings, catalog, live, removal, replays, commerce, events, shelf, tokens, webhooks,
-                             orders, restreams)
+                             orders, restreams, reminders)
 
     # HTTP front-ends, each given what it uses
     limits = settings.limits
@@ -275,8 +308,14 @@ def build_app(settings: Settings, rtmp_listener: socket.socket | None = None) ->
         app.add_routes(ClusterApi(live, auth, RateLimiter("pull", 0, behind_proxy)).routes())
     app.add_routes(OrderApi(catalog, shelf, desk, orders, tokens, settings, auth,
                             RateLimiter("attribution", limits.attributions_per_s, behind_proxy)).routes())
+    app.add_routes(CommentApi(catalog, comments, likes, auth,
+                              RateLimiter("comment", settings.comments.per_viewer_per_s, False,
+                                          settings.comments.per_viewer_burst)).routes())
     app.add_routes(ShowsApi(catalog, live, removal, replays, commerce, orders, auth, settings).routes())
     app.add_routes(RestreamApi(catalog, restreams, auth).routes())
+    app.add_routes(ReminderApi(catalog, reminders, auth, settings,
+                               RateLimiter("subscription", settings.webpush.subscriptions_per_s,
+                                           behind_proxy)).routes())
     app.add_routes(ReplayApi(catalog, replays, shelf, tokens, auth, settings).routes())
     app.add_routes(Pages(catalog, settings).routes())
     app.router.add_get("/metrics", metrics_route(build_registry(live), settings.auth.metrics_key or admin_key))
@@ -290,6 +329,7 @@ def build_app(settings: Settings, rtmp_listener: socket.socket | None = None) ->
     async def on_startup(app: web.Application) -> None:
         await commerce.start(events.deliver, events.resync)
         await webhooks.start()
+        await reminders.start()
         if shared_secret:  # read in the background: media flows while Redis is away
             background["secret"] = asyncio.ensure_future(_read_shared_secret(commerce, tokens))
         if not await _recover(live, replays, settings.media.grace_period_s):  # Redis is away: when it is back
@@ -334,6 +374,7 @@ def build_app(settings: Settings, rtmp_listener: socket.socket | None = None) ->
         await commerce.close()
         await orders.close()
         await webhooks.close()
+        await reminders.close()
         await replay_store.close()
         await show_store.close()
 

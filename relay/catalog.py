@@ -78,7 +78,8 @@ class ShowCatalog:
     # -- shows -----------------------------------------------------------------------------
     async def create_show(self, title: str, show_id: str | None, replay_public: bool | None = None,
                           stream_key_ttl_s: float | None = None, playback: str = "public",
-                          currency: str = "CNY", identity: str = "anonymous") -> tuple[Show, str]:
+                          currency: str = "CNY", identity: str = "anonymous",
+                          starts_at: float | None = None) -> tuple[Show, str]:
         """A new scheduled show and its stream key (given out once; only its hash is kept)."""
         if show_id is None:
             show_id = secrets.token_hex(4)
@@ -92,7 +93,7 @@ class ShowCatalog:
         now = time.time()
         show = Show(show_id, title, ShowState.SCHEDULED, hash_key(key), now, replay_public=replay_public,
                     stream_key_expires_at=now + stream_key_ttl_s if stream_key_ttl_s else None, playback=playback,
-                    currency=currency, identity=identity)
+                    currency=currency, identity=identity, starts_at=starts_at)
         self._remember(show).mirrors = {}  # the id is taken from here on
         try:
             await self._store.create_show(_copy(show))
@@ -195,9 +196,12 @@ class ShowCatalog:
             entry.mirrors[distributor] = changed
         return changed
 
-    async def change_show(self, show_id: str, title: str | None, sharer_commission_rate: str | None) -> Show:
-        """The show with its new title and/or sharer rate, written to the store."""
+    async def change_show(self, show_id: str, title: str | None, sharer_commission_rate: str | None,
+                          starts_at: float | None = None) -> Show:
+        """The show with its new title, sharer rate and/or scheduled start, written to the store."""
         show = (await self._existing(show_id)).show
+        if starts_at is not None:
+            show.starts_at = starts_at
         if title is not None:
             show.title = title
         if sharer_commission_rate is not None:

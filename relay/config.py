@@ -109,12 +109,35 @@ class CommerceSettings:
 
 
 @dataclass
+class CommentSettings:
+    per_viewer_per_s: float = 1.0  # comments a viewer may post per second (0: no limit) ...
+    per_viewer_burst: int = 5  # ... and at once
+
+
+@dataclass
 class WebhookSettings:
     urls: list[str] = field(default_factory=list)
     secret: str = ""
     timeout_s: float = 5.0
     max_queue: int = 10000
     max_attempts: int = 8
+
+
+@dataclass
+class WebPushSettings:
+    """Show reminders sent as Web Push messages (RFC 8030/8291/8292)."""
+
+    # Subscriptions make the relay POST to a URL a stranger gave: only these push services
+    # ("*.x" any subdomain of x); https only, but plain http to a loopback host listed here.
+    push_service_hosts: list[str] = field(default_factory=lambda: [
+        "fcm.googleapis.com", "updates.push.services.mozilla.com", "*.notify.windows.com", "web.push.apple.com"])
+    subject: str = ""  # VAPID "sub": a mailto: or https: contact; empty: the base URL
+    workers: int = 8  # concurrent sends; a show's subscribers queue behind them
+    max_queue: int = 100000  # messages waiting; beyond it a go-live's messages are dropped (logged)
+    timeout_s: float = 10.0
+    max_attempts: int = 5  # a push service failing this often (5xx, 429, network) is given up on
+    ttl_s: int = 3600  # how long the push service keeps a message for a browser that is offline
+    subscriptions_per_s: float = 2.0  # per address
 
 
 @dataclass
@@ -145,6 +168,8 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     commerce: CommerceSettings = field(default_factory=CommerceSettings)
+    comments: CommentSettings = field(default_factory=CommentSettings)
+    webpush: WebPushSettings = field(default_factory=WebPushSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
@@ -184,7 +209,8 @@ POSITIVE = {"ice.consent_timeout_s", "ice.connect_timeout_s", "media.publisher_t
             "server.shutdown_timeout_s", "server.read_timeout_s", "server.idle_timeout_s", "webhooks.timeout_s", "limits.idempotency_retention_s", "webhooks.max_queue", "webhooks.max_attempts",
             "commerce.attribution_ttl_s", "restream.connect_timeout_s", "restream.write_timeout_s",
             "restream.retry_min_s", "restream.retry_max_s", "restream.max_targets_per_show",
-            "restream.queue_frames", "restream.aac_bitrate"}
+            "restream.queue_frames", "restream.aac_bitrate", "webpush.workers", "webpush.max_queue",
+            "webpush.timeout_s", "webpush.max_attempts", "comments.per_viewer_burst"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

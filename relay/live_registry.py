@@ -308,6 +308,7 @@ class LiveRegistry:
                 live.add_reader(feed)
         if self._catalog.mark_live(live.show_id):
             self._on_state(live.show_id, "show.live", {"state": "live"})
+            self._on_webhook("show.live", {"show": live.show_id})
         log.info("show %s: publisher %s connected (%s)", live.show_id, session.id, session.codecs,
                  extra={"show": live.show_id, "session": session.id})
         self._on_webhook("publish", {"show": live.show_id, "session": session.id, "codecs": session.codecs})
@@ -346,7 +347,8 @@ class LiveRegistry:
         await self._catalog.check_room(show_id, room)
         return show
 
-    async def watch(self, show: Show, room: str, offer: Offer, client: str = "") -> tuple[ViewerSession, str]:
+    async def watch(self, show: Show, room: str, offer: Offer, client: str = "",
+                    reader: str | None = None) -> tuple[ViewerSession, str]:
         """Answer an admitted viewer's offer. The viewer counts (figures, caps) once ICE and DTLS
         are done; until then it holds a slot, for at most [ice] connect_timeout_s. On a node that
         is not the show's origin, the show is pulled from the origin first (once per node).
@@ -368,6 +370,7 @@ class LiveRegistry:
         self.pending.open(client)
         viewer = ViewerSession(show_id, room, self.settings.media.udp_gso, live.remove_viewer,
                                self._on_viewer_channel)
+        viewer.reader = reader
         live.joining[viewer.id] = viewer  # joins in progress hold their place: a burst cannot overshoot
         try:
             answer = await viewer.answer(offer, live.codec_choices(self.settings.media.video_codecs),

@@ -38,6 +38,7 @@ class Show:
     currency: str = "CNY"  # ISO 4217 code the shelf's prices are in
     identity: str = "anonymous"  # anonymous | shopper (viewers are the brand's users; limits per shopper)
     sharer_commission_rate: str = "0"  # of each sale that came through a sharer's link
+    starts_at: float | None = None  # when the show is scheduled to start (listing, reminders, calendar)
 
 
 @dataclass

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS shows (
     playback TEXT NOT NULL DEFAULT 'public',
     currency TEXT NOT NULL DEFAULT 'CNY',
     identity TEXT NOT NULL DEFAULT 'anonymous',
-    sharer_commission_rate TEXT NOT NULL DEFAULT '0'
+    sharer_commission_rate TEXT NOT NULL DEFAULT '0',
+    starts_at REAL
 );
 CREATE TABLE IF NOT EXISTS mirrors (
     show_id TEXT NOT NULL REFERENCES shows(id) ON DELETE CASCADE,
@@ -77,10 +78,10 @@ class SqliteShowStore:
             _execute,
             "INSERT INTO shows (id, title, state, stream_key_hash, created_at, started_at, ended_at,"
             " end_reason, replay_public, stream_key_expires_at, playback, currency, identity,"
-            " sharer_commission_rate) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
+            " sharer_commission_rate, starts_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
             (show.id, show.title, show.state.value, show.stream_key_hash, show.created_at, show.started_at,
              show.ended_at, show.end_reason, int(show.replay_public), show.stream_key_expires_at, show.playback,
-             show.currency, show.identity, show.sharer_commission_rate))
+             show.currency, show.identity, show.sharer_commission_rate, show.starts_at))
         if not created:
             raise show_exists(show.id)
 
@@ -94,11 +95,11 @@ class SqliteShowStore:
     async def update_show(self, show: Show) -> None:
         await self._db.call(_execute,
                             "UPDATE shows SET title=?, state=?, stream_key_hash=?, started_at=?, ended_at=?,"
-                            " end_reason=?, replay_public=?, stream_key_expires_at=?, playback=?, sharer_commission_rate=?"
-                            " WHERE id=?",
+                            " end_reason=?, replay_public=?, stream_key_expires_at=?, playback=?, sharer_commission_rate=?,"
+                            " starts_at=? WHERE id=?",
                             (show.title, show.state.value, show.stream_key_hash, show.started_at, show.ended_at,
                              show.end_reason, int(show.replay_public), show.stream_key_expires_at, show.playback,
-                             show.sharer_commission_rate, show.id))
+                             show.sharer_commission_rate, show.starts_at, show.id))
 
     async def delete_show(self, show_id: str) -> None:
         await self._db.call(_execute, "DELETE FROM shows WHERE id=?", (show_id,))
@@ -177,7 +178,7 @@ def _setup(db: sqlite3.Connection) -> None:
     for column, kind in (("stream_key_expires_at", "REAL"), ("playback", "TEXT NOT NULL DEFAULT 'public'"),
                          ("currency", "TEXT NOT NULL DEFAULT 'CNY'"),
                          ("identity", "TEXT NOT NULL DEFAULT 'anonymous'"),
-                         ("sharer_commission_rate", "TEXT NOT NULL DEFAULT '0'")):
+                         ("sharer_commission_rate", "TEXT NOT NULL DEFAULT '0'"), ("starts_at", "REAL")):
         if column not in columns:  # a data dir made by an older version
             db.execute(f"ALTER TABLE shows ADD COLUMN {column} {kind}")
     if "commission_rate" not in {r["name"] for r in db.execute("PRAGMA table_info(mirrors)")}:

@@ -109,7 +109,7 @@ async def test_show_events_reach_the_receiver_signed_and_retried(make_relay, aio
     await host.stop()  # DELETE: unpublish, show ended, then the replay becomes ready
 
     wanted = ["coupon.claimed", "order.created", "order.refunded", "publish", "replay.ready", "show.ended",
-              "unpublish"]
+              "show.live", "unpublish"]
 
     async def all_delivered() -> bool:
         return receiver.types() == wanted

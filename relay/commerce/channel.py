@@ -7,22 +7,22 @@ import json
 import logging
 
 from ..errors import ApiError
-from .events import EventHub, render
+from .events import EventHub, render_text
 from .store import MAX_SEQ
 
 log = logging.getLogger(__name__)
 
 
-def serve_channel(hub: EventHub, show_id: str, room: str, channel) -> None:
-    """Send the room's events on `channel` as JSON text; a {"resume": seq} message from the
-    viewer first sends what it missed after `seq`."""
+def serve_channel(hub: EventHub, show_id: str, room: str, channel, viewer_id: str | None = None) -> None:
+    """Send the room's events on `channel` as JSON text (as `viewer_id` sees them: its own held
+    comments too); a {"resume": seq} message from the viewer first sends what it missed after `seq`."""
     sub = hub.subscribe(show_id)
     last = [None]  # seq of the last event sent; None until the viewer resumes or one arrives
 
     def send(event) -> None:
-        body = render(event, room)
-        if body is not None and channel.readyState == "open":
-            channel.send(json.dumps(body))
+        text = render_text(event, room, viewer_id)
+        if text is not None and channel.readyState == "open":
+            channel.send(text)
 
     async def forward() -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+import json
 import logging
 import time
 from typing import Callable
@@ -15,6 +16,9 @@ from .store import CommerceStore, Event
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE = 1000
+# Comments come many a second: a show's readers get them in batches this often (one wake and
+# one write per reader per batch instead of per comment); other events go at once.
+BATCH_S = 0.05
 
 
 class Subscription:
@@ -45,6 +49,14 @@ class Subscription:
         self._events.clear()
         self._wake.set()
 
+    def take_ready(self) -> list[Event]:
+        """The events already waiting, without waiting (a busy reader writes them at once)."""
+        if self.overflowed:
+            return []
+        ready = list(self._events)
+        self._events.clear()
+        return ready
+
     async def get(self) -> Event | None:
         """The next event; None once the reader has fallen too far behind."""
         while not self._events and not self.overflowed:
@@ -63,6 +75,7 @@ class EventHub:
         self._subscribers: dict[str, set[Subscription]] = {}
         self._delivered: dict[str, int] = {}  # show -> newest seq handed to its readers
         self._order = asyncio.Lock()  # appends from this process keep the order they were made in
+        self._batches: dict[str, list[Event]] = {}  # show -> comment events waiting for the next batch
 
     async def publish(self, show_id: str, type: str, data: dict) -> Event:
         async with self._order:
@@ -102,6 +115,22 @@ class EventHub:
                 await self.deliver(event)
 
     def _hand_out(self, event: Event) -> None:
+        show_id = event.show_id
+        if event.type in COMMENT_EVENTS or event.type == "likes":
+            batch = self._batches.get(show_id)
+            if batch is None:
+                batch = self._batches[show_id] = []
+                asyncio.get_running_loop().call_later(BATCH_S, self._send_batch, show_id)
+            batch.append(event)
+            return
+        self._send_batch(show_id)  # what came before it goes first
+        self._give(event)
+
+    def _send_batch(self, show_id: str) -> None:
+        for event in self._batches.pop(show_id, ()):
+            self._give(event)
+
+    def _give(self, event: Event) -> None:
         for sub in list(self._subscribers.get(event.show_id, ())):
             if not sub.deliver(event):
                 log.warning("show %s: an event reader fell behind; disconnecting it", event.show_id)
@@ -121,12 +150,15 @@ class EventHub:
 
     def forget(self, show_id: str) -> None:
         """The show was deleted: its readers' streams end and its sequence starts anew."""
+        self._batches.pop(show_id, None)
         for sub in self._subscribers.pop(show_id, ()):
             sub.end()
         self._delivered.pop(show_id, None)
 
     async def drain(self, timeout: float) -> None:
         """Wait (at most `timeout`) until every reader has taken what was handed to it."""
+        for show_id in list(self._batches):
+            self._send_batch(show_id)
         deadline = time.monotonic() + timeout
         while any(sub.pending for subs in self._subscribers.values() for sub in subs):
             if time.monotonic() > deadline:
@@ -147,9 +179,33 @@ def _log_failure(task: asyncio.Task) -> None:
         log.error("an event could not be published: %s", task.exception())
 
 
-def render(event: Event, room: str) -> dict | None:
+def render_text(event: Event, room: str, viewer_id: str | None = None, operator: bool = False) -> str | None:
+    """render() as JSON text, made once per distinct view of the event: the readers of a room
+    share one (only a comment's author may see it otherwise)."""
+    personal = viewer_id if viewer_id is not None and event.data.get("author") == viewer_id else None
+    key = (room, personal, operator)
+    try:
+        return event.views[key]
+    except KeyError:
+        body = render(event, room, personal, operator)
+        text = event.views[key] = None if body is None else json.dumps(body)
+        return text
+
+
+COMMENT_EVENTS = frozenset({"comment", "comment.deleted", "comment.pinned"})
+
+
+def render(event: Event, room: str, viewer_id: str | None = None, operator: bool = False) -> dict | None:
     """The event as `room` sees it: its own prices and caps; a product hidden there is only
-    {id, hidden} (and a card pinned for it is not sent at all)."""
+    {id, hidden} (and a card pinned for it is not sent at all). Comments and likes: the room's
+    own; a held comment only to its author (`viewer_id`, None for an anonymous reader), as if
+    published; the `operator` sees every room's comments and likes, labelled, with their authors."""
+    if event.type in COMMENT_EVENTS or event.type == "likes":
+        data = _comment_view(event, room, viewer_id, operator)
+        if data is None:
+            return None
+        return {"seq": event.seq, "type": event.type, "wall_time": event.wall, "stream_time": event.stream_time,
+                **data}
     data = dict(event.data)
     if event.type == "sale":  # a room hears of its own sales only
         if data.pop("room", None) != room:
@@ -164,3 +220,26 @@ def render(event: Event, room: str) -> dict | None:
             product = {"id": data["product"]["id"], "hidden": True}  # not on this room's shelf
         data["product"] = product
     return {"seq": event.seq, "type": event.type, "wall_time": event.wall, "stream_time": event.stream_time, **data}
+
+
+def _comment_view(event: Event, room: str, viewer_id: str | None, operator: bool) -> dict | None:
+    data = dict(event.data)
+    author = data.pop("author", None)  # a viewer id: never sent to readers
+    released = data.pop("released", False)
+    if event.type == "likes":
+        return data if operator or data.get("room") == room else None
+    comment = data["comment"]
+    if operator:
+        data["comment"] = {**comment, "viewer_id": author}
+        return data
+    if comment.get("room") != room:
+        return None
+    mine = viewer_id is not None and viewer_id == author
+    if event.type == "comment":
+        if comment.get("status") == "held":
+            if not mine:
+                return None
+            data["comment"] = {**comment, "status": "published"}  # its author is not told
+        elif released and mine:
+            return None  # the author has seen it since it was posted
+    return data

@@ -25,7 +25,7 @@ from ..logs import redact_url
 from ..errors import ApiError, StoreUnavailable
 from . import redis_scripts
 from .coupons import ClaimRequest, Coupon, add_claims
-from .store import Event, EventListener, Pin, Product
+from .store import Comment, Event, EventListener, Pin, Product
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +366,68 @@ class RedisCommerceStore:
             room, coupon_id, sharer = key.split("\n")
             add_claims(figures, room, coupon_id, sharer, int(n))
         return figures
+
+    # -- comments, mutes, likes, moderation lists ---------------------------------------------
+    # A comment is a JSON record in the show's `comments` hash, its id in one sorted set of the
+    # show and one of its room (score = id) for listing after an id.
+    async def add_comment(self, comment: Comment) -> Comment:
+        comment.id = int(await self._do(self._redis.incr(self._key(comment.show_id, "comment_seq"))))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key(comment.show_id, "comments"), str(comment.id), _comment_record(comment))
+            pipe.zadd(self._key(comment.show_id, "comment_ids"), {str(comment.id): comment.id})
+            pipe.zadd(self._key(comment.show_id, "comment_ids", comment.room), {str(comment.id): comment.id})
+            await self._do(pipe.execute())
+        return comment
+
+    async def load_comment(self, show_id: str, comment_id: int) -> Comment | None:
+        raw = await self._do(self._redis.hget(self._key(show_id, "comments"), str(comment_id)))
+        return _comment(show_id, comment_id, raw) if raw else None
+
+    async def set_comment_status(self, show_id: str, comment_id: int, status: str) -> None:
+        comment = await self.load_comment(show_id, comment_id)
+        if comment is not None:
+            comment.status = status
+            await self._do(self._redis.hset(self._key(show_id, "comments"), str(comment_id),
+                                            _comment_record(comment)))
+
+    async def comments(self, show_id: str, room: str | None, after: int, limit: int) -> list[Comment]:
+        ids_key = self._key(show_id, "comment_ids") if room is None else self._key(show_id, "comment_ids", room)
+        ids = await self._do(self._redis.zrangebyscore(ids_key, f"({after}", "+inf", start=0, num=limit))
+        if not ids:
+            return []
+        raws = await self._do(self._redis.hmget(self._key(show_id, "comments"), ids))
+        return [_comment(show_id, int(i), raw) for i, raw in zip(ids, raws) if raw]
+
+    async def mute_viewer(self, show_id: str, viewer_id: str, until: float) -> None:
+        await self._do(self._redis.hset(self._key(show_id, "comment_mutes"), viewer_id, repr(until)))
+
+    async def muted_until(self, show_id: str, viewer_id: str) -> float:
+        raw = await self._do(self._redis.hget(self._key(show_id, "comment_mutes"), viewer_id))
+        return float(raw) if raw else 0.0
+
+    async def add_likes(self, show_id: str, room: str, n: int) -> int:
+        return int(await self._do(self._redis.hincrby(self._key(show_id, "likes"), room, n)))
+
+    async def likes(self, show_id: str) -> dict[str, int]:
+        counts = await self._do(self._redis.hgetall(self._key(show_id, "likes")))
+        return {room: int(n) for room, n in counts.items()}
+
+    async def moderation_lists(self) -> dict | None:
+        raw = await self._do(self._redis.get(f"{self._prefix}:moderation"))
+        return json.loads(raw) if raw else None
+
+    async def save_moderation_lists(self, lists: dict) -> None:
+        await self._do(self._redis.set(f"{self._prefix}:moderation", json.dumps(lists)))
+
+
+def _comment_record(comment: Comment) -> str:
+    return json.dumps({"room": comment.room, "viewer_id": comment.viewer_id, "name": comment.name,
+                       "text": comment.text, "status": comment.status, "wall": comment.wall,
+                       "stream_time": comment.stream_time})
+
+
+def _comment(show_id: str, comment_id: int, raw: str) -> Comment:
+    return Comment(show_id, comment_id, **json.loads(raw))
 
 
 def _no_coupon(show_id: str, coupon_id: str) -> ApiError:

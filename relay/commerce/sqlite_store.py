@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 from ..sqlite_thread import SqliteThread
 from . import coupons
 from .coupons import ClaimRequest, Coupon
-from .store import Event, EventListener, Pin, Product
+from .store import Comment, Event, EventListener, Pin, Product
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS viewers (
@@ -41,7 +41,22 @@ CREATE TABLE IF NOT EXISTS events (
     stream_time REAL, data TEXT NOT NULL,
     PRIMARY KEY (show_id, seq)
 );
+CREATE TABLE IF NOT EXISTS comments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, show_id TEXT NOT NULL, room TEXT NOT NULL, viewer_id TEXT NOT NULL,
+    name TEXT NOT NULL, text TEXT NOT NULL, status TEXT NOT NULL, wall REAL NOT NULL, stream_time REAL
+);
+CREATE INDEX IF NOT EXISTS comments_by_room ON comments (show_id, room, id);
+CREATE TABLE IF NOT EXISTS comment_mutes (
+    show_id TEXT NOT NULL, viewer_id TEXT NOT NULL, until REAL NOT NULL,
+    PRIMARY KEY (show_id, viewer_id)
+);
+CREATE TABLE IF NOT EXISTS likes (
+    show_id TEXT NOT NULL, room TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (show_id, room)
+);
+CREATE TABLE IF NOT EXISTS moderation (one INTEGER PRIMARY KEY CHECK (one = 1), lists TEXT NOT NULL);
 """
+COMMENT_TABLES = ("comments", "comment_mutes", "likes")
 
 
 class SqliteCommerceStore:
@@ -59,7 +74,7 @@ class SqliteCommerceStore:
         self._db.close()
 
     async def purge_show(self, show_id: str) -> None:
-        await self._db.call(coupons.purge_show, show_id)
+        await self._db.call(_purge_show, show_id)
 
     async def expire_requests(self, before: float) -> int:
         return await self._db.call(coupons.expire_requests, before)
@@ -150,6 +165,56 @@ class SqliteCommerceStore:
     async def claim_figures(self, show_id: str) -> dict:
         return await self._db.call(coupons.claim_figures, show_id)
 
+    # -- comments, mutes, likes, moderation lists ---------------------------------------------
+    async def add_comment(self, comment: Comment) -> Comment:
+        comment.id = await self._db.call(_fetch_value, "INSERT INTO comments (show_id, room, viewer_id, name, text,"
+                                         " status, wall, stream_time) VALUES (?,?,?,?,?,?,?,?) RETURNING id",
+                                         (comment.show_id, comment.room, comment.viewer_id, comment.name,
+                                          comment.text, comment.status, comment.wall, comment.stream_time))
+        return comment
+
+    async def load_comment(self, show_id: str, comment_id: int) -> Comment | None:
+        rows = await self._db.call(_fetch_all, "SELECT * FROM comments WHERE show_id=? AND id=?",
+                                   (show_id, comment_id))
+        return _comment(rows[0]) if rows else None
+
+    async def set_comment_status(self, show_id: str, comment_id: int, status: str) -> None:
+        await self._db.call(_execute, "UPDATE comments SET status=? WHERE show_id=? AND id=?",
+                            (status, show_id, comment_id))
+
+    async def comments(self, show_id: str, room: str | None, after: int, limit: int) -> list[Comment]:
+        if room is None:
+            rows = await self._db.call(_fetch_all, "SELECT * FROM comments WHERE show_id=? AND id>?"
+                                       " ORDER BY id LIMIT ?", (show_id, after, limit))
+        else:
+            rows = await self._db.call(_fetch_all, "SELECT * FROM comments WHERE show_id=? AND room=? AND id>?"
+                                       " ORDER BY id LIMIT ?", (show_id, room, after, limit))
+        return [_comment(r) for r in rows]
+
+    async def mute_viewer(self, show_id: str, viewer_id: str, until: float) -> None:
+        await self._db.call(_execute, "INSERT OR REPLACE INTO comment_mutes VALUES (?,?,?)",
+                            (show_id, viewer_id, until))
+
+    async def muted_until(self, show_id: str, viewer_id: str) -> float:
+        rows = await self._db.call(_fetch_all, "SELECT until FROM comment_mutes WHERE show_id=? AND viewer_id=?",
+                                   (show_id, viewer_id))
+        return rows[0]["until"] if rows else 0.0
+
+    async def add_likes(self, show_id: str, room: str, n: int) -> int:
+        return await self._db.call(_fetch_value, "INSERT INTO likes VALUES (?,?,?) ON CONFLICT(show_id, room)"
+                                   " DO UPDATE SET n=n+excluded.n RETURNING n", (show_id, room, n))
+
+    async def likes(self, show_id: str) -> dict[str, int]:
+        rows = await self._db.call(_fetch_all, "SELECT room, n FROM likes WHERE show_id=?", (show_id,))
+        return {r["room"]: r["n"] for r in rows}
+
+    async def moderation_lists(self) -> dict | None:
+        rows = await self._db.call(_fetch_all, "SELECT lists FROM moderation", ())
+        return json.loads(rows[0]["lists"]) if rows else None
+
+    async def save_moderation_lists(self, lists: dict) -> None:
+        await self._db.call(_execute, "INSERT OR REPLACE INTO moderation VALUES (1, ?)", (json.dumps(lists),))
+
 
 # -- on the store's thread ---------------------------------------------------------------
 def _setup(db: sqlite3.Connection) -> None:
@@ -158,6 +223,17 @@ def _setup(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE products ADD COLUMN commission_rate TEXT")  # a data dir made by an older version
     coupons.setup(db)
     db.execute("CREATE INDEX IF NOT EXISTS viewers_by_inviter ON viewers (show_id, first_sharer)")
+
+
+def _purge_show(db: sqlite3.Connection, show_id: str) -> None:
+    coupons.purge_show(db, show_id)
+    for table in COMMENT_TABLES:
+        db.execute(f"DELETE FROM {table} WHERE show_id=?", (show_id,))
+
+
+def _comment(r: sqlite3.Row) -> Comment:
+    return Comment(r["show_id"], r["id"], r["room"], r["viewer_id"], r["name"], r["text"], r["status"], r["wall"],
+                   r["stream_time"])
 
 
 def _execute(db: sqlite3.Connection, sql: str, params: tuple) -> None:

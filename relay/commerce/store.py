@@ -46,6 +46,23 @@ class Event:
     wall: float
     stream_time: float | None
     data: dict
+    # Each distinct view of the event rendered once (events.render_text): a room's readers share it.
+    views: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass
+class Comment:
+    """A viewer's comment as kept: `text` is what readers see (masked words already starred)."""
+
+    show_id: str
+    id: int  # given by the store, increasing per show
+    room: str
+    viewer_id: str
+    name: str
+    text: str
+    status: str  # published | masked | held | deleted
+    wall: float
+    stream_time: float | None = None
 
 
 EventListener = Callable[[Event], Awaitable[None]]
@@ -116,3 +133,26 @@ class CommerceStore(Protocol):
     async def claim_figures(self, show_id: str) -> dict:
         """Claims per room: {"claims", "claims_by_coupon", "claims_by_sharer"}."""
         ...
+
+    # comments, mutes, likes and the moderation lists (relay/commerce/comments.py, likes.py)
+    async def add_comment(self, comment: Comment) -> Comment:
+        """Keep a new comment; returns it with its id (the show's next)."""
+        ...
+    async def load_comment(self, show_id: str, comment_id: int) -> Comment | None: ...
+    async def set_comment_status(self, show_id: str, comment_id: int, status: str) -> None: ...
+    async def comments(self, show_id: str, room: str | None, after: int, limit: int) -> list[Comment]:
+        """Comments with an id above `after`, oldest first; of one room, or every room's (None)."""
+        ...
+    async def mute_viewer(self, show_id: str, viewer_id: str, until: float) -> None:
+        """The viewer's comments are held until `until` (wall clock); 0 unmutes."""
+        ...
+    async def muted_until(self, show_id: str, viewer_id: str) -> float: ...
+    async def add_likes(self, show_id: str, room: str, n: int) -> int:
+        """Add `n` likes to the room atomically; the room's total now."""
+        ...
+    async def likes(self, show_id: str) -> dict[str, int]: ...
+    async def moderation_lists(self) -> dict | None:
+        """The operator's lists, shared by every show and node ({"block", "mask", "hold_links",
+        "version"}), None before any was saved."""
+        ...
+    async def save_moderation_lists(self, lists: dict) -> None: ...

@@ -24,6 +24,7 @@ class ViewerIdentity:
     viewer_id: str
     sharer: str | None  # the latest sharer
     issued_at: float = field(default=0.0, compare=False)  # when the token was made (0: not yet)
+    name: str | None = field(default=None, compare=False)  # the display name it chose, if any
 
 
 def load_secret(configured: str, data_dir: Path) -> str:
@@ -96,6 +97,8 @@ class ViewerTokens:
                   "iat": now, "t": time.time(), "exp": now + int(self._ttl)}
         if identity.sharer:
             claims["ref"] = identity.sharer
+        if identity.name:
+            claims["name"] = identity.name
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def issue_replay(self, show_id: str, ttl_s: float) -> tuple[str, int]:
@@ -159,4 +162,6 @@ class ViewerTokens:
             raise ApiError(401, "unauthorized", "invalid viewer token") from exc
         if claims["show"] != show_id or claims["t"] < show_created_at:
             raise ApiError(401, "unauthorized", "viewer token is for another show")
-        return ViewerIdentity(claims["show"], claims["room"], claims["sub"], claims.get("ref"), claims["t"])
+        name = claims.get("name")
+        return ViewerIdentity(claims["show"], claims["room"], claims["sub"], claims.get("ref"), claims["t"],
+                              name if isinstance(name, str) else None)

@@ -45,6 +45,7 @@ class ViewerSession:
         self.codecs: dict[str, str] = {}
         self.started_at = time.time()
         self.closed = False
+        self.reader: str | None = None  # who watches (a viewer id from its token), for what only it may see
         self._udp_gso = udp_gso
         self._on_gone = on_gone
         self._on_channel = on_channel

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-import json
 import secrets
 import time
 from typing import Any, Callable
@@ -12,7 +11,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from ..catalog import ShowCatalog
-from ..commerce.events import EventHub, render
+from ..commerce.events import EventHub, render_text
 from ..commerce.products import ProductShelf, product_view
 from ..commerce.store import MAX_SEQ, CommerceStore, Event
 from ..commerce.tokens import ViewerIdentity, ViewerTokens, shopper_viewer_id, verify_shopper_token
@@ -48,8 +47,8 @@ def _check_product_rate(show: Show, rate: str | None) -> None:
                                                f"({show.sharer_commission_rate}) must be at most 1")
 
 
-def _sse(event: Event, body: dict) -> bytes:
-    return f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(body)}\n\n".encode()
+def _sse(event: Event, text: str) -> bytes:
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {text}\n\n".encode()
 
 
 @dataclass(eq=False)
@@ -112,15 +111,18 @@ class CommerceApi:
         if existing:
             identity = await self.auth.viewer(show, existing)
             if ref and ref != identity.viewer_id:  # opening one's own share link makes no sharer
-                identity = ViewerIdentity(show.id, identity.room, identity.viewer_id, ref)
+                identity = ViewerIdentity(show.id, identity.room, identity.viewer_id, ref, name=identity.name)
                 await store.record_sharer(show.id, identity.viewer_id, ref)
+            if body.name is not None:  # a new display name for its comments
+                identity = ViewerIdentity(show.id, identity.room, identity.viewer_id, identity.sharer,
+                                          name=body.name)
             return web.json_response({"viewer_id": identity.viewer_id, "room": identity.room,
                                       "token": tokens.issue(identity)}, status=200)
         viewer_id = await self._new_viewer_id(request, show, body, admin)
         if ref == viewer_id:  # a shopper registered through its own link
             ref = None
         room = await store.register_viewer(show.id, viewer_id, room, ref, time.time())
-        identity = ViewerIdentity(show.id, room, viewer_id, ref)
+        identity = ViewerIdentity(show.id, room, viewer_id, ref, name=body.name)
         return web.json_response({"viewer_id": viewer_id, "room": room, "token": tokens.issue(identity)},
                                  status=201)
 
@@ -210,10 +212,22 @@ class CommerceApi:
         await self.shelf.unpin(show.id)
         return web.json_response({"pinned": None})
 
-    @operation("A room's events", tag="events", auth=(VIEWER, VIEWER_QUERY), public_too=True,
+    async def _reader(self, request: web.Request, show: Show, room: str) -> tuple[str | None, bool]:
+        """Who reads a room's events: (the viewer's id, whether it is the operator). The admin key
+        is the operator (every room's comments); a viewer token (Bearer or ?token=) of the room
+        lets its author see its own held comments; a public show needs neither."""
+        if self.auth.is_admin(request):
+            return None, True
+        if show.playback == "token":
+            await self.auth.check_viewer_token(request, show, room)
+        return await self.auth.reader(request, show, room), False
+
+    @operation("A room's events", tag="events", auth=(VIEWER, VIEWER_QUERY, ADMIN), public_too=True,
                params=(Param("Last-Event-ID", "header", "resume after this event"),
                        Param("last_event_id", "query", "the same, for a first connection")),
-               replies={200: Reply("server-sent events: product.pinned, shelf.updated, coupon.*, show state",
+               replies={200: Reply("server-sent events: product.pinned, shelf.updated, coupon.*, show state, "
+                                   "comment, comment.deleted, comment.pinned, likes; the admin key: every "
+                                   "room's comments and likes",
                                    media="text/event-stream")},
                errors=(NO_SHOW, NO_ROOM, ROOM_VIEWER, STORE,
                        {400: "bad_last_event_id: not an event sequence number"}))
@@ -222,8 +236,7 @@ class CommerceApi:
         show = await self._show(request)
         room = request.match_info.get("room", HQ_ROOM)
         await self.catalog.check_room(show.id, room)
-        if show.playback == "token":
-            await self.auth.check_viewer_token(request, show, room)
+        viewer_id, operator = await self._reader(request, show, room)
         raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
         try:
             last = int(raw) if raw is not None else None
@@ -244,13 +257,13 @@ class CommerceApi:
                 # A new reader gets the state now (card, coupons, show), not the whole history.
                 current, last = await hub.store.current_state(show.id)
                 for event in current:
-                    body = render(event, room)
+                    body = render_text(event, room, viewer_id, operator)
                     if body is not None:
                         await response.write(_sse(event, body))
             while True:
                 backlog = await hub.store.events_after(show.id, last)
                 for event in backlog:
-                    body = render(event, room)
+                    body = render_text(event, room, viewer_id, operator)
                     if body is not None:
                         await response.write(_sse(event, body))
                     last = event.seq
@@ -265,12 +278,16 @@ class CommerceApi:
                     continue
                 if event is None:  # fell behind: the client reconnects with Last-Event-ID
                     break
-                if event.seq <= last:
-                    continue
-                last = event.seq
-                body = render(event, room)
-                if body is not None:
-                    await response.write(_sse(event, body))
+                chunks = []  # what came meanwhile goes in the same write: one wake, one send
+                for event in (event, *sub.take_ready()):
+                    if event.seq <= last:
+                        continue
+                    last = event.seq
+                    body = render_text(event, room, viewer_id, operator)
+                    if body is not None:
+                        chunks.append(_sse(event, body))
+                if chunks:
+                    await response.write(b"".join(chunks))
             return response
         except ConnectionResetError:  # the reader left; nothing to report
             return response

@@ -18,11 +18,11 @@ class RateLimiter:
     """`rate` requests per second per client address, in bursts of up to rate x BURST_SECONDS.
     A rate of 0 turns the limit off."""
 
-    def __init__(self, name: str, rate: float, trust_forwarded_for: bool = False) -> None:
+    def __init__(self, name: str, rate: float, trust_forwarded_for: bool = False, burst: float | None = None) -> None:
         self.name = name
         self.rate = rate
         self._trust_forwarded_for = trust_forwarded_for
-        self.burst = max(1.0, rate * BURST_SECONDS)
+        self.burst = max(1.0, rate * BURST_SECONDS if burst is None else burst)
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, at)
 
     def take(self, client: str, now: float | None = None) -> float:

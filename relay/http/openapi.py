@@ -45,7 +45,8 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
 }
 
 # The reference's order: from making a show to running it, then what serves it.
-TAGS = ("shows", "mirror rooms", "restreams", "media", "viewers", "shelf", "coupons", "orders", "events", "replays",
+TAGS = ("shows", "reminders", "mirror rooms", "restreams", "media", "viewers", "shelf", "coupons", "orders", "comments", "events",
+        "replays",
         "pages", "operations", "cluster", "reference")
 
 PATH_PARAMS = {
@@ -57,8 +58,11 @@ PATH_PARAMS = {
     "product": "a product id",
     "coupon": "a coupon id",
     "order_id": "the shop's order id",
+    "comment": "a comment's id (from its POST's answer or the list)",
+    "viewer_id": "a viewer's id (the admin's comment list shows each comment's)",
     "token": "the token of a signed replay link (signed_links of GET /api/shows/{show}/replay)",
     "name": "a file name",
+    "subscription": "a reminder subscription's id (from its POST's answer)",
 }
 
 # What a 4xx/5xx means, by the situations operations share; their body is always ErrorBody.

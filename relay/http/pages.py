@@ -1,4 +1,4 @@
-"""The pages the server ships: watch, studio (host), ops (operator) and replay.
+"""The pages the server ships: watch, studio (host), ops (operator), replay and the shows list.
 
 Plain HTML, CSS and JS modules from relay/static; everything loads from this server.
 """
@@ -23,6 +23,9 @@ ASSETS = {
     "studio.js": "text/javascript",
     "ops.js": "text/javascript",
     "replay.js": "text/javascript",
+    "chat.js": "text/javascript",
+    "moderation.js": "text/javascript",
+    "shows.js": "text/javascript",
 }
 # Everything loads from this server; product images may come from the shop over https.
 _CSP = ("default-src 'self'; img-src 'self' https: data:; media-src 'self' blob:; style-src 'self'; "
@@ -44,7 +47,7 @@ _HEAD = """<!doctype html>
 _VIEWPORT = "width=device-width, initial-scale=1"
 # Each page's first title (the page script sets the show's) and viewport.
 _PAGES = {"watch.html": ("Live", _VIEWPORT + ", viewport-fit=cover"), "studio.html": ("Studio", _VIEWPORT),
-          "ops.html": ("Ops", _VIEWPORT), "replay.html": ("Replay", _VIEWPORT)}
+          "ops.html": ("Ops", _VIEWPORT), "replay.html": ("Replay", _VIEWPORT), "shows.html": ("Shows", _VIEWPORT)}
 
 
 def _static(name: str) -> str:
@@ -101,6 +104,8 @@ class Pages:
             web.get("/studio/{show}", self.studio),
             web.get("/ops", self.ops),
             web.get("/replay/{show}", self.replay),
+            web.get("/shows", self.shows),
+            web.get("/sw.js", self.service_worker),
             web.get("/static/{name}", self.static),
         ]
 
@@ -122,6 +127,16 @@ class Pages:
     async def replay(self, request: web.Request) -> web.Response:
         await self.catalog.show(request.match_info["show"])
         return _page("replay.html", self.settings.server.embed_origins)
+
+    @operation("The shows page (live now, coming up with reminders, replays)", tag="pages", replies=PAGE)
+    async def shows(self, request: web.Request) -> web.Response:
+        return _page("shows.html", self.settings.server.embed_origins)
+
+    @operation("The service worker of show reminders (at the root: its scope is the whole site)", tag="pages",
+               replies={200: Reply("the script", media="text/javascript")})
+    async def service_worker(self, request: web.Request) -> web.Response:
+        return web.Response(text=_static("sw.js"), content_type="text/javascript",
+                            headers={"Cache-Control": "no-cache"})
 
     @operation("A page's script or stylesheet", tag="pages",
                replies={200: Reply("the file", media=tuple(sorted(set(ASSETS.values()))))},

@@ -17,7 +17,7 @@ from ..live_registry import LiveRegistry
 from ..models import HQ_ROOM, Mirror, Show, ShowState
 from ..replay.service import ReplayService
 from ..show_removal import ShowRemoval
-from .openapi import JSON_BODY, NO_SHOW, STORE, Param, Reply, admin_operation as admin, operation
+from .openapi import ADMIN, JSON_BODY, NO_SHOW, STORE, Param, Reply, admin_operation as admin, operation
 from .schemas.common import parse
 from .schemas.shows import (Health, MirrorChange, MirrorList, MirrorView, NewMirror, NewShow, NewStreamKey,
                             PublicStatus, ShowChange, ShowCreated, ShowDetail, ShowList, ShowStats, StreamKey)
@@ -82,7 +82,25 @@ def show_view(settings: Settings, show: Show) -> dict:
         "identity": show.identity,
         "stream_key_expires_at": show.stream_key_expires_at,
         "sharer_commission_rate": show.sharer_commission_rate,
+        "starts_at": show.starts_at,
     }
+
+
+def public_show_view(settings: Settings, show: Show) -> dict:
+    """A public show as anyone may list it: what the /shows page needs, nothing secret."""
+    base = settings.base_url
+    return {
+        "id": show.id, "title": show.title, "state": show.state.value, "starts_at": show.starts_at,
+        "started_at": show.started_at, "ended_at": show.ended_at, "watch_url": f"{base}/watch/{show.id}",
+        "replay_url": f"{base}/replay/{show.id}" if show.replay_public and show.started_at is not None else None,
+        "calendar_url": f"{base}/api/shows/{show.id}/calendar.ics",
+        "subscriptions_url": f"{base}/api/shows/{show.id}/subscriptions",
+    }
+
+
+def is_public(show: Show) -> bool:
+    """Listed for anyone: token-playback shows are for their invited viewers only."""
+    return show.playback == "public"
 
 
 @dataclass(eq=False)
@@ -140,7 +158,7 @@ class ShowsApi:
         catalog = self._admin(request)
         new = parse(NewShow, await read_json(request))
         show, key = await catalog.create_show(new.title, new.id, new.replay_public, new.stream_key_ttl_s,
-                                              new.playback, new.currency, new.identity)
+                                              new.playback, new.currency, new.identity, new.starts_at)
         return web.json_response({**show_view(self.settings, show), "stream_key": key,
                                   "rtmp_stream_key": rtmp_stream_key(self.settings, show.id, key)}, status=201)
 
@@ -154,10 +172,26 @@ class ShowsApi:
         return web.json_response({"stream_key": key, "rtmp_stream_key": rtmp_stream_key(self.settings, show.id, key),
                                   "stream_key_expires_at": show.stream_key_expires_at})
 
-    @admin("List shows", SHOWS, {200: Reply("every show", ShowList)})
+    @operation("List shows", tag=SHOWS, auth=(ADMIN,), public_too=True,
+               replies={200: Reply("with the admin key every show (ShowView); else the public shows "
+                                   "(playback 'public') as PublicShowView", ShowList)},
+               errors=({401: "unauthorized: a wrong admin key (send none for the public listing)",
+                        422: "invalid_field: state"},),
+               params=(Param("state", "query", "only shows in this state",
+                             {"type": "string", "enum": [s.value for s in ShowState]}),))
     async def list_shows(self, request: web.Request) -> web.Response:
-        catalog = self._admin(request)
-        return web.json_response({"shows": [show_view(self.settings, s) for s in await catalog.list_shows()]})
+        """Oldest first. Without a key: the public shows only, each as the /shows page lists it."""
+        admin = request.headers.get("Authorization") is not None
+        if admin:
+            self.auth.require_admin(request)
+        state = request.query.get("state")
+        if state is not None and state not in {s.value for s in ShowState}:
+            raise invalid_field("state", "must be 'scheduled', 'live' or 'ended'")
+        shows = [s for s in await self.catalog.list_shows() if state is None or s.state.value == state]
+        if admin:
+            return web.json_response({"shows": [show_view(self.settings, s) for s in shows]})
+        return web.json_response({"shows": [public_show_view(self.settings, s) for s in shows if is_public(s)]},
+                                 headers={"Cache-Control": "no-cache"})
 
     @admin("Read a show", SHOWS, {200: Reply("the show with its live state", ShowDetail)}, NO_SHOW)
     async def get_show(self, request: web.Request) -> web.Response:
@@ -167,7 +201,8 @@ class ShowsApi:
     @admin("Change a show", SHOWS, {200: Reply("the show with its live state", ShowDetail)}, JSON_BODY, NO_SHOW,
            STORE, body=ShowChange)
     async def change_show(self, request: web.Request) -> web.Response:
-        """Its title or its sharer commission rate (for orders from now on; orders taken keep theirs)."""
+        """Its title, its scheduled start (starts_at) or its sharer commission rate (for orders from now
+        on; orders taken keep theirs)."""
         catalog = self._admin(request)
         show = await catalog.show(request.match_info["show"])
         change = parse(ShowChange, await read_json(request))
@@ -177,7 +212,7 @@ class ShowsApi:
             if first_over_one(change.sharer_commission_rate, others) is not None:
                 raise invalid_field("sharer_commission_rate", f"plus the highest distributor or product rate "
                                                               f"({max(others, key=float)}) must be at most 1")
-        show = await catalog.change_show(show.id, change.title, change.sharer_commission_rate)
+        show = await catalog.change_show(show.id, change.title, change.sharer_commission_rate, change.starts_at)
         return web.json_response(await self._detail(show))
 
     @admin("Delete a show", SHOWS, {204: Reply("gone, with everything it had")}, NO_SHOW, STORE)
@@ -260,6 +295,7 @@ class ShowsApi:
         show_id = figures["show"]
         unique = await self.commerce.viewer_rooms(show_id)
         claims = await self.commerce.claim_figures(show_id)
+        likes = await self.commerce.likes(show_id)
         buyers = await self.orders.buyers(show_id)
         sales: dict[str, list[int]] = {}  # room -> [orders, gmv, commission]
         for row in await self.orders.ledger(show_id):
@@ -269,6 +305,7 @@ class ShowsApi:
             room_sales[2] += row.distributor_cents
         for room, view in figures["rooms"].items():
             view["unique_viewers"] = unique.get(room, 0)
+            view["likes"] = likes.get(room, 0)
             view.update(claims.get(room, {"claims": 0, "claims_by_coupon": {}, "claims_by_sharer": {}}))
             orders, gmv, commission = sales.get(room, (0, 0, 0))
             view.update(orders=orders, gmv=format_cents(gmv), commission=format_cents(commission),

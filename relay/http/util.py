@@ -90,6 +90,18 @@ class Auth:
                 raise ApiError(401, "unauthorized", "viewer token is for a room that was removed; get a new one")
         return identity
 
+    async def reader(self, request: web.Request, show: Show, room: str) -> str | None:
+        """The viewer id of a valid viewer token of this room (Bearer or ?token=), else None: an
+        anonymous reader (a public show needs no token)."""
+        token = bearer_token(request) or request.query.get("token")
+        if token is None:
+            return None
+        try:
+            identity = await self.viewer(show, token)
+        except ApiError:
+            return None
+        return identity.viewer_id if identity.room == room else None
+
     async def check_viewer_token(self, request: web.Request, show: Show, room: str) -> None:
         """For shows whose playback needs a token: a valid viewer token of this show and room, from
         the Authorization header or (for EventSource, which cannot set headers) ?token=."""

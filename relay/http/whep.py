@@ -37,9 +37,10 @@ class WhepApi(SessionEndpoint):
         show = await self.live.admit_viewer(request.match_info["show"], room)
         if show.playback == "token":
             await self.auth.check_viewer_token(request, show, room)
+        reader = await self.auth.reader(request, show, room)  # its data channel shows it its own held comments
         offer = parse_offer(await read_sdp(request), sending=False)
         try:
-            viewer, answer = await self.live.watch(show, room, offer, self.auth.client(request))
+            viewer, answer = await self.live.watch(show, room, offer, self.auth.client(request), reader)
         except NodeFull as full:  # the same offer, to a node with room
             full.headers["Location"] = full.base_url + request.path_qs
             raise

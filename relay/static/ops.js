@@ -2,6 +2,7 @@
 // coupons, restream to other platforms, and watch the live figures and sales per room, refreshed
 // every two seconds.
 import { $, api, ApiError, money, showError, sleep } from "/static/common.js";
+import { setUpModeration } from "/static/moderation.js";
 
 let adminKey = sessionStorage.getItem("livecast.admin") || "";
 let current = null; // the selected show id
@@ -52,6 +53,8 @@ function copyButton(text, what) {
   return b;
 }
 
+const moderation = setUpModeration({ call, act, cell, button });
+
 document.addEventListener("click", async (ev) => {
   const target = ev.target.closest("[data-copy]");
   if (!target) return;
@@ -79,6 +82,7 @@ async function signIn(key) {
   $("#console").hidden = false;
   $("#sign-out").hidden = false;
   fillShows(shows.shows);
+  moderation.loadLists();
 }
 
 $("#signin-form").addEventListener("submit", (ev) => {
@@ -140,6 +144,8 @@ let shown = "";
 async function refresh() {
   const showId = current;
   if (!showId || !adminKey) return;
+  // (The comments of every room: only the new ones each time; a server without them hides the panel.)
+  moderation.refresh(showId).catch((e) => showError(error, e));
   const [show, stats, shelf, coupons, restreams] = await Promise.all([
     call("GET", `/api/shows/${showId}`),
     call("GET", `/api/shows/${showId}/stats`),

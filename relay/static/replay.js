@@ -132,13 +132,64 @@ async function setUpBuying(status) {
   await prepareAttribution();
 }
 
+// -- comments at their time in the show: those written before the playhead ---------------------
+let comments = []; // this room's, oldest first, each with its stream_time (seconds into the show)
+
+/** Read the room's comments (every page); none when the server has no comments for this show. */
+async function loadComments(tokenShow) {
+  const all = [];
+  for (let after = 0, pages = 0; pages < 50; pages++) {
+    let page;
+    try {
+      page = await api("GET", `/api/shows/${show}/comments?room=${encodeURIComponent(room)}&after=${after}`,
+        { token: tokenShow ? viewer?.token : undefined });
+    } catch {
+      break; // no comments API, or not for this viewer: the replay plays without them
+    }
+    const batch = page.comments ?? [];
+    if (!batch.length) break;
+    all.push(...batch);
+    after = Math.max(after, ...batch.map((c) => c.id));
+  }
+  comments = all.filter((c) => typeof c.stream_time === "number").sort((a, b) => a.stream_time - b.stream_time);
+  $("#replay-chat").hidden = comments.length === 0;
+  showComments();
+}
+
+let shownComments = -1;
+function showComments() {
+  const now = video.currentTime;
+  let n = 0;
+  while (n < comments.length && comments[n].stream_time <= now) n++;
+  if (n === shownComments) return;
+  shownComments = n;
+  const list = $("#comments");
+  list.replaceChildren();
+  for (const c of comments.slice(Math.max(0, n - 100), n)) { // the last hundred before the playhead
+    const li = document.createElement("li");
+    li.dataset.id = c.id;
+    const at = document.createElement("time");
+    at.textContent = clock(c.stream_time);
+    const name = document.createElement("b");
+    name.textContent = c.name ?? "";
+    const text = document.createElement("span");
+    text.textContent = c.text;
+    li.append(at, name, text);
+    list.append(li);
+  }
+  list.scrollTop = list.scrollHeight; // the newest in sight
+  $("#no-comments").hidden = n > 0;
+}
+video.addEventListener("timeupdate", showComments);
+video.addEventListener("seeked", showComments);
+
 async function main() {
   const status = await api("GET", `/api/shows/${show}/status`).catch(() => null);
   if (status) {
     $("#title").textContent = `${status.title} · Replay`;
     document.title = `${status.title} · Replay`;
   }
-  setUpBuying(status);
+  setUpBuying(status).then(() => loadComments(status?.playback === "token"));
   let source = null;
   let renderedChapters = "";
   for (;;) {

@@ -7,6 +7,7 @@ import {
   $, api, attributedLink, connectionLost, describeToken, endSession, money, randomKey, rememberedViewer, sleep,
   viewerKey, whepPlay,
 } from "/static/common.js";
+import { setUpChat } from "/static/chat.js";
 
 const [, , show, room = "hq"] = location.pathname.split("/");
 const params = new URLSearchParams(location.search);
@@ -234,6 +235,13 @@ function showSale(sale) {
   toastTimer = setTimeout(() => { toast.hidden = true; }, 4000);
 }
 
+// -- comments and likes (chat.js) --------------------------------------------------------------
+const chat = setUpChat({
+  show,
+  viewer: () => viewer,
+  identify: async () => (viewer ??= await identify()),
+});
+
 // -- events: card, coupons, show state --------------------------------------------------------
 function showCard(product) {
   $("#card-title").textContent = product.title;
@@ -349,9 +357,13 @@ function followEvents() {
   const open = () => {
     const query = new URLSearchParams();
     if (last !== null) query.set("last_event_id", last);
-    if (status.playback === "token" && viewer?.token) query.set("token", viewer.token);
+    // (Always with the viewer's token when there is one: it sees its own held comments.)
+    if (viewer?.token) query.set("token", viewer.token);
     const source = new EventSource(`${path}?${query}`);
-    source.onopen = () => { retry = 2000; };
+    source.onopen = () => {
+      retry = 2000;
+      $("#watch").dataset.events = "open"; // (tests wait on it before writing to the room)
+    };
     const on = (type, handle) => source.addEventListener(type, (ev) => {
       last = Number(ev.lastEventId);
       handle(JSON.parse(ev.data));
@@ -362,6 +374,11 @@ function followEvents() {
     for (const type of ["coupon.launched", "coupon.updated", "coupon.ended"]) on(type, (e) => couponChanged(e.coupon));
     for (const type of ["show.live", "show.host_reconnecting", "show.ended"]) on(type, () => refreshStatus());
     on("server.stopping", () => { $("#badge").textContent = "Reconnecting…"; });
+    on("comment", chat.comment);
+    on("comment.deleted", chat.deleted);
+    on("comment.pinned", chat.pinned);
+    on("comment.unpinned", chat.unpinned);
+    on("likes", chat.likes);
     for (const type of ["shelf.updated"]) on(type, () => {});
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) { // the server answered with an error: try again later

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from ...commerce.coupons import Coupon
@@ -63,6 +63,9 @@ class NewViewer(RequestBody):
         None, description="the brand's own user id (admin key only)")
     shopper_token: Annotated[str, Rule("must be a string")] | None = Field(
         None, description="a token the brand signed for this show: HS256 {sub, show, exp}")
+    name: Annotated[str, AfterValidator(str.strip), Field(min_length=1, max_length=40),
+                    Rule("must be 1-40 characters (after trimming)")] | None = Field(
+        None, description="the name the viewer's comments show (carried in its token); else 'viewer' and a short hash")
 
 
 class ViewerToken(BaseModel):

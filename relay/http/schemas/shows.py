@@ -14,6 +14,8 @@ Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$"),
                      Rule("must be an ISO 4217 code such as CNY, USD or EUR")]
 Playback = Annotated[Literal["public", "token"], Rule("must be 'public' or 'token'")]
 Identity = Annotated[Literal["anonymous", "shopper"], Rule("must be 'anonymous' or 'shopper'")]
+StartsAt = Annotated[float, Field(gt=0, le=253402300799),
+                     Rule("must be a Unix time in seconds (a number, before the year 10000)")]
 
 
 # -- requests -------------------------------------------------------------------------------
@@ -29,6 +31,8 @@ class NewShow(RequestBody):
     currency: Currency = Field("CNY", description="the ISO 4217 code the shelf's prices are in")
     identity: Identity = Field("anonymous", description="'shopper': viewers are the brand's users, "
                                                         "coupon limits count per shopper")
+    starts_at: StartsAt | None = Field(None, description="when the show is scheduled to start (Unix time): "
+                                                         "listing, calendar, reminders")
 
 
 class ShowChange(RequestBody):
@@ -38,6 +42,7 @@ class ShowChange(RequestBody):
     sharer_commission_rate: Rate | None = Field(
         None, description="of each sale that came through a sharer's link; with any distributor or product rate "
                           "at most 1")
+    starts_at: StartsAt | None = Field(None, description="when the show is scheduled to start (Unix time)")
 
 
 class NewStreamKey(RequestBody):
@@ -106,6 +111,22 @@ class ShowView(BaseModel):
     identity: Literal["anonymous", "shopper"]
     stream_key_expires_at: float | None
     sharer_commission_rate: str
+    starts_at: float | None = Field(None, description="when the show is scheduled to start (Unix time)")
+
+
+class PublicShowView(BaseModel):
+    """A public show (playback 'public') as anyone may list it: no keys, no commerce settings."""
+
+    id: str
+    title: str
+    state: Literal["scheduled", "live", "ended"]
+    starts_at: float | None = Field(description="when the show is scheduled to start (Unix time)")
+    started_at: float | None
+    ended_at: float | None
+    watch_url: str
+    replay_url: str | None = Field(description="the replay page, once the show has started, if its replay is public")
+    calendar_url: str = Field(description="the show as an iCalendar event")
+    subscriptions_url: str = Field(description="where a browser posts its Web Push subscription for a reminder")
 
 
 class ShowCreated(ShowView):
@@ -128,7 +149,9 @@ class ShowDetail(ShowView):
 
 
 class ShowList(BaseModel):
-    shows: list[ShowView]
+    """Every show (admin key, ShowView), else the public shows (PublicShowView)."""
+
+    shows: list[ShowView | PublicShowView]
 
 
 class StreamKey(BaseModel):
@@ -147,6 +170,7 @@ class RoomStats(BaseModel):
     peak_viewers: int
     total_sessions: int
     unique_viewers: int
+    likes: int = Field(0, description="taps of the like button in the room, in total")
     claims: int
     claims_by_coupon: dict[str, int]
     claims_by_sharer: dict[str, int]
