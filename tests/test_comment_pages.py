@@ -16,7 +16,6 @@ with the message's JSON, since there is no push service to decrypt and forward i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 
@@ -66,7 +65,6 @@ async def test_comments_reach_their_own_room_and_likes_are_batched(make_relay, b
     await expect(line(bob, "Hi from D1")).to_have_count(0)
 
     # Server text is text: markup in a comment stays characters.
-    # (no dot in it: "document.title" would look like a link, which is held by default)
     await comment(bob, "<img src=x onerror=alert(1)>bold")
     await expect(line(amy, "bold")).to_have_text(re.compile(re.escape("<img src=x onerror=alert(1)>bold")), timeout=5000)
     assert await amy.locator("#comments img").count() == 0
@@ -168,10 +166,17 @@ async def test_replay_shows_the_comments_up_to_the_playhead(make_relay, browser,
     auth = {"Authorization": f"Bearer {viewer['token']}"}
     status, body = await relay.request("POST", "/api/shows/rec/comments", json={"text": "first!"}, headers=auth)
     assert status == 201, body
-    await asyncio.sleep(2.5)  # stream time passes: the second comment is later in the recording
+    first = (await relay.request("GET", "/api/shows/rec/comments?room=hq"))[1]["comments"][0]["stream_time"]
+
+    async def recorded_past(seconds: float) -> bool:
+        return (await relay.api("GET", "/api/shows/rec/replay"))[1]["duration_s"] > seconds
+
+    # the second comment 2 s of recording later, and a second of recording after it
+    await relay.wait_for(lambda: recorded_past(first + 2), timeout=20, what="2 s more of recording")
     status, body = await relay.request("POST", "/api/shows/rec/comments", json={"text": "later on"}, headers=auth)
     assert status == 201, body
-    await asyncio.sleep(1.0)
+    later = (await relay.request("GET", "/api/shows/rec/comments?room=hq"))[1]["comments"][-1]["stream_time"]
+    await relay.wait_for(lambda: recorded_past(later + 1), timeout=20, what="1 s more of recording")
     await host.drop()
     await relay.api("POST", "/api/shows/rec/end")
 

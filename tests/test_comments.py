@@ -85,7 +85,7 @@ def test_moderator_folds_case_and_width_and_masks_exactly():
     for link in ("http://x.io", "HTTPS://X", "www.shop", "shop.example.com", "ｓｈｏｐ．ｅｘａｍｐｌｅ．ｃｏｍ",
                  "buy at example。com"):
         assert moderator.check(link).status == "held", link
-    for text in ("3.5 kg", "e.g. fine", "ok...", "hello"):
+    for text in ("3.5 kg", "e.g. fine", "ok...", "hello", "document.title", "size.large please"):
         assert moderator.check(text).status == "published", text
     assert Moderator(ModerationLists(hold_links=False)).check("www.shop.com").status == "published"
 

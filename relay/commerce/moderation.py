@@ -12,9 +12,13 @@ import ahocorasick
 PUBLISHED, MASKED, HELD = "published", "masked", "held"
 BLOCK, MASK = 0, 1
 
-# http(s)://, www., or a bare domain (letters in the last label); "。" and "．" are dots too
-# (width folding makes "．" a ".", the ideographic full stop stays what it is).
-_LINK = re.compile(r"https?://|www[.。]|\b[a-z0-9][a-z0-9-]*(?:[.。][a-z0-9-]+)*[.。][a-z]{2,24}\b", re.ASCII)
+# http(s)://, www., or a bare domain ending in a top-level domain people type ("document.title" or
+# "e.g" are words, not links); "。" and "．" are dots too (width folding makes "．" a ".", the
+# ideographic full stop stays what it is).
+_TLDS = ("com|net|org|info|biz|io|co|me|cc|tv|xyz|top|shop|store|site|online|app|vip|club|link|live|"
+         "cn|hk|tw|mo|jp|kr|sg|my|th|vn|id|ph|in|ru|uk|de|fr|us|ca|au|eu|ly|gg|to|ws|la")
+_LINK = re.compile(r"https?://|www[.。]|\b[a-z0-9][a-z0-9-]*(?:[.。][a-z0-9-]+)*[.。](?:" + _TLDS + r")\b",
+                   re.ASCII)
 
 
 def fold(text: str) -> str:

@@ -52,7 +52,8 @@ def encrypt(subscription: Subscription, payload: bytes) -> bytes:
 
 
 class PushSender:
-    """Delivers queued messages; what it cannot queue it drops and logs, never blocking the caller."""
+    """Delivers queued messages with a few workers. The queue is bounded: a go-live of a big audience
+    waits for room (in its own background task, never the show's), so every subscriber is told."""
 
     def __init__(self, options: SenderOptions, keys: Callable[[], Awaitable[VapidKeys]],
                  on_gone: Callable[[Subscription], Awaitable[None]]) -> None:
@@ -62,6 +63,7 @@ class PushSender:
         self._queue: asyncio.Queue[PushMessage] = asyncio.Queue(options.max_queue)
         self._workers: list[asyncio.Task] = []
         self._retries: set[asyncio.TimerHandle] = set()
+        self._waiting: set[asyncio.Task] = set()  # retries waiting for room in the queue
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webpush-encrypt")
         self._http: aiohttp.ClientSession | None = None
         self.sent = self.gone = self.failed = self.dropped = 0
@@ -78,6 +80,10 @@ class PushSender:
             return False
         return True
 
+    async def put(self, message: PushMessage) -> None:
+        """Queue `message`, waiting while the queue is full."""
+        await self._queue.put(message)
+
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._options.timeout_s))
         self._workers = [asyncio.ensure_future(self._work()) for _ in range(self._options.workers)]
@@ -85,6 +91,8 @@ class PushSender:
     async def close(self) -> None:
         for handle in self._retries:
             handle.cancel()
+        for task in self._waiting:
+            task.cancel()
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -125,8 +133,10 @@ class PushSender:
     def _retry(self, message: PushMessage) -> None:
         now = asyncio.get_running_loop().time()
         self._retries = {h for h in self._retries if not h.cancelled() and h.when() > now}
-        if not self.enqueue(message):
-            log.error("web push queue full: a retry to subscription %s dropped", message.subscription.id)
+        if not self.enqueue(message):  # behind a go-live's audience: it waits its turn
+            task = asyncio.ensure_future(self.put(message))
+            self._waiting.add(task)
+            task.add_done_callback(self._waiting.discard)
 
     async def _send(self, message: PushMessage) -> int | None:
         """The push service's status, or None if it could not be reached."""

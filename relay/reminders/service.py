@@ -146,13 +146,7 @@ class Reminders:
         watch_url = f"{self._base_url()}/watch/{show_id}"
         payload = json.dumps({"type": "show.live", "show": show_id, "title": show.title, "url": watch_url,
                               "watch_url": watch_url}, ensure_ascii=False, separators=(",", ":")).encode()
-        queued = 0
-        for i, subscription in enumerate(subscriptions):
-            queued += self.sender.enqueue(PushMessage(subscription, payload))
-            if i % 1000 == 999:
-                await asyncio.sleep(0)  # a big audience is queued in slices: the loop keeps moving media
-        if queued < len(subscriptions):
-            log.error("show %s: web push queue full, %d of %d reminders dropped", show_id,
-                      len(subscriptions) - queued, len(subscriptions))
-        log.info("show %s is live: %d reminders queued", show_id, queued, extra={"show": show_id})
-        return queued
+        for subscription in subscriptions:  # waits while the queue is full: this task, not the show
+            await self.sender.put(PushMessage(subscription, payload))
+        log.info("show %s is live: %d reminders queued", show_id, len(subscriptions), extra={"show": show_id})
+        return len(subscriptions)
