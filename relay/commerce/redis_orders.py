@@ -15,22 +15,16 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from ..errors import ApiError, StoreUnavailable
+from ..redis_client import UNREACHABLE, call, connect
 from . import orders
 from .orders import LedgerRow, Order, Refund
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
-MAX_CONNECTIONS = 32
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _WHAT = "order book (Redis)"
 # The counters of one (room, sharer) row of the books (ledger fields "room\nsharer\n<counter>"),
 # and the LedgerRow field each one fills.
@@ -99,12 +93,7 @@ class RedisOrderBook:
 
     def __init__(self, url: str, prefix: str = "relay") -> None:
         self._prefix = prefix
-        # A bounded pool whose callers wait for a free connection: a burst of requests queues
-        # here instead of opening a connection each.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=5, decode_responses=True, socket_connect_timeout=2,
-            socket_timeout=5, health_check_interval=5, retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2))
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._redis = connect(url)
         self._take_script = self._redis.register_script(_TAKE_ORDER)
         self._retire_script = self._redis.register_script(_RETIRE_ROOM)
         self._intakes: list[tuple[Order, asyncio.Future]] = []
@@ -115,12 +104,9 @@ class RedisOrderBook:
     def _key(self, show_id: str, *parts: str) -> str:
         return ":".join((self._prefix, "{" + show_id + "}", *parts))
 
-    async def _do(self, call: Awaitable[Any]) -> Any:
+    async def _do(self, awaitable: Awaitable[Any]) -> Any:
         """Await a Redis call; an unreachable Redis becomes a 503."""
-        try:
-            return await call
-        except _UNREACHABLE as exc:
-            raise StoreUnavailable(_WHAT, exc) from exc
+        return await call(_WHAT, awaitable)
 
     # -- life ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -171,7 +157,7 @@ class RedisOrderBook:
                             future.set_exception(StoreUnavailable(_WHAT, "the order book is closed"))
                     raise
                 except Exception as exc:  # unreachable: no intake of this batch is answered as done
-                    if not isinstance(exc, _UNREACHABLE):
+                    if not isinstance(exc, UNREACHABLE):
                         log.exception("order intake batch failed")
                     results = [StoreUnavailable(_WHAT, exc)] * len(batch)
                 for (_, future), result in zip(batch, results):
